@@ -1,0 +1,228 @@
+"""Training: pure functions of explicit state, composed into one compiled program per epoch.
+
+``train_step`` is one SGD update; ``train_epoch`` scans it over a shuffled epoch on the device;
+``epoch`` adds validation. ``Trainer`` compiles the epoch once (ahead of time, so compile time is
+measured apart) for K seeds stacked along a leading axis and trained together with ``jax.vmap``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from typing import Any, Callable, Sequence
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from bnbench.data import Dataset
+from bnbench.errors import BnbenchError
+from bnbench.models import normalize
+
+
+@dataclasses.dataclass(frozen=True)
+class Protocol:
+    """How a model is trained: the notebook's values by default."""
+
+    epochs: int = 10
+    batch_size: int = 32
+    learning_rate: float = 1e-3  # SGD, no momentum
+
+    def __post_init__(self):
+        for name in ("epochs", "batch_size"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise BnbenchError(f"{name} must be a positive whole number, got {getattr(self, name)!r}")
+        if not self.learning_rate > 0:
+            raise BnbenchError(f"learning rate must be positive, got {self.learning_rate!r}")
+
+    def optimizer(self) -> optax.GradientTransformation:
+        return optax.sgd(self.learning_rate)  # Keras SGD: momentum 0, no Nesterov
+
+    def updates_per_epoch(self, train_examples: int) -> int:
+        return -(-train_examples // self.batch_size)  # the last, partial batch is trained on too
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything that changes during training; passed into each step and returned from it."""
+
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+
+
+def create_train_state(model: nn.Module, tx: optax.GradientTransformation, key: jax.Array,
+                       image_shape: Sequence[int] = (28, 28)) -> TrainState:
+    variables = model.init(key, jnp.zeros((1, *image_shape), jnp.float32), train=False)
+    params = variables["params"]
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params))
+
+
+def _loss_and_correct(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    correct = jnp.sum(jnp.argmax(logits, axis=-1) == labels)
+    return losses, correct
+
+
+def train_step(model: nn.Module, tx: optax.GradientTransformation, state: TrainState,
+               images: jax.Array, labels: jax.Array) -> tuple[TrainState, tuple[jax.Array, jax.Array]]:
+    """One SGD update on a batch of uint8 images; returns the new state, the batch's summed loss
+    and its number of correct predictions (both taken before the update, as Keras reports)."""
+
+    def loss_fn(params):
+        logits, updates = model.apply({"params": params, "batch_stats": state.batch_stats},
+                                      normalize(images), train=True, mutable=["batch_stats"])
+        losses, correct = _loss_and_correct(logits, labels)
+        return jnp.mean(losses), (updates.get("batch_stats", {}), jnp.sum(losses), correct)
+
+    grads, (batch_stats, loss_sum, correct) = jax.grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    state = TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                       batch_stats=batch_stats, opt_state=opt_state)
+    return state, (loss_sum, correct)
+
+
+def evaluate(model: nn.Module, state: TrainState, images: jax.Array, labels: jax.Array) -> dict:
+    """Mean loss and accuracy with BN's moving statistics, so the result does not depend on batching."""
+    logits = model.apply({"params": state.params, "batch_stats": state.batch_stats},
+                         normalize(images), train=False)
+    losses, correct = _loss_and_correct(logits, labels)
+    return {"loss": jnp.mean(losses), "accuracy": correct / labels.shape[0]}
+
+
+def train_epoch(model, tx, batch_size: int, state: TrainState, key: jax.Array,
+                images: jax.Array, labels: jax.Array) -> tuple[TrainState, dict]:
+    """One pass over a reshuffled training set: full batches under one ``lax.scan``, then the last,
+    partial batch (if any) as its own step. No padding, so no padded row reaches BN's statistics, and
+    both shapes are compiled once into the same program."""
+    n = labels.shape[0]
+    order = jax.random.permutation(key, n)
+    full_batches = n // batch_size
+
+    def body(carry, batch):
+        state, loss_sum, correct = carry
+        state, (batch_loss, batch_correct) = train_step(model, tx, state, images[batch], labels[batch])
+        return (state, loss_sum + batch_loss, correct + batch_correct), None
+
+    carry = (state, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32))
+    carry, _ = jax.lax.scan(body, carry, order[:full_batches * batch_size].reshape(full_batches, batch_size))
+    if n % batch_size:
+        carry, _ = body(carry, order[full_batches * batch_size:])
+    state, loss_sum, correct = carry
+    # Keras reports the epoch's running means, weighted by batch size.
+    return state, {"train_loss": loss_sum / n, "train_accuracy": correct / n}
+
+
+def epoch(model, tx, batch_size: int, state: TrainState, key: jax.Array,
+          train_images, train_labels, val_images, val_labels) -> tuple[TrainState, dict]:
+    """An epoch as Keras' ``fit`` runs it: the updates, then validation."""
+    state, metrics = train_epoch(model, tx, batch_size, state, key, train_images, train_labels)
+    val = evaluate(model, state, val_images, val_labels)
+    return state, {**metrics, "val_loss": val["loss"], "val_accuracy": val["accuracy"]}
+
+
+def over_seeds(fn: Callable, num_seeds: int, in_axes) -> Callable:
+    """``fn`` mapped over a leading seed axis. One seed runs unbatched, so that it compiles to the
+    same program as a single model would (vmap over a size-1 axis still batches every matmul)."""
+    if num_seeds > 1:
+        return jax.vmap(fn, in_axes=in_axes)
+
+    def single(*args):
+        args = [jax.tree.map(lambda x: x[0], a) if axis == 0 else a for a, axis in zip(args, in_axes)]
+        return jax.tree.map(lambda x: x[None], fn(*args))
+
+    return single
+
+
+@dataclasses.dataclass
+class DeviceData:
+    """The three splits, placed on the device once as uint8 images and int32 labels."""
+
+    train_images: jax.Array
+    train_labels: jax.Array
+    val_images: jax.Array
+    val_labels: jax.Array
+    test_images: jax.Array
+    test_labels: jax.Array
+
+    @classmethod
+    def from_dataset(cls, ds: Dataset, device=None) -> "DeviceData":
+        put = functools.partial(jax.device_put, device=device)
+        return cls(**{f.name: put(np.asarray(getattr(ds, f.name))) for f in dataclasses.fields(cls)})
+
+
+def seed_keys(seeds: Sequence[int]) -> tuple[jax.Array, jax.Array]:
+    """Per seed: a key for initialisation and a root key from which each epoch's shuffle is folded."""
+    keys = jnp.stack([jax.random.split(jax.random.PRNGKey(s)) for s in seeds])
+    return keys[:, 0], keys[:, 1]
+
+
+class Trainer:
+    """Compiles one variant's programs for a number of seeds trained together, and runs them."""
+
+    def __init__(self, model: nn.Module, protocol: Protocol, data: DeviceData, num_seeds: int):
+        self.model, self.protocol, self.data, self.num_seeds = model, protocol, data, num_seeds
+        tx = protocol.optimizer()
+        self._init = jax.jit(over_seeds(functools.partial(create_train_state, model, tx), num_seeds, (0,)))
+        self._epoch = jax.jit(
+            over_seeds(functools.partial(epoch, model, tx, protocol.batch_size), num_seeds,
+                       (0, 0, None, None, None, None)),
+            donate_argnums=0)
+        self._evaluate = jax.jit(over_seeds(functools.partial(evaluate, model), num_seeds, (0, None, None)))
+        self.compile_time_s = 0.0
+
+    def init(self, init_keys: jax.Array) -> TrainState:
+        return self._init(init_keys)
+
+    def compile(self, state: TrainState, epoch_keys: jax.Array) -> None:
+        """Compiles the epoch and evaluation programs ahead of time; their time is compile_time_s."""
+        start = time.perf_counter()
+        self._epoch = self._epoch.lower(state, epoch_keys, *self._train_val()).compile()
+        self._evaluate = self._evaluate.lower(state, self.data.test_images, self.data.test_labels).compile()
+        self.compile_time_s = time.perf_counter() - start
+
+    def _train_val(self):
+        d = self.data
+        return d.train_images, d.train_labels, d.val_images, d.val_labels
+
+    def run_epoch(self, state: TrainState, epoch_keys: jax.Array) -> tuple[TrainState, dict, float]:
+        """One compiled epoch for all seeds; returns the new state, the metrics and its wall time."""
+        start = time.perf_counter()
+        state, metrics = jax.block_until_ready(self._epoch(state, epoch_keys, *self._train_val()))
+        return state, metrics, time.perf_counter() - start
+
+    def test(self, state: TrainState) -> dict:
+        return self._evaluate(state, self.data.test_images, self.data.test_labels)
+
+
+def epoch_keys(shuffle_roots: jax.Array, epoch_index: int) -> jax.Array:
+    return jax.vmap(lambda k: jax.random.fold_in(k, epoch_index))(shuffle_roots)
+
+
+def train(model: nn.Module, protocol: Protocol, data: DeviceData, seeds: Sequence[int],
+          on_epoch: Callable[[int, dict, float], None] | None = None) -> dict:
+    """Trains ``model`` once per seed, all seeds together. Returns per-seed histories (lists of
+    per-epoch metrics), test metrics, and the compile and epoch times shared by the seeds."""
+    if not seeds:
+        raise BnbenchError("at least one seed is needed")
+    trainer = Trainer(model, protocol, data, len(seeds))
+    init_keys, shuffle_roots = seed_keys(seeds)
+    state = trainer.init(init_keys)
+    trainer.compile(state, epoch_keys(shuffle_roots, 0))
+    history, epoch_times = [], []
+    for i in range(protocol.epochs):
+        state, metrics, seconds = trainer.run_epoch(state, epoch_keys(shuffle_roots, i))
+        metrics = jax.tree.map(np.asarray, metrics)
+        history.append(metrics)
+        epoch_times.append(seconds)
+        if on_epoch is not None:
+            on_epoch(i, metrics, seconds)
+    test = jax.tree.map(np.asarray, trainer.test(state))
+    return {"history": history, "epoch_times": epoch_times, "test": test,
+            "compile_time_s": trainer.compile_time_s, "state": state}
