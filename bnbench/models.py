@@ -12,6 +12,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from bnbench.layers import BatchNorm
+
 # Keras' defaults, which differ from Flax's (see ../shared/reference/FIDELITY.md).
 KERAS_LEAKY_RELU_SLOPE = 0.3  # Flax: 0.01
 KERAS_BN_MOMENTUM = 0.99
@@ -43,9 +45,8 @@ class MLP(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        norm = functools.partial(
-            nn.BatchNorm, use_running_average=not train, momentum=KERAS_BN_MOMENTUM,
-            epsilon=KERAS_BN_EPSILON, use_fast_variance=False)  # Keras: two-pass variance
+        norm = functools.partial(BatchNorm, use_running_average=not train, momentum=KERAS_BN_MOMENTUM,
+                                 epsilon=KERAS_BN_EPSILON)
         activation = ACTIVATIONS[self.activation]
         x = x.reshape((x.shape[0], -1))
         if self.bn_inputs:

@@ -65,7 +65,9 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation, key: 
 
 
 def _loss_and_correct(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    # The one-hot form has the same value as optax's integer-label form, and its gradient
+    # (softmax - one_hot) needs no scatter, which saves kernels in every step.
+    losses = optax.softmax_cross_entropy(logits, jax.nn.one_hot(labels, logits.shape[-1]))
     correct = jnp.sum(jnp.argmax(logits, axis=-1) == labels)
     return losses, correct
 
@@ -97,7 +99,7 @@ def evaluate(model: nn.Module, state: TrainState, images: jax.Array, labels: jax
 
 
 def train_epoch(model, tx, batch_size: int, state: TrainState, key: jax.Array,
-                images: jax.Array, labels: jax.Array) -> tuple[TrainState, dict]:
+                images: jax.Array, labels: jax.Array, unroll: int = 1) -> tuple[TrainState, dict]:
     """One pass over a reshuffled training set: full batches under one ``lax.scan``, then the last,
     partial batch (if any) as its own step. No padding, so no padded row reaches BN's statistics, and
     both shapes are compiled once into the same program."""
@@ -111,7 +113,8 @@ def train_epoch(model, tx, batch_size: int, state: TrainState, key: jax.Array,
         return (state, loss_sum + batch_loss, correct + batch_correct), None
 
     carry = (state, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32))
-    carry, _ = jax.lax.scan(body, carry, order[:full_batches * batch_size].reshape(full_batches, batch_size))
+    carry, _ = jax.lax.scan(body, carry, order[:full_batches * batch_size].reshape(full_batches, batch_size),
+                            unroll=unroll)
     if n % batch_size:
         carry, _ = body(carry, order[full_batches * batch_size:])
     state, loss_sum, correct = carry
@@ -120,9 +123,9 @@ def train_epoch(model, tx, batch_size: int, state: TrainState, key: jax.Array,
 
 
 def epoch(model, tx, batch_size: int, state: TrainState, key: jax.Array,
-          train_images, train_labels, val_images, val_labels) -> tuple[TrainState, dict]:
+          train_images, train_labels, val_images, val_labels, unroll: int = 1) -> tuple[TrainState, dict]:
     """An epoch as Keras' ``fit`` runs it: the updates, then validation."""
-    state, metrics = train_epoch(model, tx, batch_size, state, key, train_images, train_labels)
+    state, metrics = train_epoch(model, tx, batch_size, state, key, train_images, train_labels, unroll)
     val = evaluate(model, state, val_images, val_labels)
     return state, {**metrics, "val_loss": val["loss"], "val_accuracy": val["accuracy"]}
 
@@ -166,14 +169,17 @@ def seed_keys(seeds: Sequence[int]) -> tuple[jax.Array, jax.Array]:
 class Trainer:
     """Compiles one variant's programs for a number of seeds trained together, and runs them."""
 
-    def __init__(self, model: nn.Module, protocol: Protocol, data: DeviceData, num_seeds: int):
+    def __init__(self, model: nn.Module, protocol: Protocol, data: DeviceData, num_seeds: int,
+                 unroll: int = 1):
         self.model, self.protocol, self.data, self.num_seeds = model, protocol, data, num_seeds
+        self.unroll = unroll
         tx = protocol.optimizer()
         self._init = jax.jit(over_seeds(functools.partial(create_train_state, model, tx), num_seeds, (0,)))
-        self._epoch = jax.jit(
-            over_seeds(functools.partial(epoch, model, tx, protocol.batch_size), num_seeds,
+        self.epoch_program = jax.jit(
+            over_seeds(functools.partial(epoch, model, tx, protocol.batch_size, unroll=unroll), num_seeds,
                        (0, 0, None, None, None, None)),
             donate_argnums=0)
+        self._epoch = self.epoch_program
         self._evaluate = jax.jit(over_seeds(functools.partial(evaluate, model), num_seeds, (0, None, None)))
         self.compile_time_s = 0.0
 
@@ -186,6 +192,12 @@ class Trainer:
         self._epoch = self._epoch.lower(state, epoch_keys, *self._train_val()).compile()
         self._evaluate = self._evaluate.lower(state, self.data.test_images, self.data.test_labels).compile()
         self.compile_time_s = time.perf_counter() - start
+
+    def epoch_args(self) -> tuple:
+        """Abstract arguments of ``epoch_program`` (shapes and dtypes), for tracing it."""
+        keys = jax.ShapeDtypeStruct((self.num_seeds, 2), jnp.uint32)
+        state = jax.eval_shape(self._init, keys)
+        return (state, keys, *self._train_val())
 
     def _train_val(self):
         d = self.data
@@ -205,18 +217,17 @@ def epoch_keys(shuffle_roots: jax.Array, epoch_index: int) -> jax.Array:
     return jax.vmap(lambda k: jax.random.fold_in(k, epoch_index))(shuffle_roots)
 
 
-def train(model: nn.Module, protocol: Protocol, data: DeviceData, seeds: Sequence[int],
-          on_epoch: Callable[[int, dict, float], None] | None = None) -> dict:
-    """Trains ``model`` once per seed, all seeds together. Returns per-seed histories (lists of
-    per-epoch metrics), test metrics, and the compile and epoch times shared by the seeds."""
-    if not seeds:
-        raise BnbenchError("at least one seed is needed")
-    trainer = Trainer(model, protocol, data, len(seeds))
+def fit(trainer: Trainer, seeds: Sequence[int],
+        on_epoch: Callable[[int, dict, float], None] | None = None) -> dict:
+    """Trains ``trainer``'s model once per seed, all seeds together. Returns per-epoch metrics
+    (arrays over seeds), the epoch times shared by the seeds, test metrics, compile time and state."""
+    if len(seeds) != trainer.num_seeds:
+        raise BnbenchError(f"the trainer was built for {trainer.num_seeds} seeds, got {len(seeds)}")
     init_keys, shuffle_roots = seed_keys(seeds)
     state = trainer.init(init_keys)
     trainer.compile(state, epoch_keys(shuffle_roots, 0))
     history, epoch_times = [], []
-    for i in range(protocol.epochs):
+    for i in range(trainer.protocol.epochs):
         state, metrics, seconds = trainer.run_epoch(state, epoch_keys(shuffle_roots, i))
         metrics = jax.tree.map(np.asarray, metrics)
         history.append(metrics)
@@ -226,3 +237,11 @@ def train(model: nn.Module, protocol: Protocol, data: DeviceData, seeds: Sequenc
     test = jax.tree.map(np.asarray, trainer.test(state))
     return {"history": history, "epoch_times": epoch_times, "test": test,
             "compile_time_s": trainer.compile_time_s, "state": state}
+
+
+def train(model: nn.Module, protocol: Protocol, data: DeviceData, seeds: Sequence[int],
+          on_epoch: Callable[[int, dict, float], None] | None = None, unroll: int = 1) -> dict:
+    """``fit`` with a new Trainer: the whole protocol for ``model`` and ``seeds``."""
+    if not seeds:
+        raise BnbenchError("at least one seed is needed")
+    return fit(Trainer(model, protocol, data, len(seeds), unroll=unroll), seeds, on_epoch)

@@ -1,0 +1,165 @@
+"""The ``bnbench`` command line: variants, run, compare, report."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+from bnbench.errors import BnbenchError
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be greater than 0")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = _positive_float(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be an accuracy between 0 and 1")
+    return value
+
+
+def cmd_variants(args) -> int:
+    from bnbench.variants import VARIANTS, NOTEBOOK_VARIANTS
+
+    width = max(map(len, VARIANTS))
+    for name, variant in VARIANTS.items():
+        mark = "*" if name in NOTEBOOK_VARIANTS else " "
+        print(f"{mark} {name.ljust(width)}  {variant.description}")
+    print("\n* the Keras notebook's two models")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from bnbench import variants
+    from bnbench.io import check_writable, write_json
+
+    chosen = [variants.get(name) for name in (args.variant or list(variants.NOTEBOOK_VARIANTS))]
+    out = check_writable(args.out) if args.out else None
+
+    from tqdm import tqdm
+
+    from bnbench import data as data_lib, runner, train
+    from bnbench.summary import summary_table
+
+    protocol = train.Protocol(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate)
+    dataset = data_lib.load(args.dataset, args.data_dir)
+    device_data = train.DeviceData.from_dataset(dataset)
+    seeds = list(range(args.seed, args.seed + args.seeds))
+    print(f"{dataset.name} from {dataset.location} ({dataset.source}, {dataset.order} order): "
+          f"{len(dataset.train_labels)} train, {len(dataset.val_labels)} validation, "
+          f"{len(dataset.test_labels)} test", file=sys.stderr)
+    results = {}
+    for variant in chosen:
+        with tqdm(total=protocol.epochs, desc=f"{variant.name} ({len(seeds)} seed{'s' * (len(seeds) > 1)})",
+                  unit="epoch", file=sys.stderr, disable=args.quiet) as bar:
+            def on_epoch(i, metrics, seconds):
+                bar.set_postfix(loss=f"{metrics['train_loss'].mean():.4f}",
+                                acc=f"{metrics['train_accuracy'].mean():.4f}",
+                                val_acc=f"{metrics['val_accuracy'].mean():.4f}", epoch_s=f"{seconds:.2f}")
+                bar.update()
+
+            results[variant.name] = runner.run_variant(
+                variant, protocol, device_data, seeds, measure_floor=args.floor, unroll=args.unroll,
+                target=args.target, on_epoch=on_epoch)
+    report = runner.make_report(dataset, protocol, seeds, results, command=shlex.join(["bnbench", *sys.argv[1:]]))
+    print(summary_table(report))
+    if out is not None:
+        write_json(out, report)
+        print(f"report written to {out}", file=sys.stderr)
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from bnbench.compare import compare
+
+    text, regressed = compare(args.reports, markdown=args.format == "markdown",
+                              fail_on_regression=args.fail_on_regression)
+    print(text)
+    return 1 if regressed else 0
+
+
+def cmd_report(args) -> int:
+    from bnbench.citable import write_citable
+
+    for path in write_citable(args.reports, args.out):
+        print(path)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bnbench", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sub.add_parser("variants", help="list the model variants").set_defaults(func=cmd_variants)
+
+    run = sub.add_parser("run", help="train variants and write a JSON report")
+    run.add_argument("--variant", action="append", metavar="NAME",
+                     help="a variant to train (repeatable; default: seed_plain and seed_bn)")
+    run.add_argument("--epochs", type=_positive_int, default=10, help="epochs (default 10)")
+    run.add_argument("--seeds", type=_positive_int, default=1, help="seeds trained together (default 1)")
+    run.add_argument("--seed", type=int, default=0, help="first seed; seeds are SEED, SEED+1, ... (default 0)")
+    run.add_argument("--batch-size", type=_positive_int, default=32, help="batch size (default 32)")
+    run.add_argument("--learning-rate", type=_positive_float, default=1e-3, help="SGD learning rate (default 1e-3)")
+    run.add_argument("--dataset", default="fashion_mnist", help="fashion_mnist (default) or mnist")
+    run.add_argument("--data-dir", metavar="DIR",
+                     help="a folder with the four IDX files, or a tfds data dir (default: tfds' own)")
+    run.add_argument("--out", metavar="FILE.json", help="where to write the JSON report")
+    run.add_argument("--floor", action="store_true",
+                     help="also time each variant's matmul floor after every epoch and report the ratio")
+    run.add_argument("--target", type=_fraction, default=0.84,
+                     help="validation accuracy whose time to reach is reported (default 0.84)")
+    run.add_argument("--unroll", type=_positive_int, default=None, help=argparse.SUPPRESS)
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.set_defaults(func=cmd_run)
+
+    compare = sub.add_parser("compare", help="put reports side by side")
+    compare.add_argument("reports", nargs="+", metavar="REPORT.json",
+                         help="bnbench reports or pytest-benchmark JSON files; the first is the baseline")
+    compare.add_argument("--format", choices=("text", "markdown"), default="text")
+    compare.add_argument("--fail-on-regression", type=_positive_float, metavar="PCT",
+                         help="exit 1 if a step time got slower by more than PCT%% beyond the noise, "
+                              "or an accuracy fell outside the baseline's confidence interval")
+    compare.set_defaults(func=cmd_compare)
+
+    report = sub.add_parser("report", help="write a citable Markdown summary with plots")
+    report.add_argument("reports", nargs="+", metavar="REPORT.json")
+    report.add_argument("--out", required=True, metavar="DIR", help="folder for README.md and the plots")
+    report.set_defaults(func=cmd_report)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "unroll", 0) is None:
+        from bnbench.runner import DEFAULT_UNROLL
+        args.unroll = DEFAULT_UNROLL
+    try:
+        return args.func(args)
+    except BnbenchError as e:
+        print(f"bnbench: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("bnbench: interrupted; reports written before this point are intact", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""A program's matrix-multiply floor: the same matrix products, and nothing else, in one XLA scan.
+
+``matmuls(fn, *args)`` reads every ``dot_general`` out of a function's jaxpr, with how many times
+it runs (a dot inside a ``scan`` of length 1,718 runs 1,718 times). ``floor_program`` rebuilds just
+those products, with the same shapes, dtypes and counts, as a scan per count. Its time is the
+floor that the real program (which adds activations, BN, gathers, the optimizer update) is measured
+against: a ratio near 1 means the matmuls dominate and little is left to win.
+
+Each floor iteration feeds one element of every product back into its left operand, so XLA can
+neither hoist the product out of the loop nor drop it; that costs one scalar add per product.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+
+@dataclasses.dataclass(frozen=True)
+class Matmul:
+    lhs_shape: tuple[int, ...]
+    rhs_shape: tuple[int, ...]
+    dtype: Any
+    dimension_numbers: Any
+    out_shape: tuple[int, ...]
+
+    @property
+    def flops(self) -> int:
+        """2 x (product of output dims) x (product of contracted dims)."""
+        (lhs_contract, _), _ = self.dimension_numbers
+        contracted = int(np.prod([self.lhs_shape[d] for d in lhs_contract]))
+        return 2 * int(np.prod(self.out_shape)) * contracted
+
+
+def _subjaxprs(eqn):
+    for value in eqn.params.values():
+        for v in value if isinstance(value, (tuple, list)) else (value,):
+            if isinstance(v, jax.extend.core.ClosedJaxpr):
+                yield v.jaxpr
+            elif isinstance(v, jax.extend.core.Jaxpr):
+                yield v
+
+
+def _walk(jaxpr, repeat: int, found: collections.Counter) -> None:
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            lhs, rhs = (v.aval for v in eqn.invars)
+            found[Matmul(tuple(lhs.shape), tuple(rhs.shape), np.dtype(lhs.dtype),
+                         eqn.params["dimension_numbers"], tuple(eqn.outvars[0].aval.shape))] += repeat
+            continue
+        inner = repeat * eqn.params["length"] if eqn.primitive.name == "scan" else repeat
+        for sub in _subjaxprs(eqn):
+            _walk(sub, inner, found)
+
+
+def matmuls(fn: Callable, *args) -> dict[Matmul, int]:
+    """Every matrix product ``fn(*args)`` computes, and how many times."""
+    found: collections.Counter = collections.Counter()
+    _walk(jax.make_jaxpr(fn)(*args).jaxpr, 1, found)
+    return dict(found)
+
+
+def total_flops(products: dict[Matmul, int]) -> int:
+    return sum(m.flops * count for m, count in products.items())
+
+
+def floor_program(products: dict[Matmul, int], unroll: int = 1):
+    """A jitted function of the operands that runs each product ``count`` times, and the operands."""
+    by_count: dict[int, list[Matmul]] = collections.defaultdict(list)
+    for m, count in products.items():
+        by_count[count].append(m)
+    groups = sorted(by_count.items())
+
+    def run_group(ms, operands, count):
+        def body(ops, _):
+            new = []
+            for m, (lhs, rhs) in zip(ms, ops):
+                out = lax.dot_general(lhs, rhs, m.dimension_numbers)
+                corner = (0,) * lhs.ndim
+                lhs = lax.dynamic_update_slice(
+                    lhs, lax.slice(lhs, corner, (1,) * lhs.ndim) + out.reshape(-1)[0] * 1e-30, corner)
+                new.append((lhs, rhs))
+            return new, None
+
+        if count == 1:
+            return body(operands, None)[0]
+        return lax.scan(body, operands, None, length=count, unroll=unroll)[0]
+
+    @jax.jit
+    def floor(all_operands):
+        return [run_group(ms, ops, count) for (count, ms), ops in zip(groups, all_operands)]
+
+    key = jax.random.PRNGKey(0)
+    operands = [[(jax.random.normal(key, m.lhs_shape, m.dtype), jax.random.normal(key, m.rhs_shape, m.dtype))
+                 for m in ms] for _, ms in groups]
+    return floor, operands
+
+
+def time_floor(products: dict[Matmul, int], repeats: int = 5, unroll: int = 1) -> dict:
+    """Compiles the floor, runs it ``repeats`` times, and returns the median and all times."""
+    floor, operands = floor_program(products, unroll=unroll)
+    start = time.perf_counter()
+    floor = floor.lower(operands).compile()
+    compile_s = time.perf_counter() - start
+    jax.block_until_ready(floor(operands))  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(floor(operands))
+        times.append(time.perf_counter() - start)
+    return {"median_s": float(np.median(times)), "times_s": times, "compile_time_s": compile_s,
+            "flops": total_flops(products)}

@@ -1,0 +1,140 @@
+"""An experiment: variants x seeds under one protocol, measured, and turned into a report dict.
+
+This is what ``bnbench run`` and the pytest benchmarks share, so that both produce the same figures.
+"""
+
+from __future__ import annotations
+
+import datetime
+import time
+from typing import Callable, Sequence
+
+import jax
+import numpy as np
+
+from bnbench import floor, stats, train
+from bnbench.data import Dataset
+from bnbench.environment import environment
+from bnbench.variants import Variant
+
+SCHEMA_VERSION = 1
+REPORT_KIND = "bnbench.run"
+# Unrolling the epoch's scan by 4 lets XLA schedule across steps and pays the loop's bookkeeping
+# a quarter as often; measured as the fastest of 1, 2, 4 and 8 on a 2-core x86 CPU (README).
+DEFAULT_UNROLL = 4
+METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy")
+
+
+class FloorClock:
+    """Times the variant's matmul floor once per call, interleaved with its epochs, so that each
+    epoch gets a floor measured moments apart under the same machine load."""
+
+    def __init__(self, trainer: train.Trainer):
+        self.products = floor.matmuls(trainer.epoch_program, *trainer.epoch_args())
+        program, self._operands = floor.floor_program(self.products, unroll=trainer.unroll)
+        start = time.perf_counter()
+        self._program = program.lower(self._operands).compile()
+        self.compile_time_s = time.perf_counter() - start
+        jax.block_until_ready(self._program(self._operands))  # the first run pays for page faults
+        self.times: list[float] = []
+
+    def tick(self) -> float:
+        start = time.perf_counter()
+        jax.block_until_ready(self._program(self._operands))
+        self.times.append(time.perf_counter() - start)
+        return self.times[-1]
+
+
+def run_variant(variant: Variant, protocol: train.Protocol, data: train.DeviceData, seeds: Sequence[int],
+                measure_floor: bool = False, unroll: int = DEFAULT_UNROLL, target: float | None = None,
+                on_epoch: Callable[[int, dict, float], None] | None = None) -> dict:
+    """Trains one variant for all seeds together; returns its runs and its summary."""
+    trainer = train.Trainer(variant.model, protocol, data, len(seeds), unroll=unroll)
+    clock = FloorClock(trainer) if measure_floor else None
+
+    def epoch_done(i, metrics, seconds):
+        if clock is not None:
+            clock.tick()
+        if on_epoch is not None:
+            on_epoch(i, metrics, seconds)
+
+    result = train.fit(trainer, seeds, epoch_done)
+    updates = protocol.updates_per_epoch(int(data.train_labels.shape[0]))
+    runs = []
+    for s, seed in enumerate(seeds):
+        epochs = []
+        for i, (metrics, seconds) in enumerate(zip(result["history"], result["epoch_times"])):
+            record = {"epoch": i + 1, **{k: float(metrics[k][s]) for k in METRICS}, "time_s": seconds}
+            if clock is not None:
+                record["floor_time_s"] = clock.times[i]
+            epochs.append(record)
+        runs.append({"variant": variant.name, "seed": int(seed), "epochs": epochs,
+                     "test_loss": float(result["test"]["loss"][s]),
+                     "test_accuracy": float(result["test"]["accuracy"][s]),
+                     "compile_time_s": result["compile_time_s"]})
+    summary = summarize(runs, updates, target)
+    summary["description"] = variant.description
+    if clock is not None:
+        summary["floor"] = {
+            "matmul_flops_per_epoch": floor.total_flops(clock.products),
+            "median_floor_time_s": float(np.median(clock.times)),
+            # Each epoch against the floor run right after it, then the median of those ratios.
+            "median_ratio": float(np.median(np.array(result["epoch_times"]) / np.array(clock.times))),
+            "compile_time_s": clock.compile_time_s,
+            "unroll": unroll,
+        }
+    return {"runs": runs, "summary": summary}
+
+
+def time_to_target(epochs: list[dict], target: float, updates_per_epoch: int) -> dict | None:
+    """Wall time and updates until validation accuracy first reaches ``target``; None if never."""
+    elapsed = 0.0
+    for record in epochs:
+        elapsed += record["time_s"]
+        if record["val_accuracy"] >= target:
+            return {"epoch": record["epoch"], "time_s": elapsed, "updates": record["epoch"] * updates_per_epoch}
+    return None
+
+
+def summarize(runs: list[dict], updates_per_epoch: int, target: float | None = None) -> dict:
+    """Mean and 95% CI over seeds of the final metrics; median epoch and update times."""
+    final = {k: [r["epochs"][-1][k] for r in runs] for k in METRICS}
+    final.update({k: [r[k] for r in runs] for k in ("test_loss", "test_accuracy")})
+    epoch_times = [e["time_s"] for e in runs[0]["epochs"]]  # seeds train together: times are shared
+    summary = {
+        "seeds": len(runs),
+        **{k: stats.mean_ci(v) for k, v in final.items()},
+        "epoch_time_s": stats.spread(epoch_times),
+        "median_epoch_time_s": float(np.median(epoch_times)),
+        "median_update_time_s": float(np.median(epoch_times)) / updates_per_epoch,
+        "updates_per_epoch": updates_per_epoch,
+        "compile_time_s": runs[0]["compile_time_s"],
+    }
+    if target is not None:
+        reached = [time_to_target(r["epochs"], target, updates_per_epoch) for r in runs]
+        summary["time_to_target"] = {"target_val_accuracy": target, "per_seed": reached,
+                                     "seeds_reached": sum(r is not None for r in reached)}
+    return summary
+
+
+def make_report(dataset: Dataset, protocol: train.Protocol, seeds: Sequence[int],
+                results: dict[str, dict], command: str | None = None) -> dict:
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "kind": REPORT_KIND,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": command,
+        "environment": environment(),
+        "protocol": {
+            **dataset.describe(),
+            "batch_size": protocol.batch_size,
+            "optimizer": "sgd",
+            "learning_rate": protocol.learning_rate,
+            "momentum": 0.0,
+            "epochs": protocol.epochs,
+            "updates_per_epoch": protocol.updates_per_epoch(len(dataset.train_labels)),
+            "seeds": [int(s) for s in seeds],
+        },
+        "runs": [run for result in results.values() for run in result["runs"]],
+        "summary": {name: result["summary"] for name, result in results.items()},
+    }

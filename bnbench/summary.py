@@ -1,0 +1,23 @@
+"""The summary table of one report: what ``bnbench run`` prints when it finishes."""
+
+from __future__ import annotations
+
+from bnbench.stats import format_ci
+from bnbench.table import format_table
+
+HEADERS = ("variant", "seeds", "train acc", "val acc", "test acc", "epoch s (median)", "vs floor", "compile s")
+
+
+def summary_rows(report: dict) -> list[list]:
+    rows = []
+    for name, s in report["summary"].items():
+        ratio = s.get("floor", {}).get("median_ratio")
+        rows.append([name, s["seeds"], format_ci(s["train_accuracy"]), format_ci(s["val_accuracy"]),
+                     format_ci(s["test_accuracy"]), f"{s['median_epoch_time_s']:.3f}",
+                     f"{ratio:.2f}x" if ratio is not None else "-", f"{s['compile_time_s']:.2f}"])
+    return rows
+
+
+def summary_table(report: dict, markdown: bool = False) -> str:
+    """Final accuracies as mean ± 95% CI half-width over seeds, and the median epoch time."""
+    return format_table(HEADERS, summary_rows(report), markdown=markdown)
