@@ -194,7 +194,7 @@ def _read_tfds(name: str, data_dir: Path | None) -> dict[str, np.ndarray]:
             download=not prepared, builder_kwargs={"file_format": "array_record"})
         arrays = {}
         for split, source in zip(("train", "test"), sources):
-            examples = source.__getitems__(range(len(source)))
+            examples = [source[i] for i in range(len(source))]
             arrays[f"{split}_images"] = np.stack([np.asarray(ex["image"]).reshape(28, 28) for ex in examples])
             arrays[f"{split}_labels"] = np.asarray([ex["label"] for ex in examples], dtype=np.int32)
     except DataError:

@@ -1,0 +1,60 @@
+"""Small, learnable stand-ins for Fashion-MNIST, written in the real file formats."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "fashion_mnist"
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def synthetic_split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each class lights up its own band of rows, plus noise: learnable in an epoch or two."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, n).astype(np.uint8)
+    images = rng.integers(0, 60, (n, 28, 28)).astype(np.uint8)
+    for c in range(10):
+        images[labels == c, 2 * c + 3:2 * c + 6, :] += 150
+    return images, labels
+
+
+def make_idx_folder(folder: Path, train: int = 5300, test: int = 200) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    train_images, train_labels = synthetic_split(train, 0)
+    test_images, test_labels = synthetic_split(test, 1)
+    write_idx(folder / "train-images-idx3-ubyte.gz", train_images)
+    write_idx(folder / "train-labels-idx1-ubyte.gz", train_labels)
+    write_idx(folder / "t10k-images-idx3-ubyte.gz", test_images)
+    write_idx(folder / "t10k-labels-idx1-ubyte.gz", test_labels)
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Tests never read or write the user's dataset cache."""
+    monkeypatch.setenv("BNBENCH_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+
+
+@pytest.fixture(scope="session")
+def idx_dir(tmp_path_factory) -> Path:
+    """5,300 training images (so the notebook's 5,000-image validation split leaves 300) and 200 test."""
+    return make_idx_folder(tmp_path_factory.mktemp("idx"))
+
+
+@pytest.fixture
+def real_data_dir() -> Path:
+    folder = Path(os.environ.get("BNBENCH_REAL_DATA", REAL_DATA))
+    if not (folder / "train-images-idx3-ubyte.gz").is_file():
+        pytest.skip(f"the real Fashion-MNIST IDX files are not in {folder} (set BNBENCH_REAL_DATA)")
+    return folder

@@ -1,0 +1,88 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from bnbench import cli
+
+
+def run_cli(*args):
+    """The installed entry point, as a user runs it."""
+    return subprocess.run([sys.executable, "-m", "bnbench.cli", *map(str, args)], capture_output=True, text=True)
+
+
+def test_variants_lists_each_variant_on_one_line(capsys):
+    assert cli.main(["variants"]) == 0
+    out = capsys.readouterr().out
+    from bnbench.variants import VARIANTS
+    names = [line.split()[1] if line.startswith("*") else line.split()[0]
+             for line in out.splitlines() if line.strip() and not line.startswith("* the")]
+    assert names == list(VARIANTS)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "--variant", "resnet"], "unknown variant 'resnet'"),
+    (["run", "--epochs", "ten"], "argument --epochs: 'ten' is not a whole number"),
+    (["run", "--seeds", "0"], "argument --seeds: '0' must be at least 1"),
+    (["run", "--learning-rate", "-1"], "must be greater than 0"),
+    (["run", "--out", "/proc/no/such/dir/r.json"], "cannot write to /proc/no/such/dir/r.json"),
+])
+def test_bad_input_gives_one_clear_line_and_no_traceback(args, message):
+    result = run_cli(*args)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len([l for l in result.stderr.splitlines() if "error" in l]) == 1
+
+
+def test_out_path_that_is_a_directory_is_refused_before_training(tmp_path, capsys):
+    assert cli.main(["run", "--out", str(tmp_path)]) == 2
+    assert "is a directory" in capsys.readouterr().err
+
+
+def test_missing_dataset_is_one_line(tmp_path):
+    result = run_cli("run", "--data-dir", tmp_path, "--epochs", "1", "--quiet")
+    assert result.returncode == 2 and "no fashion_mnist in" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_run_writes_a_complete_report(idx_dir, tmp_path):
+    out = tmp_path / "reports" / "run.json"
+    result = run_cli("run", "--variant", "seed_plain", "--variant", "seed_bn", "--epochs", "2", "--seeds", "2",
+                     "--data-dir", idx_dir, "--out", out, "--floor")
+    assert result.returncode == 0, result.stderr
+    assert "seed_bn" in result.stdout and "±" in result.stdout  # the summary table
+    report = json.loads(out.read_text())
+    assert report["schema_version"] == 1
+    env = report["environment"]
+    for key in ("jax", "jaxlib", "flax", "optax", "python", "backend", "device_kind", "device_count",
+                "cpu_model", "xla_flags"):
+        assert key in env
+    protocol = report["protocol"]
+    assert protocol["source"] == "idx" and protocol["order"] == "canonical"
+    assert (protocol["batch_size"], protocol["learning_rate"], protocol["epochs"]) == (32, 1e-3, 2)
+    assert protocol["updates_per_epoch"] == 10  # 300 training examples: 9 full batches and one of 12
+    assert [(r["variant"], r["seed"]) for r in report["runs"]] == [
+        ("seed_plain", 0), ("seed_plain", 1), ("seed_bn", 0), ("seed_bn", 1)]
+    for run in report["runs"]:
+        assert len(run["epochs"]) == 2
+        for epoch in run["epochs"]:
+            assert set(epoch) >= {"train_loss", "train_accuracy", "val_loss", "val_accuracy", "time_s"}
+            assert 0 <= epoch["val_accuracy"] <= 1 and epoch["time_s"] > 0
+        assert 0 <= run["test_accuracy"] <= 1 and run["compile_time_s"] > 0
+    summary = report["summary"]["seed_bn"]
+    values = [r["epochs"][-1]["val_accuracy"] for r in report["runs"] if r["variant"] == "seed_bn"]
+    assert summary["val_accuracy"]["mean"] == pytest.approx(sum(values) / 2)
+    lo, hi = summary["val_accuracy"]["ci95"]
+    assert lo <= summary["val_accuracy"]["mean"] <= hi
+    assert summary["floor"]["median_ratio"] > 0
+
+
+def test_failed_run_leaves_an_earlier_report_intact(idx_dir, tmp_path):
+    out = tmp_path / "run.json"
+    out.write_text('{"earlier": true}')
+    result = run_cli("run", "--variant", "seed_plain", "--epochs", "1", "--data-dir", tmp_path / "missing",
+                     "--out", out)
+    assert result.returncode == 2
+    assert json.loads(out.read_text()) == {"earlier": True}
+    assert list(tmp_path.iterdir()) == [out]  # no temporary files left behind

@@ -1,0 +1,109 @@
+import builtins
+import gzip
+import shutil
+import time
+
+import numpy as np
+import pytest
+
+from bnbench import data
+from bnbench.data import DataError
+from conftest import make_idx_folder, write_idx
+
+
+def test_idx_folder_loads_in_canonical_order_with_the_notebook_split(idx_dir):
+    ds = data.load(data_dir=idx_dir)
+    with gzip.open(idx_dir / "train-labels-idx1-ubyte.gz") as f:
+        labels = np.frombuffer(f.read()[8:], np.uint8)
+    assert (ds.source, ds.order) == ("idx", "canonical")
+    assert ds.val_images.shape == (5000, 28, 28) and ds.train_images.shape == (300, 28, 28)
+    assert ds.train_images.dtype == np.uint8 and ds.train_labels.dtype == np.int32
+    np.testing.assert_array_equal(ds.val_labels, labels[:5000])  # the first 5,000 are validation
+    np.testing.assert_array_equal(ds.train_labels, labels[5000:])
+    assert ds.test_images.shape == (200, 28, 28)
+
+
+def test_second_load_comes_from_the_cache_and_is_identical(tmp_path, monkeypatch):
+    folder = make_idx_folder(tmp_path / "idx")
+    first = data.load(data_dir=folder)
+    monkeypatch.setattr(data, "read_idx", lambda path: pytest.fail("the cache was not used"))
+    start = time.perf_counter()
+    second = data.load(data_dir=folder)
+    assert time.perf_counter() - start < 1.0
+    np.testing.assert_array_equal(first.train_images, second.train_images)
+    np.testing.assert_array_equal(first.test_labels, second.test_labels)
+
+
+def test_cache_is_rebuilt_when_the_files_change(tmp_path):
+    folder = make_idx_folder(tmp_path / "idx")
+    first = data.load(data_dir=folder)
+    images = np.zeros((5300, 28, 28), np.uint8)
+    write_idx(folder / "train-images-idx3-ubyte.gz", images)
+    assert data.load(data_dir=folder).train_images.max() == 0 != first.train_images.max()
+
+
+def test_real_fashion_mnist_is_the_release(real_data_dir):
+    ds = data.load(data_dir=real_data_dir)
+    assert len(ds.train_labels) == 55_000 and len(ds.val_labels) == 5_000 and len(ds.test_labels) == 10_000
+    full = np.concatenate([ds.val_images, ds.train_images])
+    assert abs(full.mean() / 255 - 0.2860) < 1e-3  # the published mean pixel
+    assert np.bincount(ds.test_labels).tolist() == [1000] * 10
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "missing"])
+def test_damaged_or_incomplete_idx_folder_gives_a_clear_error(tmp_path, damage):
+    folder = make_idx_folder(tmp_path / "idx")
+    target = folder / "train-images-idx3-ubyte.gz"
+    if damage == "truncate":
+        target.write_bytes(target.read_bytes()[: target.stat().st_size // 2])
+        expected = "damaged"
+    elif damage == "garbage":
+        target.write_bytes(gzip.compress(b"not an idx file at all"))
+        expected = "not an IDX file"
+    else:
+        target.unlink()
+        expected = "train-images-idx3-ubyte.gz missing"
+    with pytest.raises(DataError, match=expected) as info:
+        data.load(data_dir=folder)
+    assert "\n" not in str(info.value)
+
+
+def test_folder_without_a_dataset_says_what_it_expected(tmp_path):
+    with pytest.raises(DataError, match="no fashion_mnist in .*IDX files.*tfds data dir"):
+        data.load(data_dir=tmp_path)
+    with pytest.raises(DataError, match="does not exist"):
+        data.load(data_dir=tmp_path / "nowhere")
+    with pytest.raises(DataError, match="unknown dataset 'cifar10'"):
+        data.load("cifar10", data_dir=tmp_path)
+
+
+def test_without_tensorflow_an_unprepared_tfds_dataset_explains_the_ways_out(tmp_path, monkeypatch):
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))  # empty: nothing prepared
+    real_find_spec = data.importlib.util.find_spec
+    monkeypatch.setattr(data.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "tensorflow" else real_find_spec(name, *a))
+    with pytest.raises(DataError, match="needs TensorFlow.*pip install tensorflow.*--data-dir"):
+        data.load()
+
+
+def test_tfds_source_reads_through_tfds_data_source(tmp_path):
+    """With tfds' mock data standing in for the prepared dataset (no download, no TensorFlow)."""
+    tfds = pytest.importorskip("tensorflow_datasets")
+    (tmp_path / "fashion_mnist").mkdir()
+    with tfds.testing.mock_data(num_examples=5100, policy=tfds.testing.MockPolicy.USE_CODE):
+        ds = data.load(data_dir=tmp_path)
+    assert (ds.source, ds.order) == ("tfds", "tfds")
+    assert ds.train_images.shape == (100, 28, 28) and ds.train_images.dtype == np.uint8
+    assert ds.val_labels.shape == (5000,) and ds.test_images.shape[1:] == (28, 28)
+    assert 0 <= ds.train_labels.min() and ds.train_labels.max() < 10
+
+
+def test_real_tfds_prepared_dir_matches_the_idx_files(real_data_dir):
+    tfds_dir = real_data_dir.parent / "tfds"
+    if not (tfds_dir / "fashion_mnist").is_dir():
+        pytest.skip("no prepared tfds copy beside the IDX files")
+    via_tfds, via_idx = data.load(data_dir=tfds_dir), data.load(data_dir=real_data_dir)
+    assert via_tfds.order == "tfds"
+    # Same examples, another order: the multiset of test labels and the pixel sum agree.
+    assert np.bincount(via_tfds.test_labels).tolist() == np.bincount(via_idx.test_labels).tolist()
+    assert via_tfds.test_images.sum(dtype=np.int64) == via_idx.test_images.sum(dtype=np.int64)

@@ -1,0 +1,39 @@
+import jax
+import numpy as np
+
+from bnbench import floor, train, variants
+from bnbench.data import load
+
+
+def epoch_products(name, idx_dir, seeds=1):
+    data = train.DeviceData.from_dataset(load(data_dir=idx_dir))
+    trainer = train.Trainer(variants.get(name).model, train.Protocol(), data, seeds)
+    return floor.matmuls(trainer.epoch_program, *trainer.epoch_args())
+
+
+
+def test_floor_counts_the_dense_layers_products_and_their_repeats(idx_dir):
+    plain, bn = epoch_products("seed_plain", idx_dir), epoch_products("seed_bn", idx_dir)
+    # 300 training examples: 9 full batches in the scan, then one batch of 12.
+    assert sorted(set(plain.values())) == [1, 9]
+    assert sum(c == 9 for c in plain.values()) == 8  # 3 forward, 3 weight gradients, 2 input gradients
+    assert sum(c == 9 for c in bn.values()) == 9  # BN on the inputs needs Dense_0's input gradient too
+    # BN itself adds no matmuls: the difference is exactly that 32x300x784 product.
+    extra = set(bn) - set(plain)
+    assert {(m.lhs_shape, m.rhs_shape) for m in extra if bn[m] == 9} == {((32, 300), (784, 300))}
+    flops_plain = sum(m.flops for m, c in plain.items() if c == 9)
+    flops_bn = sum(m.flops for m, c in bn.items() if c == 9)
+    assert flops_plain == 2 * 32 * (784 * 300 + 300 * 100 + 100 * 10) * 3 - 2 * 32 * 784 * 300
+    assert flops_bn - flops_plain == 2 * 32 * 300 * 784
+
+
+def test_seeds_batch_the_products(idx_dir):
+    products = epoch_products("seed_plain", idx_dir, seeds=3)
+    assert all(m.lhs_shape[0] == 3 or m.rhs_shape[0] == 3 for m in products)
+
+
+def test_floor_program_runs_and_its_time_grows_with_work():
+    m = floor.Matmul((64, 256), (256, 256), np.dtype("float32"), (((1,), (0,)), ((), ())), (64, 256))
+    short, long_ = floor.time_floor({m: 50}, repeats=3), floor.time_floor({m: 2000}, repeats=3)
+    assert long_["flops"] == 40 * short["flops"]
+    assert long_["median_s"] > short["median_s"]
