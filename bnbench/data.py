@@ -39,7 +39,7 @@ IDX_FILES = {
     "test_images": "t10k-images-idx3-ubyte",
     "test_labels": "t10k-labels-idx1-ubyte",
 }
-ORDER_OF_SOURCE = {"idx": "canonical", "tfds": "tfds"}
+ORDER_OF_SOURCE = {"idx": "canonical", "tfds": "tfds", "synthetic": "synthetic"}
 
 
 class DataError(BnbenchError):

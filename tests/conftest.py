@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bnbench.synthetic import synthetic_split
+
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "fashion_mnist"
 
 
@@ -17,16 +19,6 @@ def write_idx(path: Path, array: np.ndarray) -> None:
     header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
     with gzip.open(path, "wb") as f:
         f.write(header + array.astype(np.uint8).tobytes())
-
-
-def synthetic_split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Each class lights up its own band of rows, plus noise: learnable in an epoch or two."""
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, 10, n).astype(np.uint8)
-    images = rng.integers(0, 60, (n, 28, 28)).astype(np.uint8)
-    for c in range(10):
-        images[labels == c, 2 * c + 3:2 * c + 6, :] += 150
-    return images, labels
 
 
 def make_idx_folder(folder: Path, train: int = 5300, test: int = 200) -> Path:

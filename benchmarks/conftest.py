@@ -1,0 +1,95 @@
+"""bnbench's pytest-benchmark harness: options, machine info, and the session's bnbench report.
+
+Everything goes through pytest's and pytest-benchmark's hooks, so pytest-benchmark's own options
+(--benchmark-json, --benchmark-autosave, --benchmark-compare) and `pytest-benchmark compare` work
+as usual; bnbench adds its environment to machine_info and writes its own report at the end.
+"""
+
+from __future__ import annotations
+
+import datetime
+from pathlib import Path
+
+import pytest
+
+from bnbench import data as data_lib
+from bnbench import environment, runner, train, variants
+from bnbench.errors import BnbenchError
+from bnbench.io import write_json
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("bnbench")
+    group.addoption("--variants", default=",".join(variants.NOTEBOOK_VARIANTS),
+                    help="comma-separated variants to benchmark (default: seed_plain,seed_bn)")
+    group.addoption("--epochs", type=int, default=10, help="training epochs for the accuracy benchmark (10)")
+    group.addoption("--seeds", type=int, default=1, help="seeds trained together (1)")
+    group.addoption("--dataset", default="fashion_mnist", help="fashion_mnist or mnist")
+    group.addoption("--data-dir", default=None,
+                    help="a folder of the four IDX files or a tfds data dir (default: tfds' own)")
+    group.addoption("--target", type=float, default=0.84,
+                    help="validation accuracy whose time to reach is recorded (0.84)")
+    group.addoption("--quick", action="store_true",
+                    help="smoke run in seconds: synthetic data, 1 epoch, few rounds")
+    group.addoption("--bnbench-report", default=None,
+                    help="where to write bnbench's JSON report (default: reports/benchmark-<time>.json)")
+
+
+class Session:
+    """What the benchmarks share: options, the data on the device, and the results for the report."""
+
+    def __init__(self, config):
+        opt = config.getoption
+        self.quick = opt("--quick")
+        self.variants = [variants.get(v.strip()) for v in opt("--variants").split(",") if v.strip()]
+        self.protocol = train.Protocol(epochs=1 if self.quick else opt("--epochs"))
+        self.seeds = list(range(opt("--seeds")))
+        self.target = opt("--target")
+        if self.quick:
+            from bnbench.synthetic import synthetic_dataset
+            self.dataset = synthetic_dataset()
+        else:
+            self.dataset = data_lib.load(opt("--dataset"), opt("--data-dir"))
+        self.data = train.DeviceData.from_dataset(self.dataset)
+        self.step_rounds = 20 if self.quick else 300
+        self.results: dict[str, dict] = {}  # accuracy benchmark results, per variant
+        self.step_times: dict[str, dict] = {}  # step benchmark figures, per variant
+        self.scaling: dict[str, float] = {}  # median step times of the scaling benchmarks
+        default = Path("reports") / f"benchmark-{datetime.datetime.now():%Y%m%d-%H%M%S}.json"
+        self.report_path = Path(opt("--bnbench-report") or default)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "bnbench: a bnbench benchmark")
+
+
+@pytest.fixture(scope="session")
+def bnbench_session(request):
+    try:
+        session = Session(request.config)
+    except BnbenchError as e:
+        pytest.exit(f"bnbench: error: {e}", returncode=2)
+    request.config._bnbench_session = session
+    return session
+
+
+def pytest_benchmark_update_machine_info(config, machine_info):
+    machine_info["bnbench"] = environment.environment()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    state = getattr(session.config, "_bnbench_session", None)
+    if state is None or not state.results:
+        return
+    report = runner.make_report(state.dataset, state.protocol, state.seeds, state.results,
+                                command="pytest benchmarks/")
+    for name, figures in state.step_times.items():
+        if name in report["summary"]:
+            report["summary"][name].update(figures)
+    write_json(state.report_path, report)
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        from bnbench.summary import summary_table
+        reporter.write_line("")
+        reporter.write_line(summary_table(report))
+        reporter.write_line(f"bnbench report written to {state.report_path}")

@@ -1,0 +1,70 @@
+"""Step-time measurement: one compiled training update, timed with the device synchronised.
+
+Compile time is measured apart (ahead-of-time compilation), FLOPs come from XLA's cost analysis
+of the compiled step, and the matmul floor of the same step is timed on the same device in the
+same process, so a report from any hardware reads as a fraction of what that hardware can do.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+
+import jax
+import numpy as np
+
+from bnbench import floor, train
+from bnbench.variants import Variant
+
+FLOOR_REPEATS = 200  # floor steps per timing: long enough to swamp the dispatch of one program
+
+
+def _cost_flops(compiled) -> float | None:
+    analysis = compiled.cost_analysis()
+    if isinstance(analysis, (list, tuple)):  # older jaxlib returns one dict per program
+        analysis = analysis[0] if analysis else {}
+    flops = (analysis or {}).get("flops")
+    return float(flops) if flops is not None else None
+
+
+class StepProgram:
+    """A variant's compiled train step on a fixed batch, callable repeatedly; state is threaded through."""
+
+    def __init__(self, variant: Variant, data: train.DeviceData, batch_size: int = 32, seed: int = 0):
+        tx = train.Protocol(batch_size=batch_size).optimizer()
+        step = functools.partial(train.train_step, variant.model, tx)
+        self.state = train.create_train_state(variant.model, tx, jax.random.PRNGKey(seed))
+        self.images = data.train_images[:batch_size]
+        self.labels = data.train_labels[:batch_size]
+        if self.labels.shape[0] < batch_size:
+            raise ValueError(f"the training split has fewer than {batch_size} examples")
+        self.products = floor.matmuls(step, self.state, self.images, self.labels)
+        start = time.perf_counter()
+        self._compiled = jax.jit(step, donate_argnums=0).lower(self.state, self.images, self.labels).compile()
+        self.compile_time_s = time.perf_counter() - start
+        self.flops = _cost_flops(self._compiled)
+
+    def __call__(self) -> None:
+        self.state, metrics = self._compiled(self.state, self.images, self.labels)
+        jax.block_until_ready((self.state, metrics))
+
+    def floor_time_s(self, repeats: int = 5) -> float:
+        """Median time of this step's matmuls alone, per step, run FLOOR_REPEATS times in one scan."""
+        timing = floor.time_floor({m: FLOOR_REPEATS * c for m, c in self.products.items()}, repeats=repeats)
+        return timing["median_s"] / FLOOR_REPEATS
+
+
+def step_extra_info(program: StepProgram, median_s: float, floor_s: float) -> dict:
+    """The figures a step-time benchmark records beside pytest-benchmark's own statistics."""
+    return {
+        "compile_time_s": program.compile_time_s,
+        "flops_per_update": program.flops,
+        "matmul_flops_per_update": floor.total_flops(program.products),
+        "achieved_flops_per_s": program.flops / median_s if program.flops else None,
+        "floor_time_s": floor_s,
+        "ratio_to_floor": median_s / floor_s,
+    }
+
+
+def median(values) -> float:
+    return float(np.median(np.asarray(values)))
