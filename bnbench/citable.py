@@ -55,8 +55,11 @@ def _plot_step_times(loaded: list[dict], path: Path) -> None:
             step = r["variants"].get(n, {}).get("step_time")
             medians.append(step["median"] * 1e3 if step else np.nan)
             errors.append(step["iqr"] * 1e3 / 2 if step else 0)
+        sources = {v.get("step_time_source") for v in r["variants"].values()}
+        how = "one update" if sources == {"step"} else \
+            f"per update in epochs, {len(r['protocol'].get('seeds', [])) or '?'} seed(s) together"
         ax.bar(np.arange(len(names)) + i * width, medians, width, yerr=errors, capsize=3,
-               label=f"[{i + 1}] {r['label']}")
+               label=f"[{i + 1}] {r['label']}: {how}")
     ax.set_xticks(np.arange(len(names)) + width * (len(loaded) - 1) / 2, names)
     ax.set_ylabel("ms per training update (median, IQR bar)")
     ax.set_title("Step time per variant and device")
