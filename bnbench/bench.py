@@ -11,7 +11,6 @@ import functools
 import time
 
 import jax
-import numpy as np
 
 from bnbench import floor, train
 from bnbench.variants import Variant
@@ -65,6 +64,3 @@ def step_extra_info(program: StepProgram, median_s: float, floor_s: float) -> di
         "ratio_to_floor": median_s / floor_s,
     }
 
-
-def median(values) -> float:
-    return float(np.median(np.asarray(values)))
