@@ -39,10 +39,7 @@ def test_accuracy(benchmark, bnbench_session, variant_name):
     s.results[variant_name] = result
     benchmark.extra_info.update({
         "bnbench": "accuracy", "variant": variant_name, "summary": result["summary"], "runs": result["runs"],
-        "protocol": {**s.dataset.describe(), "batch_size": s.protocol.batch_size, "optimizer": "sgd",
-                     "learning_rate": s.protocol.learning_rate, "epochs": s.protocol.epochs,
-                     "updates_per_epoch": s.protocol.updates_per_epoch(len(s.dataset.train_labels)),
-                     "seeds": s.seeds}})
+        "protocol": runner.protocol_record(s.dataset, s.protocol, s.seeds)})
 
 
 SCALING = [("seed_plain", 32), ("seed_plain", 64), ("seed_plain_deep", 32)]

@@ -15,11 +15,16 @@ ENV_ROWS = ("device_kind", "backend", "device_count", "cpu_model", "cpu_count", 
             "python", "xla_flags", "git_commit")
 
 
-def _plot_curves(loaded: list[dict], path: Path) -> None:
+def _pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (no display needed); imported only to plot."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    return plt
 
+
+def _plot_curves(loaded: list[dict], path: Path) -> None:
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for i, r in enumerate(loaded):
         for name, v in r["variants"].items():
@@ -42,10 +47,7 @@ def _plot_curves(loaded: list[dict], path: Path) -> None:
 
 
 def _plot_step_times(loaded: list[dict], path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     names = list(dict.fromkeys(n for r in loaded for n in r["variants"]))
     width = 0.8 / len(loaded)
     fig, ax = plt.subplots(figsize=(7, 4.2))

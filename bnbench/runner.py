@@ -117,6 +117,20 @@ def summarize(runs: list[dict], updates_per_epoch: int, target: float | None = N
     return summary
 
 
+def protocol_record(dataset: Dataset, protocol: train.Protocol, seeds: Sequence[int]) -> dict:
+    """What a run trained on and how: the fields ``bnbench compare`` checks before comparing."""
+    return {
+        **dataset.describe(),
+        "batch_size": protocol.batch_size,
+        "optimizer": "sgd",
+        "learning_rate": protocol.learning_rate,
+        "momentum": 0.0,
+        "epochs": protocol.epochs,
+        "updates_per_epoch": protocol.updates_per_epoch(len(dataset.train_labels)),
+        "seeds": [int(s) for s in seeds],
+    }
+
+
 def make_report(dataset: Dataset, protocol: train.Protocol, seeds: Sequence[int],
                 results: dict[str, dict], command: str | None = None) -> dict:
     return {
@@ -125,16 +139,7 @@ def make_report(dataset: Dataset, protocol: train.Protocol, seeds: Sequence[int]
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": command,
         "environment": environment(),
-        "protocol": {
-            **dataset.describe(),
-            "batch_size": protocol.batch_size,
-            "optimizer": "sgd",
-            "learning_rate": protocol.learning_rate,
-            "momentum": 0.0,
-            "epochs": protocol.epochs,
-            "updates_per_epoch": protocol.updates_per_epoch(len(dataset.train_labels)),
-            "seeds": [int(s) for s in seeds],
-        },
+        "protocol": protocol_record(dataset, protocol, seeds),
         "runs": [run for result in results.values() for run in result["runs"]],
         "summary": {name: result["summary"] for name, result in results.items()},
     }
