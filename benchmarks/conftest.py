@@ -54,7 +54,6 @@ class Session:
         self.step_rounds = 20 if self.quick else 300
         self.results: dict[str, dict] = {}  # accuracy benchmark results, per variant
         self.step_times: dict[str, dict] = {}  # step benchmark figures, per variant
-        self.scaling: dict[str, float] = {}  # median step times of the scaling benchmarks
         default = Path("reports") / f"benchmark-{datetime.datetime.now():%Y%m%d-%H%M%S}.json"
         self.report_path = Path(opt("--bnbench-report") or default)
 

@@ -43,23 +43,34 @@ def test_accuracy(benchmark, bnbench_session, variant_name):
 
 
 SCALING = [("seed_plain", 32), ("seed_plain", 64), ("seed_plain_deep", 32)]
+SCALING_IDS = [f"{v}-b{b}" for v, b in SCALING]
 
 
-@pytest.mark.parametrize("variant_name_, batch_size", SCALING, ids=[f"{v}-b{b}" for v, b in SCALING])
+def scaling_program(session, variant_name: str, batch_size: int) -> bench.StepProgram:
+    return bench.StepProgram(variants.get(variant_name), session.data, batch_size=batch_size)
+
+
+@pytest.mark.parametrize("variant_name_, batch_size", SCALING, ids=SCALING_IDS)
 def test_step_time_scaling(benchmark, bnbench_session, variant_name_, batch_size):
-    """Step time must follow the work: a doubled batch and a deeper model each cost more."""
-    program = bench.StepProgram(variants.get(variant_name_), bnbench_session.data, batch_size=batch_size)
+    """Step time of more work: a doubled batch and a deeper model, figures for the report."""
+    program = scaling_program(bnbench_session, variant_name_, batch_size)
     benchmark.group = "step time scaling"
     benchmark.extra_info.update({"bnbench": "scaling", "variant": variant_name_, "batch_size": batch_size,
                                  "flops_per_update": program.flops})
     benchmark.pedantic(program, rounds=bnbench_session.step_rounds, warmup_rounds=10, iterations=1)
-    bnbench_session.scaling[f"{variant_name_}-b{batch_size}"] = benchmark.stats.stats.median
 
 
 def test_step_time_follows_the_work(bnbench_session):
-    scaling = bnbench_session.scaling
-    if len(scaling) < len(SCALING):
-        pytest.skip("the scaling benchmarks did not run")
-    base = scaling["seed_plain-b32"]
-    assert scaling["seed_plain-b64"] > base, scaling
-    assert scaling["seed_plain_deep-b32"] > base, scaling
+    """A doubled batch and a deeper model each cost more than the notebook's step.
+
+    The three steps are timed round-robin, so that load from elsewhere on a shared machine falls
+    on all of them alike, and compared by their fastest round: noise only ever adds time, so the
+    minimum is the figure least disturbed by it (a median comparison failed on a busy CI machine).
+    """
+    programs = {name: scaling_program(bnbench_session, v, b) for name, (v, b) in zip(SCALING_IDS, SCALING)}
+    for program in programs.values():
+        program()  # warm up outside the timing
+    fastest = {name: min(t) for name, t in bench.interleaved_times(programs, rounds=100).items()}
+    base = fastest["seed_plain-b32"]
+    assert fastest["seed_plain-b64"] > base, fastest
+    assert fastest["seed_plain_deep-b32"] > base, fastest

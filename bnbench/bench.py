@@ -53,6 +53,17 @@ class StepProgram:
         return timing["median_s"] / FLOOR_REPEATS
 
 
+def interleaved_times(programs: dict[str, StepProgram], rounds: int) -> dict[str, list[float]]:
+    """Time each program once per round, round-robin, so that a noisy machine slows all alike."""
+    times: dict[str, list[float]] = {name: [] for name in programs}
+    for _ in range(rounds):
+        for name, program in programs.items():
+            start = time.perf_counter()
+            program()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
 def step_extra_info(program: StepProgram, median_s: float, floor_s: float) -> dict:
     """The figures a step-time benchmark records beside pytest-benchmark's own statistics."""
     return {
