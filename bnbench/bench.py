@@ -18,14 +18,6 @@ from bnbench.variants import Variant
 FLOOR_REPEATS = 200  # floor steps per timing: long enough to swamp the dispatch of one program
 
 
-def _cost_flops(compiled) -> float | None:
-    analysis = compiled.cost_analysis()
-    if isinstance(analysis, (list, tuple)):  # older jaxlib returns one dict per program
-        analysis = analysis[0] if analysis else {}
-    flops = (analysis or {}).get("flops")
-    return float(flops) if flops is not None else None
-
-
 class StepProgram:
     """A variant's compiled train step on a fixed batch, callable repeatedly; state is threaded through."""
 
@@ -41,7 +33,7 @@ class StepProgram:
         start = time.perf_counter()
         self._compiled = jax.jit(step, donate_argnums=0).lower(self.state, self.images, self.labels).compile()
         self.compile_time_s = time.perf_counter() - start
-        self.flops = _cost_flops(self._compiled)
+        self.flops = floor.compiled_flops(self._compiled)
 
     def __call__(self) -> None:
         self.state, metrics = self._compiled(self.state, self.images, self.labels)

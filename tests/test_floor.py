@@ -1,3 +1,5 @@
+import functools
+
 import jax
 import numpy as np
 
@@ -37,3 +39,16 @@ def test_floor_program_runs_and_its_time_grows_with_work():
     short, long_ = floor.time_floor({m: 50}, repeats=3), floor.time_floor({m: 2000}, repeats=3)
     assert long_["flops"] == 40 * short["flops"]
     assert long_["median_s"] > short["median_s"]
+
+
+def test_floor_computes_every_product_whole():
+    # XLA may shrink a product whose result is barely used, or drop one whose result is unused;
+    # either would make the floor too low. Its compiled FLOPs must cover every product.
+    model = variants.get("seed_bn").model
+    tx = train.Protocol().optimizer()
+    state = train.create_train_state(model, tx, jax.random.PRNGKey(0))
+    images, labels = jax.numpy.zeros((32, 28, 28), jax.numpy.uint8), jax.numpy.zeros((32,), jax.numpy.int32)
+    products = floor.matmuls(functools.partial(train.train_step, model, tx), state, images, labels)
+    program, operands = floor.floor_program(products)
+    assert len(products) == 9
+    assert floor.compiled_flops(program.lower(operands).compile()) >= floor.total_flops(products)
