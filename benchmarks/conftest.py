@@ -24,6 +24,8 @@ def pytest_addoption(parser):
                     help="comma-separated variants to benchmark (default: seed_plain,seed_bn)")
     group.addoption("--epochs", type=int, default=10, help="training epochs for the accuracy benchmark (10)")
     group.addoption("--seeds", type=int, default=1, help="seeds trained together (1)")
+    group.addoption("--cpu-devices", type=int, default=1,
+                    help="on a CPU, spread the seeds over N JAX devices to use all cores (1)")
     group.addoption("--dataset", default="fashion_mnist", help="fashion_mnist or mnist")
     group.addoption("--data-dir", default=None,
                     help="a folder of the four IDX files or a tfds data dir (default: tfds' own)")
@@ -59,6 +61,9 @@ class Session:
 
 
 def pytest_configure(config):
+    if config.getoption("--cpu-devices") > 1:
+        from bnbench import devices
+        devices.expose_cpu_devices(config.getoption("--cpu-devices"))  # before JAX starts its backends
     config.addinivalue_line("markers", "bnbench: a bnbench benchmark")
 
 

@@ -48,7 +48,10 @@ def cmd_variants(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from bnbench import variants
+    from bnbench import devices, variants
+
+    if args.cpu_devices > 1:
+        devices.expose_cpu_devices(args.cpu_devices)  # before JAX starts its backends
     from bnbench.io import check_writable, write_json
 
     chosen = [variants.get(name) for name in (args.variant or list(variants.NOTEBOOK_VARIANTS))]
@@ -115,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a variant to train (repeatable; default: seed_plain and seed_bn)")
     run.add_argument("--epochs", type=_positive_int, default=10, help="epochs (default 10)")
     run.add_argument("--seeds", type=_positive_int, default=1, help="seeds trained together (default 1)")
+    run.add_argument("--cpu-devices", type=_positive_int, default=1, metavar="N",
+                     help="on a CPU, split it into N JAX devices and spread the seeds over them, so that "
+                          "they train on all cores at once (default 1: seeds vmapped on one device)")
     run.add_argument("--seed", type=int, default=0, help="first seed; seeds are SEED, SEED+1, ... (default 0)")
     run.add_argument("--batch-size", type=_positive_int, default=32, help="batch size (default 32)")
     run.add_argument("--learning-rate", type=_positive_float, default=1e-3, help="SGD learning rate (default 1e-3)")

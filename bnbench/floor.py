@@ -28,6 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from bnbench import devices
+
 
 @dataclasses.dataclass(frozen=True)
 class Matmul:
@@ -86,8 +88,10 @@ def total_flops(products: dict[Matmul, int]) -> int:
     return sum(m.flops * count for m, count in products.items())
 
 
-def floor_program(products: dict[Matmul, int], unroll: int = 1):
-    """A jitted function of the operands that runs each product ``count`` times, and the operands."""
+def floor_program(products: dict[Matmul, int], unroll: int = 1, mesh=None):
+    """A jitted function of the operands that runs each product ``count`` times, and the operands.
+    With a ``mesh`` (seeds spread over devices), every device runs the products at once, as every
+    device trains its share of the seeds at once."""
     by_count: dict[int, list[Matmul]] = collections.defaultdict(list)
     for m, count in products.items():
         by_count[count].append(m)
@@ -110,14 +114,16 @@ def floor_program(products: dict[Matmul, int], unroll: int = 1):
             return body(carry, None)[0]
         return lax.scan(body, carry, None, length=count, unroll=unroll)[0]
 
-    @jax.jit
     def floor(all_operands):
         return [run_group(ms, ops, count) for (count, ms), ops in zip(groups, all_operands)]
 
     key = jax.random.PRNGKey(0)
     operands = [[(jax.random.normal(key, m.lhs_shape, m.dtype), jax.random.normal(key, m.rhs_shape, m.dtype))
                  for m in ms] for _, ms in groups]
-    return floor, operands
+    if mesh is not None:
+        floor = devices.over_mesh(floor, mesh, (None,), out_axis=None)
+        operands = devices.replicate(operands, mesh)
+    return jax.jit(floor), operands
 
 
 def time_floor(products: dict[Matmul, int], repeats: int = 5, unroll: int = 1) -> dict:

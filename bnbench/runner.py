@@ -31,7 +31,8 @@ class FloorClock:
 
     def __init__(self, trainer: train.Trainer):
         self.products = floor.matmuls(trainer.epoch_program, *trainer.epoch_args())
-        program, self._operands = floor.floor_program(self.products, unroll=trainer.unroll)
+        program, self._operands = floor.floor_program(self.products, unroll=trainer.unroll, mesh=trainer.mesh)
+        self.devices = trainer.mesh.size if trainer.mesh is not None else 1
         start = time.perf_counter()
         self._program = program.lower(self._operands).compile()
         self.compile_time_s = time.perf_counter() - start
@@ -74,9 +75,10 @@ def run_variant(variant: Variant, protocol: train.Protocol, data: train.DeviceDa
                      "compile_time_s": result["compile_time_s"]})
     summary = summarize(runs, updates, target)
     summary["description"] = variant.description
+    summary["seed_devices"] = trainer.mesh.size if trainer.mesh is not None else 1
     if clock is not None:
         summary["floor"] = {
-            "matmul_flops_per_epoch": floor.total_flops(clock.products),
+            "matmul_flops_per_epoch": floor.total_flops(clock.products) * clock.devices,
             "median_floor_time_s": float(np.median(clock.times)),
             # Each epoch against the floor run right after it, then the median of those ratios.
             "median_ratio": float(np.median(np.array(result["epoch_times"]) / np.array(clock.times))),

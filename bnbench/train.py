@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from bnbench import devices as device_lib
 from bnbench.data import Dataset
 from bnbench.errors import BnbenchError
 from bnbench.models import normalize
@@ -158,7 +159,7 @@ def over_seeds(fn: Callable, num_seeds: int, in_axes) -> Callable:
     return single
 
 
-@dataclasses.dataclass
+@flax.struct.dataclass
 class DeviceData:
     """The three splits, placed on the device once as uint8 images and int32 labels."""
 
@@ -182,20 +183,31 @@ def seed_keys(seeds: Sequence[int]) -> tuple[jax.Array, jax.Array]:
 
 
 class Trainer:
-    """Compiles one variant's programs for a number of seeds trained together, and runs them."""
+    """Compiles one variant's programs for a number of seeds trained together, and runs them.
+
+    The seeds are split over as many devices as divide them evenly (``devices.seed_mesh``); on
+    each device its share is vmapped, or run unbatched where the share is one seed.
+    """
 
     def __init__(self, model: nn.Module, protocol: Protocol, data: DeviceData, num_seeds: int,
-                 unroll: int = 1):
-        self.model, self.protocol, self.data, self.num_seeds = model, protocol, data, num_seeds
+                 unroll: int = 1, devices=None):
+        self.model, self.protocol, self.num_seeds = model, protocol, num_seeds
         self.unroll = unroll
+        self.mesh = device_lib.seed_mesh(num_seeds, devices)
+        self.data = device_lib.replicate(data, self.mesh)
+        share = num_seeds // (self.mesh.size if self.mesh is not None else 1)
+
+        def seeded(fn, in_axes):
+            return device_lib.over_mesh(over_seeds(fn, share, in_axes), self.mesh, in_axes)
+
         tx = protocol.optimizer()
-        self._init = jax.jit(over_seeds(functools.partial(create_train_state, model, tx), num_seeds, (0,)))
+        self._init = jax.jit(seeded(functools.partial(create_train_state, model, tx), (0,)))
         self.epoch_program = jax.jit(
-            over_seeds(functools.partial(epoch, model, tx, protocol.batch_size, unroll=unroll), num_seeds,
-                       (0, 0, None, None, None, None)),
+            seeded(functools.partial(epoch, model, tx, protocol.batch_size, unroll=unroll),
+                   (0, 0, None, None, None, None)),
             donate_argnums=0)
         self._epoch = self.epoch_program
-        self._evaluate = jax.jit(over_seeds(functools.partial(evaluate, model), num_seeds, (0, None, None)))
+        self._evaluate = jax.jit(seeded(functools.partial(evaluate, model), (0, None, None)))
         self.compile_time_s = 0.0
 
     def init(self, init_keys: jax.Array) -> TrainState:

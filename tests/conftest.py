@@ -10,7 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bnbench import devices
 from bnbench.synthetic import synthetic_split
+
+# Two CPU devices, so that seeds spread over devices are tested too (a no-op on a GPU).
+devices.expose_cpu_devices(2)
 
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "fashion_mnist"
 

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bnbench import train, variants
+from bnbench import devices, train, variants
 from bnbench.data import load
 
 tx = train.Protocol().optimizer()
@@ -105,3 +105,29 @@ def test_training_learns_the_synthetic_task(device_data):
     result = train.train(variants.get("seed_bn").model, train.Protocol(epochs=3, learning_rate=0.05), device_data, [0])
     assert result["history"][-1]["val_accuracy"][0] > 0.9
     assert result["history"][-1]["train_loss"][0] < result["history"][0]["train_loss"][0]
+
+
+def test_seeds_go_to_as_many_devices_as_split_them_evenly():
+    assert devices.seed_shares(1, 8) == 1
+    assert devices.seed_shares(3, 2) == 1  # 3 seeds do not split over 2 devices
+    assert devices.seed_shares(4, 2) == 2
+    assert devices.seed_shares(6, 4) == 3
+    assert devices.seed_shares(8, 4) == 4
+    assert devices.seed_shares(2, 8) == 2  # at most one device per seed
+    assert devices.seed_mesh(5, jax.devices()[:1]) is None
+
+
+@pytest.mark.skipif(jax.device_count() < 2, reason="needs two devices")
+def test_seeds_spread_over_devices_train_exactly_as_each_seed_alone(device_data):
+    """One seed per device runs the unbatched program, so the results match bit for bit."""
+    protocol = train.Protocol(epochs=2)
+    model = variants.get("seed_bn").model
+    trainer = train.Trainer(model, protocol, device_data, 2)
+    assert trainer.mesh is not None and trainer.mesh.size == 2
+    together = train.fit(trainer, [3, 4])
+    assert len(together["state"].params["Dense_0"]["kernel"].sharding.device_set) == 2
+    for i, seed in enumerate([3, 4]):
+        alone = train.train(model, protocol, device_data, [seed])
+        for a, b in zip(jax.tree.leaves(together["state"]), jax.tree.leaves(alone["state"])):
+            np.testing.assert_array_equal(np.asarray(a)[i], np.asarray(b)[0])
+        assert together["test"]["accuracy"][i] == alone["test"]["accuracy"][0]
