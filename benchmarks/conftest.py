@@ -25,7 +25,8 @@ def pytest_addoption(parser):
     group.addoption("--epochs", type=int, default=10, help="training epochs for the accuracy benchmark (10)")
     group.addoption("--seeds", type=int, default=1, help="seeds trained together (1)")
     group.addoption("--cpu-devices", type=int, default=1,
-                    help="on a CPU, spread the seeds over N JAX devices to use all cores (1)")
+                    help="on a CPU, spread the seeds over N JAX devices to use all cores (1); "
+                         "this slows the step-time figures, so use it for multi-seed accuracy runs")
     group.addoption("--dataset", default="fashion_mnist", help="fashion_mnist or mnist")
     group.addoption("--data-dir", default=None,
                     help="a folder of the four IDX files or a tfds data dir (default: tfds' own)")

@@ -120,7 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seeds", type=_positive_int, default=1, help="seeds trained together (default 1)")
     run.add_argument("--cpu-devices", type=_positive_int, default=1, metavar="N",
                      help="on a CPU, split it into N JAX devices and spread the seeds over them, so that "
-                          "they train on all cores at once (default 1: seeds vmapped on one device)")
+                          "they train on all cores at once (default 1: seeds vmapped on one device); "
+                          "it slows each device's work, so keep 1 for timing one seed")
     run.add_argument("--seed", type=int, default=0, help="first seed; seeds are SEED, SEED+1, ... (default 0)")
     run.add_argument("--batch-size", type=_positive_int, default=32, help="batch size (default 32)")
     run.add_argument("--learning-rate", type=_positive_float, default=1e-3, help="SGD learning rate (default 1e-3)")
