@@ -103,7 +103,8 @@ def floor_program(products: dict[Matmul, int], unroll: int = 1, mesh=None):
             chained = []
             for m, (lhs, rhs) in zip(ms, operands):
                 corner = (0,) * lhs.ndim
-                lhs = lax.dynamic_update_slice(lhs, lax.slice(lhs, corner, (1,) * lhs.ndim) + link.astype(lhs.dtype), corner)
+                linked = lax.slice(lhs, corner, (1,) * lhs.ndim) + link.astype(lhs.dtype)
+                lhs = lax.dynamic_update_slice(lhs, linked, corner)
                 out = lax.optimization_barrier(lax.dot_general(lhs, rhs, m.dimension_numbers))
                 link = out.reshape(-1)[0].astype(jnp.float32) * 1e-30
                 chained.append((lhs, rhs))
