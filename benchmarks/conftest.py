@@ -46,6 +46,8 @@ class Session:
         self.quick = opt("--quick")
         self.variants = [variants.get(v.strip()) for v in opt("--variants").split(",") if v.strip()]
         self.protocol = train.Protocol(epochs=1 if self.quick else opt("--epochs"))
+        if opt("--seeds") < 1:
+            raise BnbenchError(f"--seeds must be at least 1, got {opt('--seeds')}")
         self.seeds = list(range(opt("--seeds")))
         self.target = opt("--target")
         if self.quick:
@@ -62,6 +64,8 @@ class Session:
 
 
 def pytest_configure(config):
+    if config.getoption("--cpu-devices") < 1:
+        raise pytest.UsageError(f"--cpu-devices must be at least 1, got {config.getoption('--cpu-devices')}")
     if config.getoption("--cpu-devices") > 1:
         from bnbench import devices
         devices.expose_cpu_devices(config.getoption("--cpu-devices"))  # before JAX starts its backends

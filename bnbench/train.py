@@ -195,11 +195,14 @@ class Trainer:
 
     def __init__(self, model: nn.Module, protocol: Protocol, data: DeviceData, num_seeds: int,
                  unroll: int = 1, devices=None):
+        if num_seeds < 1:
+            raise BnbenchError("at least one seed is needed")
         self.model, self.protocol, self.num_seeds = model, protocol, num_seeds
         self.unroll = unroll
         self.mesh = device_lib.seed_mesh(num_seeds, devices)
+        self.seed_devices = self.mesh.size if self.mesh is not None else 1
         self.data = device_lib.replicate(data, self.mesh)
-        share = num_seeds // (self.mesh.size if self.mesh is not None else 1)
+        share = num_seeds // self.seed_devices
 
         def seeded(fn, in_axes):
             return device_lib.over_mesh(over_seeds(fn, share, in_axes), self.mesh, in_axes)
@@ -273,6 +276,4 @@ def fit(trainer: Trainer, seeds: Sequence[int],
 def train(model: nn.Module, protocol: Protocol, data: DeviceData, seeds: Sequence[int],
           on_epoch: Callable[[int, dict, float], None] | None = None, unroll: int = 1) -> dict:
     """``fit`` with a new Trainer: the whole protocol for ``model`` and ``seeds``."""
-    if not seeds:
-        raise BnbenchError("at least one seed is needed")
     return fit(Trainer(model, protocol, data, len(seeds), unroll=unroll), seeds, on_epoch)
