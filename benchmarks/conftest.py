@@ -7,6 +7,7 @@ as usual; bnbench adds its environment to machine_info and writes its own report
 
 from __future__ import annotations
 
+import argparse
 import datetime
 from pathlib import Path
 
@@ -24,9 +25,12 @@ def pytest_addoption(parser):
                     help="comma-separated variants to benchmark (default: seed_plain,seed_bn)")
     group.addoption("--epochs", type=int, default=10, help="training epochs for the accuracy benchmark (10)")
     group.addoption("--seeds", type=int, default=1, help="seeds trained together (1)")
-    group.addoption("--cpu-devices", type=int, default=1,
-                    help="on a CPU, spread the seeds over N JAX devices to use all cores (1); "
-                         "this slows the step-time figures, so use it for multi-seed accuracy runs")
+    group.addoption("--scaling-seeds", type=int, default=8,
+                    help="seeds the seed-scaling benchmark trains together against one seed (8)")
+    group.addoption("--cpu-devices", default="auto",
+                    help="on a CPU, spread the seeds over N JAX devices to use all cores (auto: one per "
+                         "core, or fewer where the seeds split evenly over fewer); more devices than "
+                         "cores slow the step-time figures")
     group.addoption("--dataset", default="fashion_mnist", help="fashion_mnist or mnist")
     group.addoption("--data-dir", default=None,
                     help="a folder of the four IDX files or a tfds data dir (default: tfds' own)")
@@ -46,9 +50,8 @@ class Session:
         self.quick = opt("--quick")
         self.variants = [variants.get(v.strip()) for v in opt("--variants").split(",") if v.strip()]
         self.protocol = train.Protocol(epochs=1 if self.quick else opt("--epochs"))
-        if opt("--seeds") < 1:
-            raise BnbenchError(f"--seeds must be at least 1, got {opt('--seeds')}")
         self.seeds = list(range(opt("--seeds")))
+        self.scaling_seeds = opt("--scaling-seeds")
         self.target = opt("--target")
         if self.quick:
             from bnbench.synthetic import synthetic_dataset
@@ -57,18 +60,35 @@ class Session:
             self.dataset = data_lib.load(opt("--dataset"), opt("--data-dir"))
         self.data = train.DeviceData.from_dataset(self.dataset)
         self.step_rounds = 20 if self.quick else 300
+        self.scaling_rounds = 2 if self.quick else 3  # epochs of K seeds: seconds each
         self.results: dict[str, dict] = {}  # accuracy benchmark results, per variant
         self.step_times: dict[str, dict] = {}  # step benchmark figures, per variant
+        self.seed_scaling: dict[str, dict] = {}  # seed-scaling benchmark figures, per variant
         default = Path("reports") / f"benchmark-{datetime.datetime.now():%Y%m%d-%H%M%S}.json"
         self.report_path = Path(opt("--bnbench-report") or default)
 
 
+def _at_least_one(config, name: str) -> int:
+    value = config.getoption(name)
+    if value < 1:
+        raise pytest.UsageError(f"{name} must be at least 1, got {value}")
+    return value
+
+
 def pytest_configure(config):
-    if config.getoption("--cpu-devices") < 1:
-        raise pytest.UsageError(f"--cpu-devices must be at least 1, got {config.getoption('--cpu-devices')}")
-    if config.getoption("--cpu-devices") > 1:
-        from bnbench import devices
-        devices.expose_cpu_devices(config.getoption("--cpu-devices"))  # before JAX starts its backends
+    from bnbench import devices
+    from bnbench.cli import cpu_devices_option
+
+    seed_counts = [_at_least_one(config, "--seeds"), _at_least_one(config, "--scaling-seeds")]
+    try:
+        cpu_devices = cpu_devices_option(config.getoption("--cpu-devices"))
+    except argparse.ArgumentTypeError as e:
+        raise pytest.UsageError(f"--cpu-devices: {e}") from None
+    # No more devices than cores by default: more would slow the one-seed step times, the
+    # harness's headline figures (a 2-core CPU split into 8 devices: up to 1.5x per step).
+    cpu_devices = cpu_devices or min(devices.cpu_devices_for(seed_counts), devices.usable_cores())
+    if cpu_devices > 1:
+        devices.expose_cpu_devices(cpu_devices)  # before JAX starts its backends
     config.addinivalue_line("markers", "bnbench: a bnbench benchmark")
 
 
@@ -95,6 +115,9 @@ def pytest_sessionfinish(session, exitstatus):
     for name, figures in state.step_times.items():
         if name in report["summary"]:
             report["summary"][name].update(figures)
+    for name, figures in state.seed_scaling.items():
+        if name in report["summary"]:
+            report["summary"][name]["seed_scaling"] = figures
     write_json(state.report_path, report)
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None:

@@ -42,6 +42,27 @@ def test_accuracy(benchmark, bnbench_session, variant_name):
         "protocol": runner.protocol_record(s.dataset, s.protocol, s.seeds)})
 
 
+def test_seed_scaling(benchmark, bnbench_session, variant_name):
+    """An epoch of --scaling-seeds seeds trained together against an epoch of one seed.
+
+    Each round trains one epoch of the single seed (pytest-benchmark's untimed setup) and then one
+    of the K seeds (the benchmark's time), so that both see the same machine load.
+    """
+    s = bnbench_session
+    variant = variants.get(variant_name)
+    one_seed = bench.EpochProgram(variant, s.protocol, s.data, 1)
+    seeds = bench.EpochProgram(variant, s.protocol, s.data, s.scaling_seeds)
+    for program in (one_seed, seeds):
+        program()  # the first epoch pays for page faults
+        program.times.clear()
+    benchmark.group = "seed scaling"
+    benchmark.extra_info.update({"bnbench": "seed_scaling", "variant": variant_name})
+    benchmark.pedantic(seeds, setup=one_seed, rounds=s.scaling_rounds, iterations=1)
+    info = bench.seed_scaling_info(one_seed, seeds)
+    benchmark.extra_info.update(info)
+    s.seed_scaling[variant_name] = info
+
+
 SCALING = [("seed_plain", 32), ("seed_plain", 64), ("seed_plain_deep", 32)]
 SCALING_IDS = [f"{v}-b{b}" for v, b in SCALING]
 

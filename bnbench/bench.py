@@ -11,8 +11,9 @@ import functools
 import time
 
 import jax
+import numpy as np
 
-from bnbench import floor, train
+from bnbench import floor, stats, train
 from bnbench.variants import Variant
 
 FLOOR_REPEATS = 200  # floor steps per timing: long enough to swamp the dispatch of one program
@@ -43,6 +44,45 @@ class StepProgram:
         """Median time of this step's matmuls alone, per step, run FLOOR_REPEATS times in one scan."""
         timing = floor.time_floor({m: FLOOR_REPEATS * c for m, c in self.products.items()}, repeats=repeats)
         return timing["median_s"] / FLOOR_REPEATS
+
+
+class EpochProgram:
+    """A variant's compiled epoch (updates and validation) for ``num_seeds`` seeds trained together,
+    laid out over the devices as ``bnbench run`` would; each call trains the next epoch, synchronised."""
+
+    def __init__(self, variant: Variant, protocol: train.Protocol, data: train.DeviceData, num_seeds: int):
+        self.trainer = train.Trainer(variant.model, protocol, data, num_seeds)
+        init_keys, self._shuffle_roots = train.seed_keys(range(num_seeds))
+        self.state = self.trainer.init(init_keys)
+        self.trainer.compile(self.state, train.epoch_keys(self._shuffle_roots, 0))
+        self.epochs = 0
+        self.times: list[float] = []  # wall time of each call's epoch
+
+    def __call__(self) -> None:
+        keys = train.epoch_keys(self._shuffle_roots, self.epochs)
+        self.state, _, seconds = self.trainer.run_epoch(self.state, keys)
+        self.epochs += 1
+        self.times.append(seconds)
+
+
+def seed_scaling_info(one_seed: EpochProgram, seeds: EpochProgram) -> dict:
+    """What K seeds trained together cost against one seed, from epochs timed in alternation.
+
+    ``ratio`` is the median over rounds of (K seeds' epoch / the one seed's epoch just before it),
+    so that a change in machine load between rounds cancels out; 1.0 would be free seeds and K
+    no gain over training them one after another.
+    """
+    if len(one_seed.times) != len(seeds.times):
+        raise ValueError("time the one seed and the K seeds in alternation, as many epochs each")
+    ratios = [k / one for k, one in zip(seeds.times, one_seed.times)]
+    return {
+        "seeds": seeds.trainer.num_seeds,
+        "seed_devices": seeds.trainer.seed_devices,
+        "one_seed_epoch_s": stats.spread(one_seed.times),
+        "seeds_epoch_s": stats.spread(seeds.times),
+        "ratio": float(np.median(ratios)),
+        "ratios": ratios,
+    }
 
 
 def interleaved_times(programs: dict[str, StepProgram], rounds: int) -> dict[str, list[float]]:

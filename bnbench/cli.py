@@ -29,6 +29,16 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def cpu_devices_option(text: str) -> int | None:
+    """``auto`` (None: one CPU device per core the seeds can use) or a positive whole number."""
+    if text == "auto":
+        return None
+    try:
+        return _positive_int(text)
+    except argparse.ArgumentTypeError as e:
+        raise argparse.ArgumentTypeError(f"{e}; or use 'auto'") from None
+
+
 def _fraction(text: str) -> float:
     value = _positive_float(text)
     if value > 1:
@@ -50,8 +60,9 @@ def cmd_variants(args) -> int:
 def cmd_run(args) -> int:
     from bnbench import devices, variants
 
-    if args.cpu_devices > 1:
-        devices.expose_cpu_devices(args.cpu_devices)  # before JAX starts its backends
+    cpu_devices = args.cpu_devices or devices.cpu_devices_for([args.seeds])
+    if cpu_devices > 1:
+        devices.expose_cpu_devices(cpu_devices)  # before JAX starts its backends
     from bnbench.io import check_writable, write_json
 
     chosen = [variants.get(name) for name in (args.variant or list(variants.NOTEBOOK_VARIANTS))]
@@ -118,10 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a variant to train (repeatable; default: seed_plain and seed_bn)")
     run.add_argument("--epochs", type=_positive_int, default=10, help="epochs (default 10)")
     run.add_argument("--seeds", type=_positive_int, default=1, help="seeds trained together (default 1)")
-    run.add_argument("--cpu-devices", type=_positive_int, default=1, metavar="N",
+    run.add_argument("--cpu-devices", type=cpu_devices_option, default=None, metavar="N",
                      help="on a CPU, split it into N JAX devices and spread the seeds over them, so that "
-                          "they train on all cores at once (default 1: seeds vmapped on one device); "
-                          "it slows each device's work, so keep 1 for timing one seed")
+                          "they train on all cores at once (default auto: at least one per core, as many as "
+                          "split the seeds evenly); more devices than cores slow each one's work")
     run.add_argument("--seed", type=int, default=0, help="first seed; seeds are SEED, SEED+1, ... (default 0)")
     run.add_argument("--batch-size", type=_positive_int, default=32, help="batch size (default 32)")
     run.add_argument("--learning-rate", type=_positive_float, default=1e-3, help="SGD learning rate (default 1e-3)")

@@ -9,8 +9,8 @@ from bnbench.table import format_table
 # What must be equal for two reports' accuracies and times to mean the same thing.
 PROTOCOL_KEYS = ("dataset", "order", "train_examples", "validation_examples", "batch_size", "optimizer",
                  "learning_rate", "epochs", "seeds")
-HEADERS = ("variant", "report", "device", "step time (median ± IQR)", "vs first", "train acc", "val acc",
-           "test acc", "to target")
+HEADERS = ("variant", "report", "device", "step time (median ± IQR)", "vs first", "K seeds vs 1",
+           "train acc", "val acc", "test acc", "to target")
 
 
 def differences(base: dict, other: dict) -> list[str]:
@@ -23,6 +23,12 @@ def _step_cell(step: dict | None) -> str:
     if not step:
         return "-"
     return f"{step['median'] * 1e3:.3f} ± {step['iqr'] * 1e3:.3f} ms"
+
+
+def _seeds_cell(scaling: dict | None) -> str:
+    if not scaling:
+        return "-"
+    return f"{scaling['seeds']}: {scaling['ratio']:.2f}x"
 
 
 def _target_cell(target: dict | None) -> str:
@@ -76,14 +82,15 @@ def compare(paths: list[str], markdown: bool = False, fail_on_regression: float 
                 continue
             step = v.get("step_time")
             ratio = f"{step['median'] / base_step['median']:.2f}x" if step and base_step else "-"
-            rows.append([name, i + 1, r["label"], _step_cell(step), ratio,
+            rows.append([name, i + 1, r["label"], _step_cell(step), ratio, _seeds_cell(v.get("seed_scaling")),
                          *[format_ci(v[k]) if v.get(k) else "-" for k in reports.ACCURACIES],
                          _target_cell(v.get("time_to_target"))])
     legend = "\n".join(f"[{i + 1}] {r['path']}: {r['label']}, jax {r['environment'].get('jax')}, "
                        f"{r['environment'].get('cpu_model')}" for i, r in enumerate(loaded))
     text = format_table(HEADERS, rows, markdown=markdown) + "\n\n" + legend + (
         "\n\nAccuracy: mean ± 95% CI half-width over seeds. Step time: one compiled update "
-        "(or, for `bnbench run` reports, an epoch's time per update).")
+        "(or, for `bnbench run` reports, an epoch's time per update). K seeds vs 1: an epoch of K "
+        "seeds trained together against one seed's, timed in alternation.")
     regressed = False
     if fail_on_regression is not None:
         found = [line for other in loaded[1:] for line in regressions(base, other, fail_on_regression)]

@@ -2,11 +2,12 @@
 
 On a CPU, JAX has one device by default, and a training step of this size keeps about one core
 busy. ``expose_cpu_devices`` asks JAX for several CPU devices, each run by its own thread, so that
-the seeds of one run train on all cores at once (on a 2-core CPU, 8 seeds of seed_plain took 3.9 s
-per epoch over 8 devices against 6.1 s vmapped on one). It is opt-in (``--cpu-devices``) because
-the extra devices slow the work on each one (a single seed's epoch: 1.0-1.4 s with 8 CPU devices
-against 0.72-0.95 s with one; JAX then runs more threads than there are cores), and step times
-are bnbench's headline figures. On a GPU the setting is ignored.
+the seeds of one run train on all cores at once (on a 2-core CPU, 8 seeds of seed_plain took
+3.6-3.9 s per epoch over 2 devices against 6.1 s vmapped on one). By default bnbench asks for
+``cpu_devices_for`` the run: at least one device per core, as many as split the seeds evenly.
+More devices than cores slow the work on each one (a single seed's epoch: 1.0-1.4 s with 8 CPU
+devices against 0.72-0.95 s with one on 2 cores; JAX then runs more threads than there are
+cores); one per core cost a single seed nothing measurable. On a GPU the setting is ignored.
 """
 
 from __future__ import annotations
@@ -33,6 +34,22 @@ def expose_cpu_devices(count: int) -> None:
     except RuntimeError as e:  # JAX has already started: too late to change the device count
         raise BnbenchError(f"cannot split the CPU into {count} devices after JAX has started; "
                            "pass --cpu-devices before anything else runs") from e
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity, where the platform reports one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def cpu_devices_for(seed_counts, cores: int | None = None) -> int:
+    """The CPU devices to ask for, for runs of these seed counts: for each count, the fewest devices
+    that split its seeds evenly and still give every core one (5 seeds on 2 cores: 5 devices, one
+    seed each, rather than 1 device with all 5); the most any count asks for."""
+    cores = usable_cores() if cores is None else cores
+    return max(min(d for d in range(1, n + 1) if n % d == 0 and d >= min(cores, n)) for n in seed_counts)
 
 
 def seed_shares(num_seeds: int, num_devices: int) -> int:

@@ -2,8 +2,8 @@
 
 A loaded report is a dict with ``path``, ``label`` (the device it ran on), ``environment``,
 ``protocol`` and ``variants``: per variant ``step_time`` (median, iqr, ... seconds), the final
-``train_accuracy``/``val_accuracy``/``test_accuracy`` summaries (mean, ci95), ``time_to_target``
-and the per-seed ``curves`` of validation accuracy. Anything unreadable is a one-line ReportError.
+``train_accuracy``/``val_accuracy``/``test_accuracy`` summaries (mean, ci95), ``time_to_target``,
+the per-seed ``curves`` of validation accuracy and ``seed_scaling`` (K seeds against one). Anything unreadable is a one-line ReportError.
 """
 
 from __future__ import annotations
@@ -78,6 +78,7 @@ def _variant_from_runs(summary: dict, runs: list[dict]) -> dict:
         "curves": [[e["val_accuracy"] for e in r["epochs"]] for r in runs],
         "floor_ratio": summary.get("floor", {}).get("median_ratio"),
         "median_epoch_time_s": summary.get("median_epoch_time_s"),
+        "seed_scaling": summary.get("seed_scaling"),
     }
 
 
@@ -108,6 +109,8 @@ def _from_pytest_benchmark(path: Path, raw: dict) -> dict:
             step = {"median": s["median"], "iqr": s["iqr"], "min": s["min"], "max": s["max"], "n": s["rounds"]}
             variants.setdefault(name, {})["step_time"] = step
             variants[name]["step_time_source"] = "step"
+        elif kind == "seed_scaling":
+            variants.setdefault(name, {})["seed_scaling"] = info
         elif kind == "accuracy":
             protocol = info["protocol"]
             entry = _variant_from_runs(info["summary"], info["runs"])

@@ -26,6 +26,8 @@ def test_variants_lists_each_variant_on_one_line(capsys):
     (["run", "--epochs", "ten"], "argument --epochs: 'ten' is not a whole number"),
     (["run", "--seeds", "0"], "argument --seeds: '0' must be at least 1"),
     (["run", "--learning-rate", "-1"], "must be greater than 0"),
+    (["run", "--cpu-devices", "0"], "argument --cpu-devices: '0' must be at least 1; or use 'auto'"),
+    (["run", "--cpu-devices", "many"], "argument --cpu-devices: 'many' is not a whole number; or use 'auto'"),
     (["run", "--out", "/proc/no/such/dir/r.json"], "cannot write to /proc/no/such/dir/r.json"),
 ])
 def test_bad_input_gives_one_clear_line_and_no_traceback(args, message):
