@@ -3,7 +3,7 @@
 On a CPU, JAX has one device by default, and a training step of this size keeps about one core
 busy. ``expose_cpu_devices`` asks JAX for several CPU devices, each run by its own thread, so that
 the seeds of one run train on all cores at once (on a 2-core CPU, 8 seeds of seed_plain took
-3.6-3.9 s per epoch over 2 devices against 6.1 s vmapped on one). By default bnbench asks for
+3.4-3.8 s per epoch over 2 devices against 6.1 s vmapped on one). By default bnbench asks for
 ``cpu_devices_for`` the run: at least one device per core, as many as split the seeds evenly.
 More devices than cores slow the work on each one (a single seed's epoch: 1.0-1.4 s with 8 CPU
 devices against 0.72-0.95 s with one on 2 cores; JAX then runs more threads than there are
@@ -49,7 +49,15 @@ def cpu_devices_for(seed_counts, cores: int | None = None) -> int:
     that split its seeds evenly and still give every core one (5 seeds on 2 cores: 5 devices, one
     seed each, rather than 1 device with all 5); the most any count asks for."""
     cores = usable_cores() if cores is None else cores
-    return max(min(d for d in range(1, n + 1) if n % d == 0 and d >= min(cores, n)) for n in seed_counts)
+    return max(_cpu_devices_for(n, cores) for n in seed_counts)
+
+
+def _cpu_devices_for(num_seeds: int, cores: int) -> int:
+    even = [d for d in range(1, num_seeds + 1) if num_seeds % d == 0]
+    fewest = min(d for d in even if d >= min(cores, num_seeds))
+    # 4 devices per core (8 seeds on 2 cores) trained as fast as 1 per core; far more would each
+    # hold a copy of the dataset and crowd the cores with threads: then vmap bigger shares instead.
+    return fewest if fewest <= 4 * cores else seed_shares(num_seeds, cores)
 
 
 def seed_shares(num_seeds: int, num_devices: int) -> int:
@@ -62,6 +70,20 @@ def seed_mesh(num_seeds: int, devices=None) -> Mesh | None:
     devices = list(devices if devices is not None else jax.devices())
     shares = seed_shares(num_seeds, len(devices))
     return Mesh(np.array(devices[:shares]), (SEED_AXIS,)) if shares > 1 else None
+
+
+def seeds_one_after_another(mesh: Mesh | None) -> bool:
+    """Whether each device of ``mesh`` should train its seeds one after another rather than
+    batched with vmap: yes where the devices are parts of one CPU.
+
+    Why: batching buys a CPU core nothing here (4 vmapped seeds of seed_plain cost 4.0x one seed
+    on one core; the big matmuls already run near the core's peak), while one seed at a time keeps
+    that seed's weights (1 MB) in the core's cache instead of four seeds' (on a 2-core CPU, 8 seeds
+    over 2 devices: 3.5-3.8 s per seed_plain epoch against 4.4-4.8 s vmapped, seed_bn 4.9-6.1 s
+    against 5.8-7.8 s). On one device vmap stays, since its bigger operations use every core, and
+    on a GPU batching is what makes seeds cheap.
+    """
+    return mesh is not None and all(d.platform == "cpu" for d in mesh.devices.flat)
 
 
 def over_mesh(fn, mesh: Mesh | None, in_axes, out_axis: int | None = 0):

@@ -150,17 +150,28 @@ def epoch(model, tx, batch_size: int, state: TrainState, key: jax.Array,
     return state, {**metrics, "val_loss": val["loss"], "val_accuracy": val["accuracy"]}
 
 
-def over_seeds(fn: Callable, num_seeds: int, in_axes) -> Callable:
-    """``fn`` mapped over a leading seed axis. One seed runs unbatched, so that it compiles to the
-    same program as a single model would (vmap over a size-1 axis still batches every matmul)."""
-    if num_seeds > 1:
+def over_seeds(fn: Callable, num_seeds: int, in_axes, sequential: bool = False) -> Callable:
+    """``fn`` mapped over a leading seed axis: batched with ``jax.vmap``, or with ``sequential``
+    one seed after another (``lax.map``), each seed running the program a single model would.
+    One seed runs unbatched, so that it compiles to the same program as a single model would (vmap
+    over a size-1 axis still batches every matmul)."""
+    if num_seeds == 1:
+        def single(*args):
+            args = [jax.tree.map(lambda x: x[0], a) if axis == 0 else a for a, axis in zip(args, in_axes)]
+            return jax.tree.map(lambda x: x[None], fn(*args))
+
+        return single
+    if not sequential:
         return jax.vmap(fn, in_axes=in_axes)
 
-    def single(*args):
-        args = [jax.tree.map(lambda x: x[0], a) if axis == 0 else a for a, axis in zip(args, in_axes)]
-        return jax.tree.map(lambda x: x[None], fn(*args))
+    def one_after_another(*args):
+        def one_seed(mapped):
+            slices = iter(mapped)
+            return fn(*[next(slices) if axis == 0 else a for a, axis in zip(args, in_axes)])
 
-    return single
+        return jax.lax.map(one_seed, [a for a, axis in zip(args, in_axes) if axis == 0])
+
+    return one_after_another
 
 
 @flax.struct.dataclass
@@ -189,8 +200,9 @@ def seed_keys(seeds: Sequence[int]) -> tuple[jax.Array, jax.Array]:
 class Trainer:
     """Compiles one variant's programs for a number of seeds trained together, and runs them.
 
-    The seeds are split over as many devices as divide them evenly (``devices.seed_mesh``); on
-    each device its share is vmapped, or run unbatched where the share is one seed.
+    The seeds are split over as many devices as divide them evenly (``devices.seed_mesh``). Each
+    device trains its share with ``jax.vmap``, except where the devices are parts of one CPU
+    (``devices.seeds_one_after_another``): there each device trains its seeds one after another.
     """
 
     def __init__(self, model: nn.Module, protocol: Protocol, data: DeviceData, num_seeds: int,
@@ -201,11 +213,12 @@ class Trainer:
         self.unroll = unroll
         self.mesh = device_lib.seed_mesh(num_seeds, devices)
         self.seed_devices = self.mesh.size if self.mesh is not None else 1
+        self.sequential = device_lib.seeds_one_after_another(self.mesh)
         self.data = device_lib.replicate(data, self.mesh)
         share = num_seeds // self.seed_devices
 
         def seeded(fn, in_axes):
-            return device_lib.over_mesh(over_seeds(fn, share, in_axes), self.mesh, in_axes)
+            return device_lib.over_mesh(over_seeds(fn, share, in_axes, self.sequential), self.mesh, in_axes)
 
         tx = protocol.optimizer()
         self._init = jax.jit(seeded(functools.partial(create_train_state, model, tx), (0,)))

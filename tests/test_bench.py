@@ -48,3 +48,5 @@ def test_cpu_devices_default_gives_every_core_a_device_and_splits_the_seeds_even
     assert devices.cpu_devices_for([3], cores=8) == 3  # no more devices than seeds
     assert devices.cpu_devices_for([5, 8], cores=16) == 8
     assert devices.cpu_devices_for([12], cores=4) == 4
+    assert devices.cpu_devices_for([9], cores=2) == 3
+    assert devices.cpu_devices_for([97], cores=2) == 1  # a prime: 97 devices would be too many
