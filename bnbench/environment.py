@@ -29,12 +29,14 @@ def cpu_model() -> str:
 
 
 def git_commit() -> str | None:
-    """The commit of the bnbench checkout this runs from, with '-dirty' if it has changes."""
+    """The commit of the bnbench checkout this runs from, with '-dirty' if its code has changes
+    (reports being rewritten under results/ or reports/ do not change what ran)."""
     root = Path(__file__).resolve().parent.parent
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
                                 timeout=5, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
+                                ".", ":!results", ":!reports"], cwd=root,
                                capture_output=True, text=True, timeout=5).stdout.strip()
         return commit + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
