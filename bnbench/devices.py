@@ -3,11 +3,12 @@
 On a CPU, JAX has one device by default, and a training step of this size keeps about one core
 busy. ``expose_cpu_devices`` asks JAX for several CPU devices, each run by its own thread, so that
 the seeds of one run train on all cores at once (on a 2-core CPU, 8 seeds of seed_plain took
-3.4-3.8 s per epoch over 2 devices against 6.1 s vmapped on one). By default bnbench asks for
+3.3-3.9 s per epoch over 2 devices against 6.1 s vmapped on one). By default bnbench asks for
 ``cpu_devices_for`` the run: at least one device per core, as many as split the seeds evenly.
 More devices than cores slow the work on each one (a single seed's epoch: 1.0-1.4 s with 8 CPU
 devices against 0.72-0.95 s with one on 2 cores; JAX then runs more threads than there are
-cores); one per core cost a single seed nothing measurable. On a GPU the setting is ignored.
+cores): a multi-seed run gains more than that, a step timing only loses, so the benchmarks stop
+at one device per core, which cost a single seed nothing measurable. GPUs are left alone.
 """
 
 from __future__ import annotations
