@@ -55,7 +55,8 @@ def regressions(base: dict, other: dict, pct: float) -> list[str]:
             noise = max(bs["iqr"] / bs["median"], os_["iqr"] / os_["median"])
             slower = os_["median"] / bs["median"] - 1
             if slower > pct / 100 + noise:
-                found.append(f"{name}: step time {slower:+.1%} in {other['path']} (allowed {pct:g}% + noise {noise:.1%})")
+                found.append(f"{name}: step time {slower:+.1%} in {other['path']} "
+                             f"(allowed {pct:g}% + noise {noise:.1%})")
         for key in reports.ACCURACIES:
             if b.get(key) and o.get(key) and b[key].get("ci95"):
                 low = b[key]["ci95"][0]

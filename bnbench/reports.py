@@ -3,7 +3,8 @@
 A loaded report is a dict with ``path``, ``label`` (the device it ran on), ``environment``,
 ``protocol`` and ``variants``: per variant ``step_time`` (median, iqr, ... seconds), the final
 ``train_accuracy``/``val_accuracy``/``test_accuracy`` summaries (mean, ci95), ``time_to_target``,
-the per-seed ``curves`` of validation accuracy and ``seed_scaling`` (K seeds against one). Anything unreadable is a one-line ReportError.
+the per-seed ``curves`` of validation accuracy and ``seed_scaling`` (K seeds against one).
+Anything unreadable is a one-line ReportError.
 """
 
 from __future__ import annotations
