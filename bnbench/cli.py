@@ -30,7 +30,7 @@ def _positive_float(text: str) -> float:
 
 
 def cpu_devices_option(text: str) -> int | None:
-    """``auto`` (None: one CPU device per core the seeds can use) or a positive whole number."""
+    """``auto`` (None: chosen from the seeds and the cores, ``devices.cpu_devices_for``) or a count."""
     if text == "auto":
         return None
     try:

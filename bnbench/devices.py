@@ -56,7 +56,7 @@ def cpu_devices_for(seed_counts, cores: int | None = None) -> int:
 def _cpu_devices_for(num_seeds: int, cores: int) -> int:
     even = [d for d in range(1, num_seeds + 1) if num_seeds % d == 0]
     fewest = min(d for d in even if d >= min(cores, num_seeds))
-    # 4 devices per core (8 seeds on 2 cores) trained as fast as 1 per core; far more would each
+    # 4 devices per core (8 seeds on 2 cores) trained about as fast as 1 per core; far more would each
     # hold a copy of the dataset and crowd the cores with threads: then vmap bigger shares instead.
     return fewest if fewest <= 4 * cores else seed_shares(num_seeds, cores)
 
