@@ -6,10 +6,8 @@ This is what ``bnbench run`` and the pytest benchmarks share, so that both produ
 from __future__ import annotations
 
 import datetime
-import time
 from typing import Callable, Sequence
 
-import jax
 import numpy as np
 
 from bnbench import floor, stats, train
@@ -25,33 +23,15 @@ DEFAULT_UNROLL = 1
 METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy")
 
 
-class FloorClock:
-    """Times the variant's matmul floor once per call, interleaved with its epochs, so that each
-    epoch gets a floor measured moments apart under the same machine load."""
-
-    def __init__(self, trainer: train.Trainer):
-        self.products = floor.matmuls(trainer.epoch_program, *trainer.epoch_args())
-        program, self._operands = floor.floor_program(self.products, unroll=trainer.unroll, mesh=trainer.mesh)
-        self.devices = trainer.seed_devices
-        start = time.perf_counter()
-        self._program = program.lower(self._operands).compile()
-        self.compile_time_s = time.perf_counter() - start
-        jax.block_until_ready(self._program(self._operands))  # the first run pays for page faults
-        self.times: list[float] = []
-
-    def tick(self) -> float:
-        start = time.perf_counter()
-        jax.block_until_ready(self._program(self._operands))
-        self.times.append(time.perf_counter() - start)
-        return self.times[-1]
-
-
 def run_variant(variant: Variant, protocol: train.Protocol, data: train.DeviceData, seeds: Sequence[int],
                 measure_floor: bool = False, unroll: int = DEFAULT_UNROLL, target: float | None = None,
                 on_epoch: Callable[[int, dict, float], None] | None = None) -> dict:
     """Trains one variant for all seeds together; returns its runs and its summary."""
     trainer = train.Trainer(variant.model, protocol, data, len(seeds), unroll=unroll)
-    clock = FloorClock(trainer) if measure_floor else None
+    clock = None
+    if measure_floor:
+        products = floor.matmuls(trainer.epoch_program, *trainer.epoch_args())
+        clock = floor.FloorClock(products, unroll=trainer.unroll, mesh=trainer.mesh)
 
     def epoch_done(i, metrics, seconds):
         if clock is not None:
@@ -78,7 +58,7 @@ def run_variant(variant: Variant, protocol: train.Protocol, data: train.DeviceDa
     summary["seed_devices"] = trainer.seed_devices
     if clock is not None:
         summary["floor"] = {
-            "matmul_flops_per_epoch": floor.total_flops(clock.products) * clock.devices,
+            "matmul_flops_per_epoch": floor.total_flops(clock.products) * trainer.seed_devices,
             "median_floor_time_s": float(np.median(clock.times)),
             # Each epoch against the floor run right after it, then the median of those ratios.
             "median_ratio": float(np.median(np.array(result["epoch_times"]) / np.array(clock.times))),
