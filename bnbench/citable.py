@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from bnbench import reports
-from bnbench.compare import compare
+from bnbench.compare import compare_loaded
 from bnbench.io import atomic_write
 from bnbench.table import format_table
 
@@ -21,6 +21,14 @@ def _pyplot():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     return plt
+
+
+def _save(plt, fig, ax, path: Path) -> None:
+    """Adds the legend and writes the figure as a PNG, atomically."""
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120), mode="wb")
+    plt.close(fig)
 
 
 def _plot_curves(loaded: list[dict], path: Path) -> None:
@@ -40,10 +48,7 @@ def _plot_curves(loaded: list[dict], path: Path) -> None:
     ax.set_ylabel("validation accuracy")
     ax.set_title("Validation accuracy (mean over seeds; band: min to max)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120), mode="wb")
-    plt.close(fig)
+    _save(plt, fig, ax, path)
 
 
 def _plot_step_times(loaded: list[dict], path: Path) -> None:
@@ -66,18 +71,15 @@ def _plot_step_times(loaded: list[dict], path: Path) -> None:
     ax.set_ylabel("ms per training update (median, IQR bar)")
     ax.set_title("Step time per variant and device")
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120), mode="wb")
-    plt.close(fig)
+    _save(plt, fig, ax, path)
 
 
-def markdown(loaded: list[dict], paths: list[str]) -> str:
+def markdown(loaded: list[dict]) -> str:
     env_table = format_table(["", *[f"[{i + 1}]" for i in range(len(loaded))]],
                              [[key, *[str(r["environment"].get(key, "")) for r in loaded]] for key in ENV_ROWS],
                              markdown=True)
     sections = ["# bnbench results", "", "## Where they ran", "",
-                "\n".join(f"[{i + 1}] `{p}`" + "  " for i, p in enumerate(paths)), "", env_table, ""]
+                "\n".join(f"[{i + 1}] `{r['path']}`" + "  " for i, r in enumerate(loaded)), "", env_table, ""]
     groups: dict[tuple, list[int]] = {}
     for i, r in enumerate(loaded):
         p = r["protocol"]
@@ -86,7 +88,7 @@ def markdown(loaded: list[dict], paths: list[str]) -> str:
         p = loaded[members[0]]["protocol"]
         sections += [f"## {p.get('dataset', '?')}, {p.get('order', '?')} order, {p.get('epochs', '?')} epochs, "
                      f"{len(p.get('seeds', [])) or '?'} seed(s)", "",
-                     compare([paths[i] for i in members], markdown=True)[0], ""]
+                     compare_loaded([loaded[i] for i in members], markdown=True)[0], ""]
     sections += ["## Plots", "", "![validation accuracy per epoch](val_accuracy.png)", "",
                  "![step time per variant and device](step_time.png)", ""]
     return "\n".join(sections)
@@ -96,7 +98,7 @@ def write_citable(paths: list[str], out: str | Path) -> list[Path]:
     loaded = [reports.load(p) for p in paths]
     out = Path(out)
     readme = out / "README.md"
-    text = markdown(loaded, [str(p) for p in paths])
+    text = markdown(loaded)
     atomic_write(readme, lambda f: f.write(text))
     _plot_curves(loaded, out / "val_accuracy.png")
     _plot_step_times(loaded, out / "step_time.png")

@@ -67,7 +67,13 @@ def regressions(base: dict, other: dict, pct: float) -> list[str]:
 
 
 def compare(paths: list[str], markdown: bool = False, fail_on_regression: float | None = None) -> tuple[str, bool]:
-    loaded = [reports.load(p) for p in paths]
+    """The reports at ``paths`` side by side; returns the text and whether anything regressed."""
+    return compare_loaded([reports.load(p) for p in paths], markdown, fail_on_regression)
+
+
+def compare_loaded(loaded: list[dict], markdown: bool = False,
+                   fail_on_regression: float | None = None) -> tuple[str, bool]:
+    """``compare`` for reports already read with ``reports.load``."""
     base = loaded[0]
     for other in loaded[1:]:
         diff = differences(base, other)
