@@ -8,6 +8,7 @@ as usual; bnbench adds its environment to machine_info and writes its own report
 from __future__ import annotations
 
 import argparse
+import collections
 import datetime
 from pathlib import Path
 
@@ -42,13 +43,23 @@ def pytest_addoption(parser):
                     help="where to write bnbench's JSON report (default: reports/benchmark-<time>.json)")
 
 
+def variant_names(config) -> list[str]:
+    return [v.strip() for v in config.getoption("--variants").split(",") if v.strip()]
+
+
+def pytest_generate_tests(metafunc):
+    if "variant_name" in metafunc.fixturenames:
+        metafunc.parametrize("variant_name", variant_names(metafunc.config))
+
+
 class Session:
     """What the benchmarks share: options, the data on the device, and the results for the report."""
 
     def __init__(self, config):
         opt = config.getoption
         self.quick = opt("--quick")
-        self.variants = [variants.get(v.strip()) for v in opt("--variants").split(",") if v.strip()]
+        for name in variant_names(config):
+            variants.get(name)  # an unknown name stops the session with one line, before any benchmark
         self.protocol = train.Protocol(epochs=1 if self.quick else opt("--epochs"))
         self.seeds = list(range(opt("--seeds")))
         self.scaling_seeds = opt("--scaling-seeds")
@@ -62,8 +73,8 @@ class Session:
         self.step_rounds = 20 if self.quick else 300
         self.scaling_rounds = 2 if self.quick else 3  # epochs of K seeds: seconds each
         self.results: dict[str, dict] = {}  # accuracy benchmark results, per variant
-        self.step_times: dict[str, dict] = {}  # step benchmark figures, per variant
-        self.seed_scaling: dict[str, dict] = {}  # seed-scaling benchmark figures, per variant
+        # Per variant, what the step and seed-scaling benchmarks add to the report's summary.
+        self.summary_extras: dict[str, dict] = collections.defaultdict(dict)
         default = Path("reports") / f"benchmark-{datetime.datetime.now():%Y%m%d-%H%M%S}.json"
         self.report_path = Path(opt("--bnbench-report") or default)
 
@@ -112,12 +123,9 @@ def pytest_sessionfinish(session, exitstatus):
         return
     report = runner.make_report(state.dataset, state.protocol, state.seeds, state.results,
                                 command="pytest benchmarks/")
-    for name, figures in state.step_times.items():
+    for name, figures in state.summary_extras.items():
         if name in report["summary"]:
             report["summary"][name].update(figures)
-    for name, figures in state.seed_scaling.items():
-        if name in report["summary"]:
-            report["summary"][name]["seed_scaling"] = figures
     write_json(state.report_path, report)
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None:

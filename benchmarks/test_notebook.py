@@ -7,15 +7,6 @@ import pytest
 from bnbench import bench, runner, variants
 
 
-def variant_names(config):
-    return [v.strip() for v in config.getoption("--variants").split(",") if v.strip()]
-
-
-def pytest_generate_tests(metafunc):
-    if "variant_name" in metafunc.fixturenames:
-        metafunc.parametrize("variant_name", variant_names(metafunc.config))
-
-
 def test_step_time(benchmark, bnbench_session, variant_name):
     """One compiled update on a fixed batch of 32, synchronised; compile time recorded apart."""
     program = bench.StepProgram(variants.get(variant_name), bnbench_session.data)
@@ -26,7 +17,7 @@ def test_step_time(benchmark, bnbench_session, variant_name):
     figures = bench.step_extra_info(program, stats.median, program.floor_time_s())
     benchmark.extra_info.update(figures)
     step = {"median": stats.median, "iqr": stats.iqr, "min": stats.min, "max": stats.max, "n": stats.rounds}
-    bnbench_session.step_times[variant_name] = {"step_time_s": step, "step": figures}
+    bnbench_session.summary_extras[variant_name].update({"step_time_s": step, "step": figures})
 
 
 def test_accuracy(benchmark, bnbench_session, variant_name):
@@ -60,7 +51,7 @@ def test_seed_scaling(benchmark, bnbench_session, variant_name):
     benchmark.pedantic(seeds, setup=one_seed, rounds=s.scaling_rounds, iterations=1)
     info = bench.seed_scaling_info(one_seed, seeds)
     benchmark.extra_info.update(info)
-    s.seed_scaling[variant_name] = info
+    s.summary_extras[variant_name]["seed_scaling"] = info
 
 
 SCALING = [("seed_plain", 32), ("seed_plain", 64), ("seed_plain_deep", 32)]
