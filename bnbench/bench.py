@@ -52,9 +52,7 @@ class EpochProgram:
 
     def __init__(self, variant: Variant, protocol: train.Protocol, data: train.DeviceData, num_seeds: int):
         self.trainer = train.Trainer(variant.model, protocol, data, num_seeds)
-        init_keys, self._shuffle_roots = train.seed_keys(range(num_seeds))
-        self.state = self.trainer.init(init_keys)
-        self.trainer.compile(self.state, train.epoch_keys(self._shuffle_roots, 0))
+        self.state, self._shuffle_roots = self.trainer.start(range(num_seeds))
         self.epochs = 0
         self.times: list[float] = []  # wall time of each call's epoch
 

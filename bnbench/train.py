@@ -233,6 +233,13 @@ class Trainer:
     def init(self, init_keys: jax.Array) -> TrainState:
         return self._init(init_keys)
 
+    def start(self, seeds: Sequence[int]) -> tuple[TrainState, jax.Array]:
+        """Initial state for ``seeds`` and their shuffle roots, with the programs compiled."""
+        init_keys, shuffle_roots = seed_keys(seeds)
+        state = self.init(init_keys)
+        self.compile(state, epoch_keys(shuffle_roots, 0))
+        return state, shuffle_roots
+
     def compile(self, state: TrainState, epoch_keys: jax.Array) -> None:
         """Compiles the epoch and evaluation programs ahead of time; their time is compile_time_s."""
         start = time.perf_counter()
@@ -270,9 +277,7 @@ def fit(trainer: Trainer, seeds: Sequence[int],
     (arrays over seeds), the epoch times shared by the seeds, test metrics, compile time and state."""
     if len(seeds) != trainer.num_seeds:
         raise BnbenchError(f"the trainer was built for {trainer.num_seeds} seeds, got {len(seeds)}")
-    init_keys, shuffle_roots = seed_keys(seeds)
-    state = trainer.init(init_keys)
-    trainer.compile(state, epoch_keys(shuffle_roots, 0))
+    state, shuffle_roots = trainer.start(seeds)
     history, epoch_times = [], []
     for i in range(trainer.protocol.epochs):
         state, metrics, seconds = trainer.run_epoch(state, epoch_keys(shuffle_roots, i))
