@@ -19,6 +19,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from bnbench.environment import usable_cores
 from bnbench.errors import BnbenchError
 
 SEED_AXIS = "seed"
@@ -35,14 +36,6 @@ def expose_cpu_devices(count: int) -> None:
     except RuntimeError as e:  # JAX has already started: too late to change the device count
         raise BnbenchError(f"cannot split the CPU into {count} devices after JAX has started; "
                            "pass --cpu-devices before anything else runs") from e
-
-
-def usable_cores() -> int:
-    """Cores this process may run on (its CPU affinity, where the platform reports one)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def cpu_devices_for(seed_counts, cores: int | None = None) -> int:

@@ -18,14 +18,52 @@ def _version(package: str) -> str | None:
         return None
 
 
-def cpu_model() -> str:
+# The vector extensions that decide which kernels XLA's CPU backend emits, and so the last bits of
+# a CPU run's results: two reports that differ here may differ in those bits.
+VECTOR_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
+                "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8", "asimd", "sve", "sve2")
+
+
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's fields of /proc/cpuinfo (empty where there is none, as on macOS)."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        return _parse_cpuinfo(Path("/proc/cpuinfo").read_text())
     except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        return {}
+
+
+def _parse_cpuinfo(text: str) -> dict[str, str]:
+    fields: dict[str, str] = {}
+    for line in text.split("\n\n", 1)[0].splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
+def cpu_model() -> str:
+    """The processor's full model name, with family/model/stepping where the name is generic
+    (a VM often says only "Intel(R) Xeon(R) Processor" or "AMD EPYC Processor")."""
+    info = _cpuinfo()
+    name = info.get("model name") or platform.processor() or platform.machine()
+    if "cpu family" in info:
+        name += f" (family {info['cpu family']}, model {info.get('model', '?')}, stepping {info.get('stepping', '?')})"
+    return name
+
+
+def cpu_flags() -> list[str]:
+    """Which of VECTOR_FLAGS the processor reports (x86 'flags', Arm 'Features')."""
+    info = _cpuinfo()
+    present = set((info.get("flags") or info.get("Features") or "").split())
+    return [flag for flag in VECTOR_FLAGS if flag in present]
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity, e.g. under taskset), not all the machine has."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def git_commit() -> str | None:
@@ -54,6 +92,8 @@ def environment() -> dict:
         "device_count": len(devices),
         "platform": platform.platform(),
         "cpu_model": cpu_model(),
+        "cpu_flags": cpu_flags(),
+        "usable_cores": usable_cores(),  # what the run could use; cpu_count is what the machine has
         "cpu_count": os.cpu_count(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "matmul_precision": str(jax.config.jax_default_matmul_precision or "default"),
