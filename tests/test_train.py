@@ -137,3 +137,17 @@ def test_seeds_spread_over_devices_train_exactly_as_each_seed_alone(device_data)
             else:  # vmapped: the same up to rounding
                 np.testing.assert_allclose(np.asarray(a)[i], np.asarray(b)[0], rtol=1e-4, atol=1e-5)
         assert together["test"]["accuracy"][i] == alone["test"]["accuracy"][0]
+
+
+def test_a_trainer_is_reused_by_a_second_fit_without_compiling_again(device_data):
+    """Sweeps reuse one compiled program for many runs: a second fit on the same trainer must work,
+    train the same seeds to the same result, and not compile again."""
+    trainer = train.Trainer(variants.get("seed_bn").model, train.Protocol(epochs=1), device_data, 2)
+    first = train.fit(trainer, [0, 1])
+    compiled = trainer._epoch
+    second = train.fit(trainer, [0, 1])
+    assert trainer._epoch is compiled and second["compile_time_s"] == first["compile_time_s"]
+    for a, b in zip(jax.tree.leaves(first["state"]), jax.tree.leaves(second["state"])):
+        np.testing.assert_array_equal(a, b)
+    other = train.fit(trainer, [2, 3])  # other seeds through the same program
+    assert not np.allclose(other["state"].params["Dense_0"]["kernel"], first["state"].params["Dense_0"]["kernel"])
