@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import shlex
 import sys
 
@@ -26,6 +27,8 @@ def _positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
     if not value > 0:
         raise argparse.ArgumentTypeError(f"{text!r} must be greater than 0")
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number")
     return value
 
 
@@ -177,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("bnbench: interrupted; reports written before this point are intact", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `bnbench variants | head`: the reader left; nothing is wrong
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ This is what ``bnbench run`` and the pytest benchmarks share, so that both produ
 from __future__ import annotations
 
 import datetime
+import uuid
 from typing import Callable, Sequence
 
 import numpy as np
@@ -113,11 +114,18 @@ def protocol_record(dataset: Dataset, protocol: train.Protocol, seeds: Sequence[
     }
 
 
+def new_run_id() -> str:
+    """Names one run, so that two files written by it (the harness's bnbench report and its
+    pytest-benchmark JSON) are known to be the same run when read together."""
+    return uuid.uuid4().hex
+
+
 def make_report(dataset: Dataset, protocol: train.Protocol, seeds: Sequence[int],
-                results: dict[str, dict], command: str | None = None) -> dict:
+                results: dict[str, dict], command: str | None = None, run_id: str | None = None) -> dict:
     return {
         "schema_version": SCHEMA_VERSION,
         "kind": REPORT_KIND,
+        "run_id": run_id or new_run_id(),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": command,
         "environment": environment(),
