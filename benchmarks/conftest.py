@@ -12,12 +12,13 @@ import collections
 import datetime
 from pathlib import Path
 
+import jax
 import pytest
 
 from bnbench import data as data_lib
 from bnbench import environment, runner, train, variants
 from bnbench.errors import BnbenchError
-from bnbench.io import write_json
+from bnbench.io import check_writable, write_json
 
 
 def pytest_addoption(parser):
@@ -26,8 +27,9 @@ def pytest_addoption(parser):
                     help="comma-separated variants to benchmark (default: seed_plain,seed_bn)")
     group.addoption("--epochs", type=int, default=10, help="training epochs for the accuracy benchmark (10)")
     group.addoption("--seeds", type=int, default=1, help="seeds trained together (1)")
-    group.addoption("--scaling-seeds", type=int, default=8,
-                    help="seeds the seed-scaling benchmark trains together against one seed (8)")
+    group.addoption("--scaling-seeds", type=int, default=0,
+                    help="run the seed-scaling benchmark: an epoch of K seeds trained together against "
+                         "one seed's (off by default: it costs about a minute per variant on 2 cores)")
     group.addoption("--cpu-devices", default="auto",
                     help="on a CPU, spread the seeds over N JAX devices to use all cores (auto: one per "
                          "core, or fewer where the seeds split evenly over fewer); more devices than "
@@ -38,7 +40,7 @@ def pytest_addoption(parser):
     group.addoption("--target", type=float, default=0.84,
                     help="validation accuracy whose time to reach is recorded (0.84)")
     group.addoption("--quick", action="store_true",
-                    help="smoke run in seconds: synthetic data, 1 epoch, few rounds")
+                    help="smoke run: synthetic data, 1 epoch, few rounds (under 30 s on 2 cores)")
     group.addoption("--bnbench-report", default=None,
                     help="where to write bnbench's JSON report (default: reports/benchmark-<time>.json)")
 
@@ -70,27 +72,38 @@ class Session:
         else:
             self.dataset = data_lib.load(opt("--dataset"), opt("--data-dir"))
         self.data = train.DeviceData.from_dataset(self.dataset)
+        self.backend = jax.default_backend()
         self.step_rounds = 20 if self.quick else 300
         self.scaling_rounds = 2 if self.quick else 3  # epochs of K seeds: seconds each
         self.results: dict[str, dict] = {}  # accuracy benchmark results, per variant
         # Per variant, what the step and seed-scaling benchmarks add to the report's summary.
         self.summary_extras: dict[str, dict] = collections.defaultdict(dict)
-        default = Path("reports") / f"benchmark-{datetime.datetime.now():%Y%m%d-%H%M%S}.json"
-        self.report_path = Path(opt("--bnbench-report") or default)
+        self.report_path = config._bnbench_report_path
+        self.run_id = config._bnbench_run_id
 
 
-def _at_least_one(config, name: str) -> int:
+def _at_least(config, name: str, least: int) -> int:
     value = config.getoption(name)
-    if value < 1:
-        raise pytest.UsageError(f"{name} must be at least 1, got {value}")
+    if value < least:
+        raise pytest.UsageError(f"{name} must be at least {least}, got {value}")
     return value
+
+
+def _report_path(config) -> Path:
+    """Where the session's bnbench report goes, checked now: a path that cannot be written must stop
+    the session before any benchmark runs, not lose the report at the end."""
+    default = Path("reports") / f"benchmark-{datetime.datetime.now():%Y%m%d-%H%M%S}.json"
+    try:
+        return check_writable(config.getoption("--bnbench-report") or default)
+    except BnbenchError as e:
+        raise pytest.UsageError(f"--bnbench-report: {e}") from None
 
 
 def pytest_configure(config):
     from bnbench import devices
     from bnbench.cli import cpu_devices_option
 
-    seed_counts = [_at_least_one(config, "--seeds"), _at_least_one(config, "--scaling-seeds")]
+    seed_counts = [_at_least(config, "--seeds", 1), _at_least(config, "--scaling-seeds", 0) or 1]
     try:
         cpu_devices = cpu_devices_option(config.getoption("--cpu-devices"))
     except argparse.ArgumentTypeError as e:
@@ -101,6 +114,8 @@ def pytest_configure(config):
     if cpu_devices > 1:
         devices.expose_cpu_devices(cpu_devices)  # before JAX starts its backends
     config.addinivalue_line("markers", "bnbench: a bnbench benchmark")
+    config._bnbench_report_path = _report_path(config)
+    config._bnbench_run_id = runner.new_run_id()  # the same in both files this session writes
 
 
 @pytest.fixture(scope="session")
@@ -115,6 +130,7 @@ def bnbench_session(request):
 
 def pytest_benchmark_update_machine_info(config, machine_info):
     machine_info["bnbench"] = environment.environment()
+    machine_info["bnbench_run_id"] = config._bnbench_run_id
 
 
 def pytest_sessionfinish(session, exitstatus):
@@ -122,7 +138,7 @@ def pytest_sessionfinish(session, exitstatus):
     if state is None or not state.results:
         return
     report = runner.make_report(state.dataset, state.protocol, state.seeds, state.results,
-                                command="pytest benchmarks/")
+                                command="pytest benchmarks/", run_id=state.run_id)
     for name, figures in state.summary_extras.items():
         if name in report["summary"]:
             report["summary"][name].update(figures)

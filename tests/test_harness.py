@@ -1,0 +1,43 @@
+"""The benchmark harness (benchmarks/), run as a user runs it: `pytest benchmarks/ ...` in a subprocess."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_harness(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "pytest", "benchmarks/", "-p", "no:cacheprovider", *map(str, args)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def test_an_unwritable_report_path_stops_the_session_before_any_benchmark(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    result = run_harness("--quick", "--bnbench-report", blocker / "r.json")
+    assert result.returncode != 0
+    assert f"--bnbench-report: cannot write to {blocker / 'r.json'}" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert "passed" not in result.stdout  # nothing ran
+
+
+def test_benchmark_disable_runs_each_benchmark_once_as_a_test(tmp_path):
+    """pytest-benchmark's usual CI option: the benchmarks run as plain tests, nothing is timed."""
+    report = tmp_path / "r.json"
+    result = run_harness("--quick", "--benchmark-disable", "--variants", "seed_plain", "-k",
+                         "test_step_time or test_accuracy", "--bnbench-report", report)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = json.loads(report.read_text())["summary"]["seed_plain"]
+    assert "step_time_s" not in summary  # no figure pretends to be a timing
+    assert summary["train_accuracy"]["mean"] > 0
+
+
+def test_harness_files_of_one_session_share_a_run_id(tmp_path):
+    report, pb = tmp_path / "r.json", tmp_path / "pb.json"
+    result = run_harness("--quick", "--variants", "seed_plain", "-k", "test_step_time and not scaling or test_accuracy",
+                         "--bnbench-report", report, "--benchmark-json", pb)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    run_id = json.loads(report.read_text())["run_id"]
+    assert len(run_id) == 32 and json.loads(pb.read_text())["machine_info"]["bnbench_run_id"] == run_id
