@@ -76,6 +76,7 @@ class Session:
         self.step_rounds = 20 if self.quick else 300
         self.scaling_rounds = 2 if self.quick else 3  # epochs of K seeds: seconds each
         self.results: dict[str, dict] = {}  # accuracy benchmark results, per variant
+        self.step_programs: dict[tuple, object] = {}  # compiled steps shared by the scaling benchmarks
         # Per variant, what the step and seed-scaling benchmarks add to the report's summary.
         self.summary_extras: dict[str, dict] = collections.defaultdict(dict)
         self.report_path = config._bnbench_report_path

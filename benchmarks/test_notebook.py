@@ -65,7 +65,11 @@ SCALING_IDS = [f"{v}-b{b}" for v, b in SCALING]
 
 
 def scaling_program(session, variant_name: str, batch_size: int) -> bench.StepProgram:
-    return bench.StepProgram(variants.get(variant_name), session.data, batch_size=batch_size)
+    """Compiled once per session: the scaling benchmarks and the check share the same programs."""
+    key = (variant_name, batch_size)
+    if key not in session.step_programs:
+        session.step_programs[key] = bench.StepProgram(variants.get(variant_name), session.data, batch_size=batch_size)
+    return session.step_programs[key]
 
 
 @pytest.mark.parametrize("variant_name_, batch_size", SCALING, ids=SCALING_IDS)

@@ -25,7 +25,9 @@ class StepProgram:
     def __init__(self, variant: Variant, data: train.DeviceData, batch_size: int = 32, seed: int = 0):
         tx = train.Protocol(batch_size=batch_size).optimizer()
         step = functools.partial(train.train_step, variant.model, tx)
-        self.state = train.create_train_state(variant.model, tx, jax.random.PRNGKey(seed))
+        # Compiled: run eagerly, flax's initialisers compile each small operation on their own.
+        init = jax.jit(functools.partial(train.create_train_state, variant.model, tx))
+        self.state = init(jax.random.PRNGKey(seed))
         self.images = data.train_images[:batch_size]
         self.labels = data.train_labels[:batch_size]
         if self.labels.shape[0] < batch_size:

@@ -118,9 +118,14 @@ def floor_program(products: dict[Matmul, int], unroll: int = 1, mesh=None):
     def floor(all_operands):
         return [run_group(ms, ops, count) for (count, ms), ops in zip(groups, all_operands)]
 
-    key = jax.random.PRNGKey(0)
-    operands = [[(jax.random.normal(key, m.lhs_shape, m.dtype), jax.random.normal(key, m.rhs_shape, m.dtype))
-                 for m in ms] for _, ms in groups]
+    # Operands drawn with NumPy: jax.random run eagerly compiles a sampler per shape, which cost
+    # seconds per variant before the floor was timed at all.
+    rng = np.random.default_rng(0)
+
+    def operand(shape, dtype):
+        return jnp.asarray(rng.standard_normal(shape, dtype=np.float32), dtype=dtype)
+
+    operands = [[(operand(m.lhs_shape, m.dtype), operand(m.rhs_shape, m.dtype)) for m in ms] for _, ms in groups]
     if mesh is not None:
         floor = devices.over_mesh(floor, mesh, (None,), out_axis=None)
         operands = devices.replicate(operands, mesh)

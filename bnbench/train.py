@@ -194,8 +194,15 @@ class DeviceData:
 
 def seed_keys(seeds: Sequence[int]) -> tuple[jax.Array, jax.Array]:
     """Per seed: a key for initialisation and a root key from which each epoch's shuffle is folded."""
-    keys = jnp.stack([jax.random.split(jax.random.PRNGKey(s)) for s in seeds])
+    if not all(-2**31 <= s < 2**31 for s in seeds):
+        raise BnbenchError(f"seeds must be 32-bit integers, got {min(seeds)} to {max(seeds)}: choose a smaller --seed")
+    keys = _split_seeds(jnp.asarray(seeds, dtype=jnp.int32))
     return keys[:, 0], keys[:, 1]
+
+
+# Key arithmetic is integer-exact, so compiling it changes no bit; run eagerly, each of its small
+# operations compiled on its own and cost most of a second per variant before training began.
+_split_seeds = jax.jit(jax.vmap(lambda s: jax.random.split(jax.random.PRNGKey(s))))
 
 
 class Trainer:
@@ -273,6 +280,7 @@ class Trainer:
         return self._evaluate(state, self.data.test_images, self.data.test_labels)
 
 
+@jax.jit
 def epoch_keys(shuffle_roots: jax.Array, epoch_index: int) -> jax.Array:
     return jax.vmap(lambda k: jax.random.fold_in(k, epoch_index))(shuffle_roots)
 
