@@ -36,7 +36,11 @@ def pytest_addoption(parser):
                          "cores slow the step-time figures")
     group.addoption("--dataset", default="fashion_mnist", help="fashion_mnist or mnist")
     group.addoption("--data-dir", default=None,
-                    help="a folder of the four IDX files or a tfds data dir (default: tfds' own)")
+                    help="a folder of the four IDX files or a tfds data dir (default: tfds' prepared copy if any, "
+                         "else the release files, downloaded once into the cache)")
+    group.addoption("--download-url", default=None, metavar="URL",
+                    help="without --data-dir, download the four release IDX files from this mirror "
+                         "(a base URL) instead of the official locations (or set BNBENCH_DOWNLOAD_URL)")
     group.addoption("--target", type=float, default=0.84,
                     help="validation accuracy whose time to reach is recorded (0.84)")
     group.addoption("--quick", action="store_true",
@@ -70,7 +74,7 @@ class Session:
             from bnbench.synthetic import synthetic_dataset
             self.dataset = synthetic_dataset()
         else:
-            self.dataset = data_lib.load(opt("--dataset"), opt("--data-dir"))
+            self.dataset = data_lib.load(opt("--dataset"), opt("--data-dir"), download_url=opt("--download-url"))
         self.data = train.DeviceData.from_dataset(self.dataset)
         self.backend = jax.default_backend()
         self.step_rounds = 20 if self.quick else 300

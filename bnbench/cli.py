@@ -77,7 +77,7 @@ def cmd_run(args) -> int:
     from bnbench.summary import summary_table
 
     protocol = train.Protocol(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate)
-    dataset = data_lib.load(args.dataset, args.data_dir)
+    dataset = data_lib.load(args.dataset, args.data_dir, download_url=args.download_url)
     device_data = train.DeviceData.from_dataset(dataset)
     seeds = list(range(args.seed, args.seed + args.seeds))
     print(f"{dataset.name} from {dataset.location} ({dataset.source}, {dataset.order} order): "
@@ -141,7 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--learning-rate", type=_positive_float, default=1e-3, help="SGD learning rate (default 1e-3)")
     run.add_argument("--dataset", default="fashion_mnist", help="fashion_mnist (default) or mnist")
     run.add_argument("--data-dir", metavar="DIR",
-                     help="a folder with the four IDX files, or a tfds data dir (default: tfds' own)")
+                     help="a folder with the four IDX files, or a tfds data dir (default: tfds' prepared copy if "
+                          "any, else the release files, downloaded once into the cache)")
+    run.add_argument("--download-url", metavar="URL",
+                     help="without --data-dir, download the four release IDX files from this mirror (a base "
+                          "URL) instead of the official locations (default: $BNBENCH_DOWNLOAD_URL)")
     run.add_argument("--out", metavar="FILE.json", help="where to write the JSON report")
     run.add_argument("--floor", action="store_true",
                      help="also time each variant's matmul floor after every epoch and report the ratio")

@@ -8,10 +8,14 @@ Two on-disk layouts are understood:
 * ``tfds``: a tensorflow-datasets data dir holding the prepared dataset, read with
   ``tfds.data_source`` (no TensorFlow needed). tfds stores its own shuffled order.
 
-Without a folder, tfds' default data dir is used and tfds downloads and prepares the dataset
-there; preparing needs TensorFlow, and without it the user is told what to install or pass.
+Without a folder, the dataset prepared in tfds' default data dir is read if there is one;
+otherwise the four IDX files of the official release are downloaded into bnbench's cache
+(``bnbench.download``, source ``download``), which needs neither TensorFlow nor tfds.
 
-Whatever was decoded is cached as one ``.npz`` so that a second load takes milliseconds.
+IDX files are identified by the release checksums: a folder holding the other dataset's release
+is refused (MNIST and Fashion-MNIST share file names), and ``verified`` records whether the four
+files are the named dataset's release. Whatever was decoded is cached as one ``.npz``, with that
+identity, so that a second load takes milliseconds and hashes nothing.
 """
 
 from __future__ import annotations
@@ -19,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import hashlib
-import importlib.util
 import os
 import struct
 import zlib
@@ -31,15 +34,18 @@ from bnbench.errors import BnbenchError
 from bnbench.io import atomic_write
 
 DATASETS = ("fashion_mnist", "mnist")
+DOWNLOAD_URL_ENV = "BNBENCH_DOWNLOAD_URL"  # a mirror: the base URL of the four release files
 VALIDATION_SIZE = 5000  # the notebook: X_valid = X_train_full[:5000]
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: the entry also holds whether the files are the verified release
 IDX_FILES = {
     "train_images": "train-images-idx3-ubyte",
     "train_labels": "train-labels-idx1-ubyte",
     "test_images": "t10k-images-idx3-ubyte",
     "test_labels": "t10k-labels-idx1-ubyte",
 }
-ORDER_OF_SOURCE = {"idx": "canonical", "tfds": "tfds", "synthetic": "synthetic"}
+# idx: a user's IDX folder; download: the release files fetched into the cache; tfds: a prepared
+# tensorflow-datasets dataset (its own order); synthetic: generated stand-ins.
+ORDER_OF_SOURCE = {"idx": "canonical", "download": "canonical", "tfds": "tfds", "synthetic": "synthetic"}
 
 
 class DataError(BnbenchError):
@@ -51,7 +57,7 @@ class Dataset:
     """The three splits as uint8 images (N, 28, 28) and int32 labels (N,), and where they came from."""
 
     name: str
-    source: str  # "idx" or "tfds"
+    source: str  # a key of ORDER_OF_SOURCE
     location: str
     train_images: np.ndarray
     train_labels: np.ndarray
@@ -59,6 +65,8 @@ class Dataset:
     val_labels: np.ndarray
     test_images: np.ndarray
     test_labels: np.ndarray
+    # True only when the four files were checked against the named dataset's release checksums.
+    verified: bool = False
 
     @property
     def order(self) -> str:
@@ -71,6 +79,7 @@ class Dataset:
             "source": self.source,
             "order": self.order,
             "location": self.location,
+            "verified": bool(self.verified),
             "train_examples": int(len(self.train_labels)),
             "validation_examples": int(len(self.val_labels)),
             "test_examples": int(len(self.test_labels)),
@@ -78,45 +87,63 @@ class Dataset:
 
 
 def load(name: str = "fashion_mnist", data_dir: str | os.PathLike | None = None,
-         validation_size: int = VALIDATION_SIZE, cache_dir: str | os.PathLike | None = None) -> Dataset:
-    """Loads ``name`` from ``data_dir`` (an IDX folder or a tfds data dir), or through tfds."""
+         validation_size: int = VALIDATION_SIZE, cache_dir: str | os.PathLike | None = None,
+         download_url: str | None = None) -> Dataset:
+    """Loads ``name`` from ``data_dir`` (an IDX folder or a tfds data dir); without one, from the
+    dataset prepared in tfds' default data dir, else from the release files, downloaded into the
+    cache (from ``download_url`` or ``BNBENCH_DOWNLOAD_URL`` alone when one is given)."""
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}")
-    if data_dir is not None:
-        folder = Path(data_dir).expanduser()
-        if not folder.is_dir():
-            raise DataError(f"data dir {folder} does not exist: pass a folder with the four IDX files "
-                            f"or a tfds data dir holding {name}/")
-        if _find_idx_files(folder):
-            source, location = "idx", folder
-        elif (folder / name).is_dir():
-            source, location = "tfds", folder
-        else:
-            raise DataError(
-                f"no {name} in {folder}: expected the four IDX files ({IDX_FILES['train_images']}.gz, ...) "
-                f"or a tfds data dir containing {name}/<version>/")
-    else:
-        source, location = "tfds", None
+    source, folder = _choose_source(name, data_dir, download_url)
+    where = str(folder if folder is not None else _tfds_default_dir())
+    if source == "download":
+        from bnbench import download  # urllib and tqdm: only this path needs them
 
-    fingerprint = _fingerprint(source, name, location)
+        folder, where = download.fetch(name, download.mirror(download_url), cache_dir)
+
+    fingerprint = _fingerprint(source, name, folder)
     cache_file = None
     if fingerprint is not None:
         cache_file = _cache_dir(cache_dir) / f"{name}-{source}-{fingerprint}.npz"
-        arrays = _read_cache(cache_file)
-        if arrays is not None:
-            return _split(name, source, str(location), arrays, validation_size)
+        cached = _read_cache(cache_file)
+        if cached is not None:
+            return _split(name, source, where, *cached, validation_size)
 
-    if source == "idx":
-        arrays = _read_idx_folder(location)
+    if source == "tfds":
+        arrays, verified = _read_tfds(name, folder), False
     else:
-        arrays = _read_tfds(name, location)
+        verified = _check_release(name, source, folder)
+        arrays = _read_idx_folder(folder)
     if cache_file is not None:
-        _write_cache(cache_file, arrays)
-    where = str(location) if location is not None else "tfds default data dir"
-    return _split(name, source, where, arrays, validation_size)
+        _write_cache(cache_file, arrays, verified)
+    return _split(name, source, where, arrays, verified, validation_size)
 
 
-def _split(name, source, location, arrays, validation_size) -> Dataset:
+def _choose_source(name: str, data_dir, download_url) -> tuple[str, Path | None]:
+    """("idx" | "tfds", folder) for a given data dir; ("tfds", None) for a dataset prepared in tfds'
+    default data dir; else ("download", None). A mirror named by the user always means download."""
+    if data_dir is None:
+        from_env = os.environ.get(DOWNLOAD_URL_ENV)
+        if not (download_url or from_env) and _tfds_prepared(name, None):
+            return "tfds", None
+        return "download", None
+    if download_url:
+        raise DataError("pass either --data-dir (files you have) or --download-url (a mirror to download "
+                        "them from), not both")
+    folder = Path(data_dir).expanduser()
+    if not folder.is_dir():
+        raise DataError(f"data dir {folder} does not exist: pass a folder with the four IDX files "
+                        f"or a tfds data dir holding {name}/")
+    if _find_idx_files(folder):
+        return "idx", folder
+    if (folder / name).is_dir():
+        return "tfds", folder
+    raise DataError(
+        f"no {name} in {folder}: expected the four IDX files ({IDX_FILES['train_images']}.gz, ...) "
+        f"or a tfds data dir containing {name}/<version>/")
+
+
+def _split(name, source, location, arrays, verified, validation_size) -> Dataset:
     images, labels = arrays["train_images"], arrays["train_labels"]
     if not 0 <= validation_size < len(labels):
         raise DataError(f"validation size {validation_size} must be between 0 and {len(labels) - 1}")
@@ -124,7 +151,37 @@ def _split(name, source, location, arrays, validation_size) -> Dataset:
         name=name, source=source, location=location,
         train_images=images[validation_size:], train_labels=labels[validation_size:],
         val_images=images[:validation_size], val_labels=labels[:validation_size],
-        test_images=arrays["test_images"], test_labels=arrays["test_labels"])
+        test_images=arrays["test_images"], test_labels=arrays["test_labels"], verified=verified)
+
+
+# --- which release -----------------------------------------------------------------------------
+
+def _check_release(name: str, source: str, folder: Path) -> bool:
+    """True when the four IDX files are ``name``'s release, byte for byte.
+
+    MNIST and Fashion-MNIST share file names, so the checksums are what tell them apart: a folder
+    holding the other dataset's release files is refused rather than trained on under the wrong
+    name. Files of no known release (a user's own copy, un-gzipped files) are accepted, unverified.
+    A download that no longer matches was changed in the cache after it was verified: it is removed
+    so that the next run fetches it afresh."""
+    from bnbench import download
+
+    files = _find_idx_files(folder)
+    found = {key: download.release_file(path) for key, path in files.items()}
+    others = sorted({hit[0] for hit in found.values() if hit is not None and hit[0] != name})
+    if others:
+        other = others[0]
+        what = (f"the {download.TITLES[other]} release" if all(h and h[0] == other for h in found.values())
+                else f"files of the {download.TITLES[other]} release")
+        raise DataError(f"{folder} holds {what}, not {name}: pass --dataset {other}, or a --data-dir "
+                        f"with the {download.TITLES[name]} files")
+    verified = all(hit == (name, files[key].name) for key, hit in found.items())
+    if source == "download" and not verified:
+        changed = [files[key].name for key, hit in found.items() if hit != (name, files[key].name)]
+        download.discard(folder, changed)
+        raise DataError(f"{', '.join(changed)} in {folder} changed after it was downloaded and verified; "
+                        "removed it: run again to download it afresh")
+    return verified
 
 
 # --- IDX -------------------------------------------------------------------------------------
@@ -179,19 +236,14 @@ def _read_idx_folder(folder: Path) -> dict[str, np.ndarray]:
 # --- tensorflow-datasets ----------------------------------------------------------------------
 
 def _read_tfds(name: str, data_dir: Path | None) -> dict[str, np.ndarray]:
+    """Reads an already prepared dataset. bnbench never asks tfds to prepare one: that needs
+    TensorFlow, and the download source gets the same release files without it."""
     import tensorflow_datasets as tfds  # imported here: it is slow to import and only this path needs it
 
-    prepared = data_dir is not None or _tfds_prepared(name, None)
-    can_prepare = importlib.util.find_spec("tensorflow") is not None
-    if not prepared and not can_prepare:
-        raise DataError(
-            f"{name} is not prepared in tfds' data dir and preparing it needs TensorFlow, which is not "
-            "installed: `pip install tensorflow` once (bnbench then downloads and prepares it), or pass "
-            "--data-dir with a folder of the four IDX files or a prepared tfds data dir")
     try:
         sources = tfds.data_source(
             name, split=["train", "test"], data_dir=None if data_dir is None else str(data_dir),
-            download=not prepared, builder_kwargs={"file_format": "array_record"})
+            download=False, builder_kwargs={"file_format": "array_record"})
         arrays = {}
         for split, source in zip(("train", "test"), sources):
             examples = [source[i] for i in range(len(source))]
@@ -200,11 +252,12 @@ def _read_tfds(name: str, data_dir: Path | None) -> dict[str, np.ndarray]:
     except DataError:
         raise
     except Exception as e:  # tfds raises many kinds: missing files, bad records, no network
-        where = data_dir if data_dir is not None else "tfds' default data dir"
+        where = data_dir if data_dir is not None else _tfds_default_dir()
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        way_out = (f"or remove {where / name} and bnbench downloads the release files instead" if data_dir is None
+                   else f"or prepare {name} there again (`tfds build {name} --data_dir {where}`)")
         raise DataError(f"could not read {name} from {where} ({type(e).__name__}: {first_line}); "
-                        "pass --data-dir with a folder of the four IDX files, or delete the damaged "
-                        "dataset folder and let tfds prepare it again") from None
+                        f"pass --data-dir with a folder of the four IDX files, {way_out}") from None
     return {k: v.astype(np.uint8) if k.endswith("images") else v for k, v in arrays.items()}
 
 
@@ -229,7 +282,7 @@ def _cache_dir(cache_dir) -> Path:
 
 def _fingerprint(source: str, name: str, location: Path | None) -> str | None:
     """A short hash of the source files' paths, sizes and mtimes; None when there are no files."""
-    if source == "idx":
+    if source in ("idx", "download"):
         files = sorted(_find_idx_files(location).values())
     else:
         root = location if location is not None else _tfds_default_dir()
@@ -243,18 +296,19 @@ def _fingerprint(source: str, name: str, location: Path | None) -> str | None:
     return h.hexdigest()[:16]
 
 
-def _read_cache(path: Path) -> dict[str, np.ndarray] | None:
+def _read_cache(path: Path) -> tuple[dict[str, np.ndarray], bool] | None:
+    """The decoded arrays and whether their files were the verified release, or None."""
     if not path.is_file():
         return None
     try:
         with np.load(path) as f:
-            return {key: f[key] for key in IDX_FILES}
+            return {key: f[key] for key in IDX_FILES}, bool(f["verified"])
     except Exception:  # a damaged cache is rebuilt, never trusted
         return None
 
 
-def _write_cache(path: Path, arrays: dict[str, np.ndarray]) -> None:
+def _write_cache(path: Path, arrays: dict[str, np.ndarray], verified: bool) -> None:
     try:
-        atomic_write(path, lambda f: np.savez(f, **arrays), mode="wb")
+        atomic_write(path, lambda f: np.savez(f, verified=np.bool_(verified), **arrays), mode="wb")
     except OSError:
         pass  # caching is an optimisation: a read-only home must not stop a run

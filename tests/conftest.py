@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import socket
 import struct
 from pathlib import Path
 
@@ -40,6 +41,23 @@ def make_idx_folder(folder: Path, train: int = 5300, test: int = 200) -> Path:
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Tests never read or write the user's dataset cache."""
     monkeypatch.setenv("BNBENCH_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+
+
+@pytest.fixture(scope="session")
+def closed_url():
+    """A URL on 127.0.0.1 where nothing listens: what an offline machine sees, without the network.
+    The port stays bound (never listening) for the session, so no test server can take it."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        yield f"http://127.0.0.1:{s.getsockname()[1]}/release/"
+
+
+@pytest.fixture(autouse=True)
+def _no_tfds_dir_and_no_internet(tmp_path_factory, monkeypatch, closed_url):
+    """Tests never read ~/tensorflow_datasets, and a load that would download goes to a closed local
+    port unless the test names its own server: no test reaches beyond 127.0.0.1."""
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path_factory.mktemp("tfds-empty")))
+    monkeypatch.setenv("BNBENCH_DOWNLOAD_URL", closed_url)
 
 
 @pytest.fixture(scope="session")

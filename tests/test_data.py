@@ -1,12 +1,13 @@
 import builtins
 import gzip
 import shutil
+import sys
 import time
 
 import numpy as np
 import pytest
 
-from bnbench import data
+from bnbench import data, download
 from bnbench.data import DataError
 from conftest import make_idx_folder, write_idx
 
@@ -15,7 +16,7 @@ def test_idx_folder_loads_in_canonical_order_with_the_notebook_split(idx_dir):
     ds = data.load(data_dir=idx_dir)
     with gzip.open(idx_dir / "train-labels-idx1-ubyte.gz") as f:
         labels = np.frombuffer(f.read()[8:], np.uint8)
-    assert (ds.source, ds.order) == ("idx", "canonical")
+    assert (ds.source, ds.order, ds.verified) == ("idx", "canonical", False)  # not a known release
     assert ds.val_images.shape == (5000, 28, 28) and ds.train_images.shape == (300, 28, 28)
     assert ds.train_images.dtype == np.uint8 and ds.train_labels.dtype == np.int32
     np.testing.assert_array_equal(ds.val_labels, labels[:5000])  # the first 5,000 are validation
@@ -48,6 +49,15 @@ def test_real_fashion_mnist_is_the_release(real_data_dir):
     full = np.concatenate([ds.val_images, ds.train_images])
     assert abs(full.mean() / 255 - 0.2860) < 1e-3  # the published mean pixel
     assert np.bincount(ds.test_labels).tolist() == [1000] * 10
+    assert ds.verified and ds.describe()["verified"] is True  # the release's checksums
+
+
+def test_describe_records_source_order_and_whether_the_release_was_verified(idx_dir):
+    protocol = data.load(data_dir=idx_dir).describe()
+    assert list(protocol) == ["dataset", "source", "order", "location", "verified", "train_examples",
+                              "validation_examples", "test_examples"]
+    assert protocol["verified"] is False and protocol["location"] == str(idx_dir)
+    assert set(data.ORDER_OF_SOURCE) == {"idx", "download", "tfds", "synthetic"}
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "missing"])
@@ -77,13 +87,16 @@ def test_folder_without_a_dataset_says_what_it_expected(tmp_path):
         data.load("cifar10", data_dir=tmp_path)
 
 
-def test_without_tensorflow_an_unprepared_tfds_dataset_explains_the_ways_out(tmp_path, monkeypatch):
-    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))  # empty: nothing prepared
-    real_find_spec = data.importlib.util.find_spec
-    monkeypatch.setattr(data.importlib.util, "find_spec",
-                        lambda name, *a: None if name == "tensorflow" else real_find_spec(name, *a))
-    with pytest.raises(DataError, match="needs TensorFlow.*pip install tensorflow.*--data-dir"):
-        data.load()
+def test_without_a_prepared_tfds_dataset_the_release_is_downloaded_without_tensorflow(idx_dir, monkeypatch):
+    """Neither TensorFlow nor tfds can be imported; the mirror is a file:// URL of an IDX folder."""
+    for module in ("tensorflow", "tensorflow_datasets"):
+        monkeypatch.setitem(sys.modules, module, None)  # `import tensorflow` now raises ImportError
+    monkeypatch.setitem(download.RELEASES, "fashion_mnist", {
+        path.name: (path.stat().st_size, download._sha256(path)) for path in idx_dir.glob("*.gz")})
+    monkeypatch.setenv("BNBENCH_DOWNLOAD_URL", idx_dir.as_uri())
+    ds = data.load()
+    assert (ds.source, ds.order, ds.verified) == ("download", "canonical", True)
+    assert ds.location.startswith(idx_dir.as_uri() + "/ -> ")
 
 
 def test_tfds_source_reads_through_tfds_data_source(tmp_path):
