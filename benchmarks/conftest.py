@@ -18,7 +18,7 @@ import pytest
 from bnbench import data as data_lib
 from bnbench import environment, runner, train, variants
 from bnbench.errors import BnbenchError
-from bnbench.io import check_writable, write_json
+from bnbench.io import check_writable, finite, write_json
 
 
 def pytest_addoption(parser):
@@ -136,6 +136,14 @@ def bnbench_session(request):
 def pytest_benchmark_update_machine_info(config, machine_info):
     machine_info["bnbench"] = environment.environment()
     machine_info["bnbench_run_id"] = config._bnbench_run_id
+
+
+def pytest_benchmark_update_json(config, benchmarks, output_json):
+    """Strict JSON in pytest-benchmark's file too: it would write a diverged loss as a NaN literal,
+    which JSON parsers (and bnbench's reader) refuse; null says "no value" to every reader."""
+    cleaned = finite(output_json)
+    output_json.clear()
+    output_json.update(cleaned)
 
 
 def pytest_sessionfinish(session, exitstatus):

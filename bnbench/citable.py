@@ -1,18 +1,28 @@
-"""``bnbench report``: a Markdown summary and PNG plots of one or more reports, ready to cite."""
+"""``bnbench report``: a Markdown summary and PNG plots of one or more reports, ready to cite.
+
+The page names each report's hardware once, at the top; reports are grouped by the protocol fields
+``compare`` checks (one section each), and no plot puts unlike figures side by side: a lone
+update's time and an epoch's time per update, or runs of different numbers of seeds, get panels of
+their own.
+"""
 
 from __future__ import annotations
 
+import math
+import textwrap
 from pathlib import Path
 
 import numpy as np
 
 from bnbench import reports
-from bnbench.compare import compare_loaded
-from bnbench.io import atomic_write
+from bnbench.compare import KEY, compare_loaded, protocol_key
+from bnbench.io import atomic_write, make_folder
+from bnbench.reports import STEP_KINDS
+from bnbench.schema import PROTOCOL_KEYS
 from bnbench.table import format_table
 
-ENV_ROWS = ("device_kind", "backend", "device_count", "cpu_model", "cpu_count", "jax", "jaxlib", "flax", "optax",
-            "python", "xla_flags", "git_commit")
+ENV_ROWS = ("device_kind", "backend", "device_count", "cpu_model", "cpu_count", "usable_cores", "cpu_flags",
+            "jax", "jaxlib", "flax", "optax", "python", "xla_flags", "git_commit")
 
 
 def _pyplot():
@@ -23,80 +33,178 @@ def _pyplot():
     return plt
 
 
-def _save(plt, fig, ax, path: Path) -> None:
-    """Adds the legend and writes the figure as a PNG, atomically."""
-    ax.legend(fontsize=8)
+def _panels(plt, count: int):
+    fig, axes = plt.subplots(1, max(count, 1), figsize=(4.6 * max(count, 1) + 1.0, 4.8), squeeze=False)
+    return fig, list(axes[0])
+
+
+def _save(plt, fig, path: Path) -> None:
+    """Writes the figure as a PNG, atomically."""
     fig.tight_layout()
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120), mode="wb")
     plt.close(fig)
 
 
+def _empty(ax, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes)
+    ax.set_axis_off()
+
+
+def _seeds(n) -> str:
+    return f"{n} seed{'s' * (n != 1)}"
+
+
+def curve_panels(loaded: list[dict]) -> dict[str, list[tuple[str, int, np.ndarray]]]:
+    """Validation curves, one panel per protocol, titled as the page's sections are: accuracies mean
+    the same thing only under one protocol, and its seeds are one of its fields, so a lone seed's
+    curve is never drawn beside a mean over several. Per panel, (variant, report ref, curves)."""
+    panels: dict[str, list] = {}
+    for r in loaded:
+        for name, v in r["variants"].items():
+            if v["curves"]:
+                panels.setdefault(protocol_title(r["protocol"]), []).append(
+                    (name, r["ref"], np.asarray(v["curves"], dtype=float)))
+    return panels
+
+
+def _legend(ax, below: float = 0.14) -> None:
+    """Below the panel (and its axis label), so that no label hides a bar or a line however long
+    the device's name."""
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -below))
+
+
 def _plot_curves(loaded: list[dict], path: Path) -> None:
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    for i, r in enumerate(loaded):
-        for name, v in r["variants"].items():
-            curves = np.asarray(v.get("curves") or [], dtype=float)
-            if curves.size == 0:
-                continue
+    panels = curve_panels(loaded)
+    fig, axes = _panels(plt, len(panels))
+    names = list(dict.fromkeys(n for r in loaded for n in r["variants"]))
+    colors = {name: f"C{i % 10}" for i, name in enumerate(names)}
+    styles = ["-", "--", ":", "-."]
+    for ax, (title, lines) in zip(axes, panels.items()):
+        refs = sorted({ref for _, ref, _ in lines})
+        for name, ref, curves in lines:
             epochs = np.arange(1, curves.shape[1] + 1)
-            label = name if len(loaded) == 1 else f"{name} [{i + 1}] {r['label']}"
-            line, = ax.plot(epochs, curves.mean(0), marker="o", ms=3, label=label)
+            label = name if len(refs) == 1 else f"{name} [{ref}]"
+            ax.plot(epochs, curves.mean(0), marker="o", ms=3, color=colors[name],
+                    linestyle=styles[refs.index(ref) % len(styles)], label=label)
             if len(curves) > 1:
-                ax.fill_between(epochs, curves.min(0), curves.max(0), color=line.get_color(), alpha=0.2)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("validation accuracy")
-    ax.set_title("Validation accuracy (mean over seeds; band: min to max)")
-    ax.grid(alpha=0.3)
-    _save(plt, fig, ax, path)
+                ax.fill_between(epochs, curves.min(0), curves.max(0), color=colors[name], alpha=0.2)
+        which = f"[{refs[0]}] " if len(refs) == 1 else ""
+        ax.set_title(textwrap.fill(which + title, 48), fontsize=8)
+        ax.set_xlabel("epoch")
+        epochs = max(curves.shape[1] for _, _, curves in lines)
+        ax.set_xlim(0.5, epochs + 0.5)
+        ax.set_xticks(range(1, epochs + 1, max(1, epochs // 10)))  # whole epochs, also for one
+        ax.set_ylabel("validation accuracy")
+        ax.grid(alpha=0.3)
+        _legend(ax, below=0.2)
+    if not panels:
+        _empty(axes[0], "no per-epoch curves in these reports")
+    fig.suptitle("Validation accuracy per epoch, one panel per protocol (mean over seeds; band: min to max)")
+    _save(plt, fig, path)
+
+
+def step_panels(loaded: list[dict]) -> dict[tuple, dict[int, dict[str, dict]]]:
+    """Step times by kind and, inside epochs, by seeds trained together: one panel each, so that no
+    panel puts unlike times side by side. Per panel, per report ref, per variant, the figure."""
+    panels: dict[tuple, dict] = {}
+    for r in loaded:
+        for name, v in r["variants"].items():
+            for kind in STEP_KINDS:
+                if v[kind] is not None:
+                    key = (list(STEP_KINDS).index(kind), v[kind].get("seeds") or 0)
+                    panels.setdefault(key, {}).setdefault(r["ref"], {})[name] = v[kind]
+    return {(list(STEP_KINDS)[k], seeds): series for (k, seeds), series in sorted(panels.items())}
+
+
+def _step_title(kind: str, seeds: int) -> str:
+    if kind == "lone_step":
+        return "one compiled update (a lone step)"
+    return f"per update inside epochs of {_seeds(seeds)}" + (" trained together" if seeds > 1 else "")
 
 
 def _plot_step_times(loaded: list[dict], path: Path) -> None:
     plt = _pyplot()
-    names = list(dict.fromkeys(n for r in loaded for n in r["variants"]))
-    width = 0.8 / len(loaded)
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    for i, r in enumerate(loaded):
-        medians, errors = [], []
-        for n in names:
-            step = r["variants"].get(n, {}).get("step_time")
-            medians.append(step["median"] * 1e3 if step else np.nan)
-            errors.append(step["iqr"] * 1e3 / 2 if step else 0)
-        sources = {v.get("step_time_source") for v in r["variants"].values()}
-        how = "one update" if sources == {"step"} else \
-            f"per update in epochs, {len(r['protocol'].get('seeds', [])) or '?'} seed(s) together"
-        ax.bar(np.arange(len(names)) + i * width, medians, width, yerr=errors, capsize=3,
-               label=f"[{i + 1}] {r['label']}: {how}")
-    ax.set_xticks(np.arange(len(names)) + width * (len(loaded) - 1) / 2, names)
-    ax.set_ylabel("ms per training update (median, IQR bar)")
-    ax.set_title("Step time per variant and device")
-    ax.grid(axis="y", alpha=0.3)
-    _save(plt, fig, ax, path)
+    panels = step_panels(loaded)
+    labels = {r["ref"]: textwrap.fill(f"[{r['ref']}] {r['label']}", 48) for r in loaded}
+    fig, axes = _panels(plt, len(panels))
+    for ax, ((kind, seeds), series) in zip(axes, panels.items()):
+        names = list(dict.fromkeys(n for figures in series.values() for n in figures))
+        width = 0.8 / len(series)
+        for i, (ref, figures) in enumerate(series.items()):
+            medians = [figures[n]["median"] * 1e3 if n in figures else np.nan for n in names]
+            errors = [figures[n]["iqr"] * 1e3 / 2 if n in figures else 0 for n in names]
+            if any(math.isinf(x) for x in medians + errors):
+                continue  # a time beyond a double's range once in ms cannot be drawn
+            ax.bar(np.arange(len(names)) + i * width, medians, width, yerr=errors, capsize=3, label=labels[ref],
+                   color=f"C{(ref - 1) % 10}")
+        ax.set_xticks(np.arange(len(names)) + width * (len(series) - 1) / 2, names)
+        ax.set_title(_step_title(kind, seeds), fontsize=10)
+        ax.set_ylabel("ms per training update (median, IQR bar)")
+        ax.grid(axis="y", alpha=0.3)
+        _legend(ax)
+    if not panels:
+        _empty(axes[0], "no step times in these reports")
+    fig.suptitle("Time per training update, by kind of time (never compare across panels)")
+    _save(plt, fig, path)
+
+
+def _seeds_text(seeds: list[int]) -> str:
+    """``5 seeds (0-4)``, ``2 seeds (3, 7)``: the count and which, so that sections tell them apart."""
+    consecutive = seeds == list(range(seeds[0], seeds[0] + len(seeds)))
+    which = f"{seeds[0]}-{seeds[-1]}" if consecutive and len(seeds) > 2 else ", ".join(map(str, seeds))
+    return f"{_seeds(len(seeds))} ({which})"
+
+
+def protocol_title(p: dict) -> str:
+    """A section's title: every field sections are grouped by (schema.PROTOCOL_KEYS)."""
+    if not any(key in p for key in PROTOCOL_KEYS):
+        return "protocol not recorded (pytest-benchmark JSON without the accuracy benchmark)"
+    g = lambda key: p.get(key, "?")  # noqa: E731
+    return (f"{g('dataset')}, {g('order')} order, {g('train_examples')}/{g('validation_examples')}/"
+            f"{g('test_examples')} train/validation/test, batch {g('batch_size')}, {g('optimizer')} "
+            f"lr {g('learning_rate')} momentum {g('momentum')}, {g('epochs')} epoch{'s' * (g('epochs') != 1)}, "
+            f"{_seeds_text(p['seeds'])}")
+
+
+def _where_they_ran(loaded: list[dict]) -> list[str]:
+    """Each report once with its file, then its environment: the fields all share once, the rest
+    as a table, so that the hardware is named once."""
+    lines = [f"[{r['ref']}] `{r['path']}`{reports.merged_text(r)}  " for r in loaded]
+    values = {key: [_env_value(r["environment"].get(key)) for r in loaded] for key in ENV_ROWS}
+    common = [[key, vals[0]] for key, vals in values.items() if len(set(vals)) == 1 and vals[0]]
+    differ = [[key, *vals] for key, vals in values.items() if len(set(vals)) > 1]
+    out = ["## Where they ran", "", *lines, ""]
+    if common:
+        out += [format_table(["all reports", ""], common, markdown=True), ""]
+    if differ:
+        out += [format_table(["differs", *[f"[{r['ref']}]" for r in loaded]], differ, markdown=True), ""]
+    return out
+
+
+def _env_value(value) -> str:
+    if value is None:
+        return ""
+    return " ".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
 def markdown(loaded: list[dict]) -> str:
-    env_table = format_table(["", *[f"[{i + 1}]" for i in range(len(loaded))]],
-                             [[key, *[str(r["environment"].get(key, "")) for r in loaded]] for key in ENV_ROWS],
-                             markdown=True)
-    sections = ["# bnbench results", "", "## Where they ran", "",
-                "\n".join(f"[{i + 1}] `{r['path']}`" + "  " for i, r in enumerate(loaded)), "", env_table, ""]
-    groups: dict[tuple, list[int]] = {}
-    for i, r in enumerate(loaded):
-        p = r["protocol"]
-        groups.setdefault(tuple(str(p.get(k)) for k in ("dataset", "order", "epochs", "seeds")), []).append(i)
-    for key, members in groups.items():
-        p = loaded[members[0]]["protocol"]
-        sections += [f"## {p.get('dataset', '?')}, {p.get('order', '?')} order, {p.get('epochs', '?')} epochs, "
-                     f"{len(p.get('seeds', [])) or '?'} seed(s)", "",
-                     compare_loaded([loaded[i] for i in members], markdown=True)[0], ""]
-    sections += ["## Plots", "", "![validation accuracy per epoch](val_accuracy.png)", "",
-                 "![step time per variant and device](step_time.png)", ""]
+    sections = ["# bnbench results", "", *_where_they_ran(loaded)]
+    groups: dict[tuple, list[dict]] = {}
+    for r in loaded:
+        groups.setdefault(protocol_key(r), []).append(r)
+    for members in groups.values():
+        sections += [f"## {protocol_title(members[0]['protocol'])}", "",
+                     compare_loaded(members, markdown=True, standalone=False)[0], ""]
+    sections += [*(f"- {line}" for line in KEY.splitlines()), "", "## Plots", "",
+                 "![validation accuracy per epoch](val_accuracy.png)", "",
+                 "![time per training update, by kind](step_time.png)", ""]
     return "\n".join(sections)
 
 
 def write_citable(paths: list[str], out: str | Path) -> list[Path]:
-    loaded = [reports.load(p) for p in paths]
-    out = Path(out)
+    loaded = reports.load_all(paths)
+    out = make_folder(out)
     readme = out / "README.md"
     text = markdown(loaded)
     atomic_write(readme, lambda f: f.write(text))

@@ -160,8 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
                          help="bnbench reports or pytest-benchmark JSON files; the first is the baseline")
     compare.add_argument("--format", choices=("text", "markdown"), default="text")
     compare.add_argument("--fail-on-regression", type=_positive_float, metavar="PCT",
-                         help="exit 1 if a step time got slower by more than PCT%% beyond the noise, "
-                              "or an accuracy fell outside the baseline's confidence interval")
+                         help="exit 1 if a step time got slower by more than PCT%% beyond the noise (compared "
+                              "only with the same kind of time), an accuracy fell below the baseline's 95%% CI, "
+                              "or a figure of the baseline could not be compared (missing from a later report, "
+                              "or accuracies of one seed)")
     compare.set_defaults(func=cmd_compare)
 
     report = sub.add_parser("report", help="write a citable Markdown summary with plots")

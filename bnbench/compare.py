@@ -1,28 +1,65 @@
-"""``bnbench compare``: reports side by side, refusing to compare what is not comparable."""
+"""``bnbench compare``: reports side by side, refusing to compare what is not comparable.
+
+Step times are compared only with the same kind of step time (reports.STEP_KINDS). The gate
+(``--fail-on-regression PCT``) fails closed: whatever the baseline holds that a later report
+lacks, or that cannot be tested (an accuracy without an interval), fails it, named.
+"""
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass, field
+
 from bnbench import reports
+from bnbench.reports import ACCURACIES, STEP_KINDS
+from bnbench.schema import PROTOCOL_KEYS
 from bnbench.stats import format_ci
 from bnbench.table import format_table
 
-# What must be equal for two reports' accuracies and times to mean the same thing.
-PROTOCOL_KEYS = ("dataset", "order", "train_examples", "validation_examples", "batch_size", "optimizer",
-                 "learning_rate", "epochs", "seeds")
-HEADERS = ("variant", "report", "device", "step time (median ± IQR)", "vs first", "K seeds vs 1",
-           "train acc", "val acc", "test acc", "to target")
+KEY = "\n".join([
+    "Accuracy: mean ± 95% CI half-width over seeds.",
+    "One update: a lone compiled update on a fixed batch, synchronised (`pytest benchmarks/` only).",
+    "Per update in epochs: an epoch's time over its updates; the seeds trained together share the epoch.",
+    "vs [N]: against report [N]'s time of the same kind (and seeds). Times of different kinds are never compared.",
+    "K seeds vs 1: an epoch of K seeds trained together against one seed's, timed in alternation.",
+])
 
 
 def differences(base: dict, other: dict) -> list[str]:
-    """Protocol fields that differ between two loaded reports (fields one of them lacks are skipped)."""
+    """Protocol fields that differ between two loaded reports (fields one of them lacks are skipped:
+    pytest-benchmark's JSON without its accuracy benchmark records no protocol)."""
     a, b = base["protocol"], other["protocol"]
     return [f"{key} {a[key]} vs {b[key]}" for key in PROTOCOL_KEYS if key in a and key in b and a[key] != b[key]]
 
 
-def _step_cell(step: dict | None) -> str:
-    if not step:
-        return "-"
-    return f"{step['median'] * 1e3:.3f} ± {step['iqr'] * 1e3:.3f} ms"
+def protocol_key(report: dict) -> tuple:
+    """The values of PROTOCOL_KEYS: reports with equal keys are comparable."""
+    return tuple(json.dumps(report["protocol"].get(key)) for key in PROTOCOL_KEYS)
+
+
+def check_comparable(loaded: list[dict]) -> None:
+    base = loaded[0]
+    for other in loaded[1:]:
+        diff = differences(base, other)
+        if diff:
+            raise reports.ReportError(f"{other['path']} is not comparable with {base['path']}: " + "; ".join(diff))
+
+
+def _ms(figure: dict) -> str:
+    return f"{figure['median'] * 1e3:.3f} ± {figure['iqr'] * 1e3:.3f} ms"
+
+
+def _seeds(n: int) -> str:
+    return f"{n} seed{'s' * (n != 1)}"
+
+
+def _time_cells(kind: str, figure: dict | None, base: dict | None) -> list[str]:
+    """A time and its ratio to the baseline's time of the same kind (and, inside epochs, seeds)."""
+    if figure is None:
+        return ["-", "-"]
+    text = _ms(figure) + (f", {_seeds(figure['seeds'])}" if kind == "epoch_per_update" else "")
+    same = base is not None and base.get("seeds") == figure.get("seeds")
+    return [text, f"{figure['median'] / base['median']:.2f}x" if same else "-"]
 
 
 def _seeds_cell(scaling: dict | None) -> str:
@@ -42,66 +79,131 @@ def _target_cell(target: dict | None) -> str:
     return f"{mean_s:.1f} s / {mean_updates:.0f} upd ({len(reached)}/{len(target['per_seed'])})"
 
 
-def regressions(base: dict, other: dict, pct: float) -> list[str]:
-    """Step times slower by more than ``pct``% beyond the two reports' noise (IQR relative to the
-    median), and accuracies below the lower end of the baseline's 95% confidence interval."""
-    found = []
-    for name, b in base["variants"].items():
-        o = other["variants"].get(name)
-        if o is None:
-            continue
-        bs, os_ = b.get("step_time"), o.get("step_time")
-        if bs and os_:
-            noise = max(bs["iqr"] / bs["median"], os_["iqr"] / os_["median"])
-            slower = os_["median"] / bs["median"] - 1
-            if slower > pct / 100 + noise:
-                found.append(f"{name}: step time {slower:+.1%} in {other['path']} "
-                             f"(allowed {pct:g}% + noise {noise:.1%})")
-        for key in reports.ACCURACIES:
-            if b.get(key) and o.get(key) and b[key].get("ci95"):
-                low = b[key]["ci95"][0]
-                if o[key]["mean"] < low:
-                    found.append(f"{name}: {key} {o[key]['mean']:.4f} in {other['path']} is below the "
-                                 f"baseline's 95% CI (from {low:.4f})")
-    return found
-
-
-def compare(paths: list[str], markdown: bool = False, fail_on_regression: float | None = None) -> tuple[str, bool]:
-    """The reports at ``paths`` side by side; returns the text and whether anything regressed."""
-    return compare_loaded([reports.load(p) for p in paths], markdown, fail_on_regression)
-
-
-def compare_loaded(loaded: list[dict], markdown: bool = False,
-                   fail_on_regression: float | None = None) -> tuple[str, bool]:
-    """``compare`` for reports already read with ``reports.load``."""
+def table(loaded: list[dict], markdown: bool = False) -> str:
     base = loaded[0]
-    for other in loaded[1:]:
-        diff = differences(base, other)
-        if diff:
-            raise reports.ReportError(f"{other['path']} is not comparable with {base['path']}: " + "; ".join(diff))
+    vs = f"vs [{base['ref']}]"
+    headers = ["variant", "report", f"{STEP_KINDS['lone_step']} (median ± IQR)", vs,
+               f"{STEP_KINDS['epoch_per_update']} (median ± IQR)", vs, "K seeds vs 1",
+               "train acc", "val acc", "test acc", "to target"]
     rows = []
-    names = list(dict.fromkeys(name for r in loaded for name in r["variants"]))
-    for name in names:
-        base_step = base["variants"].get(name, {}).get("step_time")
-        for i, r in enumerate(loaded):
+    for name in dict.fromkeys(name for r in loaded for name in r["variants"]):
+        base_variant = base["variants"].get(name, {})
+        for r in loaded:
             v = r["variants"].get(name)
             if v is None:
                 continue
-            step = v.get("step_time")
-            ratio = f"{step['median'] / base_step['median']:.2f}x" if step and base_step else "-"
-            rows.append([name, i + 1, r["label"], _step_cell(step), ratio, _seeds_cell(v.get("seed_scaling")),
-                         *[format_ci(v[k]) if v.get(k) else "-" for k in reports.ACCURACIES],
+            times = [cell for kind in STEP_KINDS for cell in _time_cells(kind, v[kind], base_variant.get(kind))]
+            rows.append([name, f"[{r['ref']}]", *times, _seeds_cell(v["seed_scaling"]),
+                         *[format_ci(v[k]) if v.get(k) else "-" for k in ACCURACIES],
                          _target_cell(v.get("time_to_target"))])
-    legend = "\n".join(f"[{i + 1}] {r['path']}: {r['label']}, jax {r['environment'].get('jax')}, "
-                       f"{r['environment'].get('cpu_model')}" for i, r in enumerate(loaded))
-    text = format_table(HEADERS, rows, markdown=markdown) + "\n\n" + legend + (
-        "\n\nAccuracy: mean ± 95% CI half-width over seeds. Step time: one compiled update "
-        "(or, for `bnbench run` reports, an epoch's time per update). K seeds vs 1: an epoch of K "
-        "seeds trained together against one seed's, timed in alternation.")
-    regressed = False
+    return format_table(headers, rows, markdown=markdown)
+
+
+@dataclass
+class Gate:
+    """What the gate compared, what regressed, and what it could not compare (which fails it too)."""
+    pct: float
+    compared: dict[str, list[str]] = field(default_factory=dict)  # per later report: "variant: figures"
+    regressions: list[str] = field(default_factory=list)
+    not_compared: list[str] = field(default_factory=list)
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.regressions or self.not_compared or not self.compared)
+
+    def text(self) -> str:
+        lines = [f"Gate (--fail-on-regression {self.pct:g}): " + ("FAILED" if self.failed else
+                 f"passed, no regression beyond {self.pct:g}% and the noise")]
+        lines += [f"  regression: {line}" for line in self.regressions]
+        lines += [f"  not compared, so the gate fails: {line}" for line in self.not_compared]
+        lines += [f"  compared {path}: {'; '.join(figures)}" for path, figures in self.compared.items()]
+        return "\n".join(lines)
+
+
+def _gate_time(g: Gate, name: str, kind: str, b: dict | None, o: dict | None, other: dict) -> str | None:
+    """Slower by more than PCT% plus the larger relative IQR of the two is a regression."""
+    label = STEP_KINDS[kind]
+    if b is None:
+        return None  # the baseline has no such time: nothing to hold the later report to
+    if o is None:
+        g.not_compared.append(f"{name}: {label}: the baseline has it, {other['path']} has none")
+        return None
+    if b.get("seeds") != o.get("seeds"):
+        g.not_compared.append(f"{name}: {label}: {_seeds(b['seeds'])} together in the baseline, "
+                              f"{_seeds(o['seeds'])} in {other['path']}")
+        return None
+    noise = max(b["iqr"] / b["median"], o["iqr"] / o["median"])
+    slower = o["median"] / b["median"] - 1
+    if slower > g.pct / 100 + noise:
+        g.regressions.append(f"{name}: {label} {slower:+.1%} in {other['path']} "
+                             f"(allowed {g.pct:g}% + noise {noise:.1%})")
+    return f"{label} {o['median'] / b['median']:.2f}x"
+
+
+def _gate_accuracies(g: Gate, name: str, b: dict, o: dict, other: dict) -> str | None:
+    """An accuracy regresses when its mean is below the lower end of the baseline's 95% CI."""
+    keys = [key for key in ACCURACIES if b.get(key)]
+    missing = [key for key in keys if not o.get(key)]
+    if missing:
+        g.not_compared.append(f"{name}: {', '.join(missing)}: the baseline has them, {other['path']} has none")
+    # One seed has no interval: its accuracy cannot be told from noise, so it cannot pass the gate.
+    no_interval = [key for key in keys if b[key]["ci95"] is None]
+    if no_interval:
+        seeds = _seeds(b[no_interval[0]]["n"])
+        g.not_compared.append(f"{name}: {', '.join(no_interval)}: the baseline has no 95% interval ({seeds}; "
+                              "an interval needs 2 or more: train 2 or more seeds to gate accuracy)")
+    checked = [key for key in keys if key not in missing and key not in no_interval]
+    for key in checked:
+        low = b[key]["ci95"][0]
+        if o[key]["mean"] < low:
+            g.regressions.append(f"{name}: {key} {o[key]['mean']:.4f} in {other['path']} is below the "
+                                 f"baseline's 95% CI (from {low:.4f})")
+    return ", ".join(checked) if checked else None
+
+
+def gate(base: dict, others: list[dict], pct: float) -> Gate:
+    """Holds every later report to each figure the baseline has."""
+    g = Gate(pct)
+    if not others:
+        g.not_compared.append(f"nothing to hold {base['path']} against: give the baseline and a later report")
+    for other in others:
+        for name, b in base["variants"].items():
+            o = other["variants"].get(name)
+            if o is None:
+                g.not_compared.append(f"{name}: in the baseline {base['path']}, missing from {other['path']}")
+                continue
+            figures = [_gate_time(g, name, kind, b[kind], o[kind], other) for kind in STEP_KINDS]
+            figures.append(_gate_accuracies(g, name, b, o, other))
+            figures = [f for f in figures if f]
+            if figures:
+                g.compared.setdefault(f"{other['path']} against {base['path']}", []).append(
+                    f"{name} ({', '.join(figures)})")
+    return g
+
+
+def compare(paths: list[str], markdown: bool = False, fail_on_regression: float | None = None) -> tuple[str, bool]:
+    """The reports at ``paths`` side by side; returns the text and whether the gate failed."""
+    return compare_loaded(reports.load_all(paths), markdown, fail_on_regression)
+
+
+def legend(loaded: list[dict]) -> str:
+    """Each report's file and hardware, once."""
+    return "\n".join(f"[{r['ref']}] {r['path']}: {r['label']}, jax {r['environment'].get('jax') or '?'}"
+                     f"{reports.merged_text(r)}" for r in loaded)
+
+
+def compare_loaded(loaded: list[dict], markdown: bool = False, fail_on_regression: float | None = None,
+                   standalone: bool = True) -> tuple[str, bool]:
+    """``compare`` for reports already read with ``reports.load_all``. Standalone output names each
+    report's hardware and explains the columns; a page of several tables (``bnbench report``) does
+    that once, above them."""
+    check_comparable(loaded)
+    parts = [table(loaded, markdown)]
+    if standalone:
+        parts += [legend(loaded), KEY]
+    failed = False
     if fail_on_regression is not None:
-        found = [line for other in loaded[1:] for line in regressions(base, other, fail_on_regression)]
-        regressed = bool(found)
-        text += "\n\n" + ("\n".join(["REGRESSIONS:"] + found) if found else
-                          f"no regression beyond {fail_on_regression:g}% and the noise")
-    return text, regressed
+        result = gate(loaded[0], loaded[1:], fail_on_regression)
+        parts.append(result.text())
+        failed = result.failed
+    return "\n\n".join(parts), failed

@@ -1,10 +1,12 @@
-"""Reading reports back: bnbench's own JSON and pytest-benchmark's, into one shape.
+"""Reading reports back: bnbench's own JSON and pytest-benchmark's, validated, into one shape.
 
-A loaded report is a dict with ``path``, ``label`` (the device it ran on), ``environment``,
-``protocol`` and ``variants``: per variant ``step_time`` (median, iqr, ... seconds), the final
-``train_accuracy``/``val_accuracy``/``test_accuracy`` summaries (mean, ci95), ``time_to_target``,
-the per-seed ``curves`` of validation accuracy and ``seed_scaling`` (K seeds against one).
-Anything unreadable is a one-line ReportError.
+A loaded report is a dict with ``path``, ``kind``, ``ref`` (its number in the output, [1], [2], ...),
+``label`` (the device it ran on), ``run_id``, ``environment``, ``protocol`` and ``variants``. Per
+variant, step times by their kind (STEP_KINDS; a kind a report lacks is None), the final
+``train_accuracy``/``val_accuracy``/``test_accuracy`` summaries (mean, ci95, n), ``seeds``,
+``time_to_target``, the per-seed ``curves`` of validation accuracy and ``seed_scaling``.
+Every file is checked against its schema (bnbench/schema.py) once, here; anything wrong is a
+one-line ReportError naming the file and the field.
 """
 
 from __future__ import annotations
@@ -12,11 +14,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from bnbench import schema
 from bnbench.errors import BnbenchError
-from bnbench.runner import REPORT_KIND, SCHEMA_VERSION
-from bnbench.stats import spread
 
 ACCURACIES = ("train_accuracy", "val_accuracy", "test_accuracy")
+# The kinds of step time. They measure different things and are never compared with each other:
+# a lone update also pays one dispatch and one synchronisation, which an epoch spreads over all
+# its updates, and an epoch's time is shared by the seeds trained together in it.
+STEP_KINDS = {
+    "lone_step": "one update",  # a lone compiled update on a fixed batch, synchronised (pytest benchmarks/)
+    "epoch_per_update": "per update in epochs",  # an epoch's time / its updates, with `seeds` trained together
+}
 
 
 class ReportError(BnbenchError):
@@ -25,6 +33,30 @@ class ReportError(BnbenchError):
 
 def load(path: str | Path) -> dict:
     path = Path(path)
+    raw = _read_json(path)
+    try:
+        kind = schema.validate(raw)
+        loaded = READERS[kind](raw)
+    except schema.Invalid as e:
+        raise ReportError(f"{path}: {e}") from None
+    return {"path": str(path), "kind": kind, "label": _label(loaded["environment"]), **loaded}
+
+
+def load_all(paths) -> list[dict]:
+    """The reports at ``paths``, each run once (``merge_duplicates``), numbered for the output."""
+    loaded = merge_duplicates([load(p) for p in paths])
+    for i, r in enumerate(loaded):
+        r["ref"] = i + 1
+    return loaded
+
+
+def merged_text(report: dict) -> str:
+    """What the output says of the files merged into ``report``, or nothing."""
+    return "".join(f" (and {m['path']}: the same run, by {m['how']}; merged, shown once)"
+                   for m in report.get("merged", []))
+
+
+def _read_json(path: Path):
     try:
         text = path.read_text()
     except FileNotFoundError:
@@ -32,92 +64,114 @@ def load(path: str | Path) -> dict:
     except (OSError, UnicodeDecodeError) as e:
         raise ReportError(f"{path}: cannot read it ({e})") from None
     try:
-        raw = json.loads(text)
+        return json.loads(text)
     except json.JSONDecodeError as e:
         raise ReportError(f"{path}: not valid JSON (truncated or damaged? {e.msg} at line {e.lineno})") from None
-    if not isinstance(raw, dict):
-        raise ReportError(f"{path}: not a bnbench or pytest-benchmark report (top level is not an object)")
-    try:
-        if raw.get("kind") == REPORT_KIND:
-            return _from_bnbench(path, raw)
-        if "benchmarks" in raw and "machine_info" in raw:
-            return _from_pytest_benchmark(path, raw)
-    except ReportError:
-        raise
-    except (KeyError, TypeError, ValueError, IndexError) as e:
-        raise ReportError(f"{path}: incomplete report ({type(e).__name__}: {e})") from None
-    raise ReportError(f"{path}: not a bnbench or pytest-benchmark report (no 'kind' or 'benchmarks' field)")
-
-
-def _check_version(path: Path, version) -> None:
-    if not isinstance(version, int):
-        raise ReportError(f"{path}: schema_version {version!r} is not a whole number")
-    if version > SCHEMA_VERSION:
-        raise ReportError(f"{path}: written with schema_version {version}, newer than this bnbench reads "
-                          f"({SCHEMA_VERSION}): upgrade bnbench")
+    except (ValueError, RecursionError) as e:  # a number of too many digits; nesting too deep
+        raise ReportError(f"{path}: not valid JSON ({type(e).__name__}: {str(e).splitlines()[0]})") from None
 
 
 def _label(env: dict) -> str:
     """The device a report ran on: the GPU's name, or the CPU's model and cores."""
-    if env.get("backend") == "cpu":
-        return f"{env.get('cpu_model', '?')}, {env.get('cpu_count', '?')} cores (cpu)"
-    return f"{env.get('device_count', 1)}x {env.get('device_kind', '?')} ({env.get('backend', '?')})"
+    if env["backend"] == "cpu":
+        return f"{env.get('cpu_model') or '?'}, {env.get('cpu_count') or '?'} cores (cpu)"
+    return f"{env.get('device_count') or '?'}x {env.get('device_kind') or '?'} ({env['backend']})"
 
 
-def _variant_from_runs(summary: dict, runs: list[dict]) -> dict:
-    step = summary.get("step_time_s")
-    if step is None:  # bnbench run: the time per update inside whole compiled epochs
-        updates = summary["updates_per_epoch"]
-        step = spread([e["time_s"] / updates for e in runs[0]["epochs"]]) if runs else None
-        step_source = "epoch"
-    else:
-        step_source = "step"
-    return {
-        "step_time": step, "step_time_source": step_source,
-        **{k: summary[k] for k in ACCURACIES},
-        "time_to_target": summary.get("time_to_target"),
-        "curves": [[e["val_accuracy"] for e in r["epochs"]] for r in runs],
-        "floor_ratio": summary.get("floor", {}).get("median_ratio"),
-        "median_epoch_time_s": summary.get("median_epoch_time_s"),
-        "seed_scaling": summary.get("seed_scaling"),
-    }
+def _lone_step(spread: dict | None) -> dict | None:
+    if spread is None:
+        return None
+    return {"median": spread["median"], "iqr": spread["iqr"], "n": spread["n"]}
 
 
-def _from_bnbench(path: Path, raw: dict) -> dict:
-    _check_version(path, raw.get("schema_version"))
-    runs_by_variant: dict[str, list] = {}
+def _epoch_per_update(summary: dict) -> dict:
+    """An epoch's time over its updates: an update's cost inside compiled epochs, with ``seeds``
+    trained together (they share the epoch's time)."""
+    updates, epoch = summary["updates_per_epoch"], summary["epoch_time_s"]
+    return {"median": epoch["median"] / updates, "iqr": epoch["iqr"] / updates, "n": epoch["n"],
+            "seeds": summary["seeds"]}
+
+
+def _variant(summary: dict | None, runs: list[dict], lone_step: dict | None = None,
+             seed_scaling: dict | None = None) -> dict:
+    """One variant's figures; ``summary`` is None for a pytest-benchmark file without its accuracy benchmark."""
+    entry = {"lone_step": _lone_step(lone_step), "epoch_per_update": None, "seed_scaling": seed_scaling,
+             "curves": [[e["val_accuracy"] for e in r["epochs"]] for r in runs]}
+    if summary is not None:
+        entry.update({key: summary[key] for key in ACCURACIES})
+        entry.update(epoch_per_update=_epoch_per_update(summary), seeds=summary["seeds"],
+                     time_to_target=summary.get("time_to_target"))
+        entry["lone_step"] = entry["lone_step"] or _lone_step(summary.get("step_time_s"))
+        entry["seed_scaling"] = entry["seed_scaling"] or summary.get("seed_scaling")
+    return entry
+
+
+def _fingerprint(runs: list[dict]):
+    """Every epoch's time of every run: two files holding the same ones hold the same session (the
+    times are measured to the nanosecond), which identifies reports written before run_id."""
+    if not runs:
+        return None
+    return tuple(sorted((r["variant"], r["seed"], tuple(e["time_s"] for e in r["epochs"])) for r in runs))
+
+
+def _from_run(raw: dict) -> dict:
+    runs: dict[str, list] = {}
     for run in raw["runs"]:
-        runs_by_variant.setdefault(run["variant"], []).append(run)
-    variants = {name: _variant_from_runs(summary, runs_by_variant.get(name, []))
-                for name, summary in raw["summary"].items()}
-    return {"path": str(path), "label": _label(raw["environment"]), "environment": raw["environment"],
-            "protocol": raw["protocol"], "variants": variants}
+        runs.setdefault(run["variant"], []).append(run)
+    return {"run_id": raw.get("run_id"), "fingerprint": _fingerprint(raw["runs"]),
+            "environment": raw["environment"], "protocol": raw["protocol"],
+            "variants": {name: _variant(summary, runs.get(name, [])) for name, summary in raw["summary"].items()}}
 
 
-def _from_pytest_benchmark(path: Path, raw: dict) -> dict:
+def _from_pytest_benchmark(raw: dict) -> dict:
     """Rebuilds a report from the extra_info bnbench's benchmarks store in pytest-benchmark's JSON."""
-    env = raw["machine_info"].get("bnbench")
-    if env is None:
-        raise ReportError(f"{path}: a pytest-benchmark file, but not from bnbench's benchmarks "
-                          "(no machine_info.bnbench)")
-    variants: dict[str, dict] = {}
-    protocol = None
+    found: dict[str, dict] = {}
+    protocol, all_runs = {}, []
     for bench in raw["benchmarks"]:
         info = bench.get("extra_info", {})
-        kind, name = info.get("bnbench"), info.get("variant")
-        if kind == "step" and info.get("batch_size", 32) == 32:
+        tag = info.get("bnbench")
+        if tag == "step" and info.get("batch_size", 32) == 32:  # the notebook's batch, not a scaling one
             s = bench["stats"]
-            step = {"median": s["median"], "iqr": s["iqr"], "min": s["min"], "max": s["max"], "n": s["rounds"]}
-            variants.setdefault(name, {})["step_time"] = step
-            variants[name]["step_time_source"] = "step"
-        elif kind == "seed_scaling":
-            variants.setdefault(name, {})["seed_scaling"] = info
-        elif kind == "accuracy":
+            found.setdefault(info["variant"], {})["lone_step"] = {"median": s["median"], "iqr": s["iqr"],
+                                                                  "n": s["rounds"]}
+        elif tag == "seed_scaling":
+            scaling = {key: value for key, value in info.items() if key not in ("bnbench", "variant")}
+            found.setdefault(info["variant"], {})["seed_scaling"] = scaling
+        elif tag == "accuracy":
             protocol = info["protocol"]
-            entry = _variant_from_runs(info["summary"], info["runs"])
-            entry.pop("step_time"), entry.pop("step_time_source")
-            variants.setdefault(name, {}).update(entry)
-    if not variants:
-        raise ReportError(f"{path}: holds no bnbench benchmark results")
-    return {"path": str(path), "label": _label(env), "environment": env, "protocol": protocol or {},
-            "variants": variants}
+            all_runs += info["runs"]
+            found.setdefault(info["variant"], {}).update(summary=info["summary"], runs=info["runs"])
+    if not found:
+        raise schema.Invalid("holds no bnbench benchmark results (no step, accuracy or seed_scaling benchmark)")
+    variants = {name: _variant(f.get("summary"), f.get("runs", []), f.get("lone_step"), f.get("seed_scaling"))
+                for name, f in found.items()}
+    return {"run_id": raw["machine_info"].get("bnbench_run_id"), "fingerprint": _fingerprint(all_runs),
+            "environment": raw["machine_info"]["bnbench"], "protocol": protocol, "variants": variants}
+
+
+READERS = {schema.REPORT_KIND: _from_run, schema.PYTEST_BENCHMARK: _from_pytest_benchmark}
+
+
+def same_run(a: dict, b: dict) -> bool:
+    if a["run_id"] and b["run_id"]:
+        return a["run_id"] == b["run_id"]
+    return a["fingerprint"] is not None and a["fingerprint"] == b["fingerprint"]
+
+
+def merge_duplicates(loaded: list[dict]) -> list[dict]:
+    """One entry per run. A harness session writes a bnbench report and pytest-benchmark's JSON of
+    the same run; the bnbench report holds everything the other does, so it stays, in the place the
+    first of the two had (the baseline stays the baseline), and records the other under ``merged``.
+    Two files of the same kind are both kept: that is a deliberate comparison with a copy."""
+    kept = []
+    for r in loaded:
+        twin = next((k for k in kept if {k["kind"], r["kind"]} == {schema.REPORT_KIND, schema.PYTEST_BENCHMARK}
+                     and same_run(k, r)), None)
+        if twin is None:
+            kept.append(r)
+            continue
+        keep, drop = (r, twin) if r["kind"] == schema.REPORT_KIND else (twin, r)
+        kept[kept.index(twin)] = keep
+        how = "its run_id" if keep["run_id"] and drop["run_id"] else "identical epoch timings"
+        keep.setdefault("merged", []).append({"path": drop["path"], "how": how})
+    return kept

@@ -14,10 +14,9 @@ import numpy as np
 from bnbench import floor, stats, train
 from bnbench.data import Dataset
 from bnbench.environment import environment
+from bnbench.schema import REPORT_KIND, SCHEMA_VERSION
 from bnbench.variants import Variant
 
-SCHEMA_VERSION = 1
-REPORT_KIND = "bnbench.run"
 # Unrolling the epoch's scan by 2 or 4 made neither epoch faster on a 2-core x86 CPU and raised
 # the epoch/floor ratio (1.17 to 1.26x for seed_plain), and it multiplies compile time (see README).
 DEFAULT_UNROLL = 1

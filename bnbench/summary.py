@@ -11,7 +11,7 @@ HEADERS = ("variant", "seeds", "train acc", "val acc", "test acc", "epoch s (med
 def summary_rows(report: dict) -> list[list]:
     rows = []
     for name, s in report["summary"].items():
-        ratio = s.get("floor", {}).get("median_ratio")
+        ratio = (s.get("floor") or {}).get("median_ratio")  # no floor, or one that could not be timed
         rows.append([name, s["seeds"], format_ci(s["train_accuracy"]), format_ci(s["val_accuracy"]),
                      format_ci(s["test_accuracy"]), f"{s['median_epoch_time_s']:.3f}",
                      f"{ratio:.2f}x" if ratio is not None else "-", f"{s['compile_time_s']:.2f}"])

@@ -1,22 +1,21 @@
-import copy
 import json
+import math
+import os
+import stat
 
 import pytest
 
-from bnbench import cli, reports, runner, train, variants
+from bnbench import citable, cli, reports, runner
 from bnbench.io import write_json
-from bnbench.synthetic import synthetic_dataset
+from bnbench.schema import PROTOCOL_KEYS
+from report_helpers import COMMITTED, RESULTS, as_pytest_benchmark, harness_report, made_report, set_epoch_time, write
 
 
 @pytest.fixture(scope="module")
 def report_file(tmp_path_factory):
-    dataset = synthetic_dataset(train=300, validation=100, test=100)
-    data = train.DeviceData.from_dataset(dataset)
-    protocol = train.Protocol(epochs=2, learning_rate=0.05)
-    results = {v: runner.run_variant(variants.get(v), protocol, data, [0, 1, 2], target=0.5)
-               for v in ("seed_plain", "seed_bn")}
+    """``bnbench run``'s report: seed_plain and seed_bn, 3 seeds, 2 epochs."""
     path = tmp_path_factory.mktemp("reports") / "base.json"
-    write_json(path, runner.make_report(dataset, protocol, [0, 1, 2], results))
+    write_json(path, made_report())
     return path
 
 
@@ -28,6 +27,13 @@ def edited(tmp_path, source, name, edit):
     return path
 
 
+def compare(*args, capsys):
+    """``bnbench compare ARGS``: exit status and output."""
+    status = cli.main(["compare", *map(str, args)])
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
 def test_compare_puts_reports_side_by_side_in_markdown(report_file, capsys):
     assert cli.main(["compare", str(report_file), str(report_file), "--format", "markdown"]) == 0
     out = capsys.readouterr().out
@@ -36,16 +42,15 @@ def test_compare_puts_reports_side_by_side_in_markdown(report_file, capsys):
 
 
 def test_compare_refuses_reports_with_different_protocols(report_file, tmp_path, capsys):
-    other = edited(tmp_path, report_file, "other.json", lambda r: r["protocol"].update(epochs=5))
+    other = edited(tmp_path, report_file, "other.json", lambda r: r["protocol"].update(learning_rate=0.1))
     assert cli.main(["compare", str(report_file), str(other)]) == 2
     err = capsys.readouterr().err
-    assert "not comparable" in err and "epochs 2 vs 5" in err
+    assert "not comparable" in err and "learning_rate 0.05 vs 0.1" in err
 
 
 def slower(report, factor):
-    for run in report["runs"]:
-        for epoch in run["epochs"]:
-            epoch["time_s"] *= factor
+    for name, summary in report["summary"].items():
+        set_epoch_time(report, name, summary["epoch_time_s"]["median"] * factor, summary["epoch_time_s"]["iqr"])
 
 
 def test_fail_on_regression_gates_on_step_time_beyond_noise(report_file, tmp_path):
@@ -63,26 +68,194 @@ def test_fail_on_regression_gates_on_accuracy_below_the_interval(report_file, tm
     assert "seed_bn: val_accuracy" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("content, message", [
-    ('{"schema_version": 1, "kind": "bnbench.run", "runs": [', "not valid JSON"),
-    ('{"hello": "world"}', "not a bnbench or pytest-benchmark report"),
-    ('{"benchmarks": [], "machine_info": {}}', "not from bnbench's benchmarks"),
-    ('{"schema_version": 1, "kind": "bnbench.run"}', "incomplete report"),
+# A. Step times are compared only with their own kind.
+
+def without_lone_step(report):
+    for summary in report["summary"].values():
+        summary.pop("step_time_s")
+    return report
+
+
+def test_a_lone_step_is_never_compared_with_an_epochs_time_per_update(tmp_path, capsys):
+    """The same run with and without its lone-step figure: nothing regressed (it was +46%)."""
+    with_step = write(tmp_path / "with.json", harness_report(lone_over_epoch=1.46))
+    without = write(tmp_path / "without.json", without_lone_step(harness_report(lone_over_epoch=1.46)))
+    status, out, _ = compare(without, with_step, "--fail-on-regression", "10", capsys=capsys)
+    assert status == 0, out
+    assert "regression:" not in out and "1.46x" not in out
+    assert "per update in epochs 1.00x" in out
+
+
+def test_a_real_regression_of_the_epoch_is_caught_beside_a_lone_step(tmp_path, capsys):
+    """Baseline with a lone step, later report 45% slower per epoch and without one: that passed."""
+    base = write(tmp_path / "base.json", harness_report(lone_over_epoch=1.46))
+    later = harness_report()
+    for name in later["summary"]:
+        set_epoch_time(later, name, 0.0145, 0.0002)
+    later = write(tmp_path / "later.json", without_lone_step(later))
+    status, out, _ = compare(base, later, "--fail-on-regression", "10", capsys=capsys)
+    assert status == 1
+    assert "regression: seed_bn: per update in epochs +45.0%" in out
+    assert f"seed_bn: one update: the baseline has it, {later} has none" in out
+
+
+def test_a_table_shows_each_kind_of_step_time_in_its_own_column(tmp_path, capsys):
+    path = write(tmp_path / "h.json", harness_report(lone_over_epoch=1.46))
+    status, out, _ = compare(path, capsys=capsys)
+    header = out.splitlines()[0]
+    assert status == 0 and "one update (median ± IQR)" in header and "per update in epochs (median ± IQR)" in header
+    row = next(line for line in out.splitlines() if line.startswith("seed_bn"))
+    lone_ms, epoch_ms = 0.01 / 10 * 1.46 * 1e3, 0.01 / 10 * 1e3
+    assert f"{lone_ms:.3f} ±" in row and f"{epoch_ms:.3f} ±" in row and "3 seeds" in row
+
+
+# B. The gate fails closed.
+
+def test_b_a_variant_missing_from_the_later_report_fails_the_gate(report_file, tmp_path, capsys):
+    def drop_seed_bn(report):
+        del report["summary"]["seed_bn"]
+        report["runs"] = [r for r in report["runs"] if r["variant"] != "seed_bn"]
+    other = edited(tmp_path, report_file, "no_bn.json", drop_seed_bn)
+    status, out, _ = compare(report_file, other, "--fail-on-regression", "10", capsys=capsys)
+    assert status == 1
+    assert f"seed_bn: in the baseline {report_file}, missing from {other}" in out
+    assert "no regression" not in out
+
+
+def test_b_one_seed_cannot_pass_the_accuracy_gate(capsys):
+    path = RESULTS / "cpu-benchmark.json"
+    status, out, _ = compare(path, path, "--fail-on-regression", "10", capsys=capsys)
+    assert status == 1
+    assert "seed_bn: train_accuracy, val_accuracy, test_accuracy: the baseline has no 95% interval (1 seed" in out
+
+
+def test_b_the_gate_says_what_it_compared(tmp_path, capsys):
+    path = write(tmp_path / "h.json", harness_report())
+    status, out, _ = compare(path, path, "--fail-on-regression", "10", capsys=capsys)
+    assert status == 0
+    assert ("seed_bn (one update 1.00x, per update in epochs 1.00x, train_accuracy, val_accuracy, "
+            "test_accuracy)") in out
+
+
+def test_b_a_gate_with_nothing_to_compare_against_fails(report_file, capsys):
+    status, out, _ = compare(report_file, "--fail-on-regression", "10", capsys=capsys)
+    assert status == 1 and "nothing to hold" in out
+
+
+# E. `bnbench report` groups by the fields compare checks.
+
+@pytest.mark.parametrize("edit", [
+    lambda r: r["protocol"].update(learning_rate=0.1),
+    lambda r: r["protocol"].update(batch_size=64),
+    lambda r: r["protocol"].update(train_examples=600, validation_examples=200),
 ])
-def test_unreadable_reports_give_one_line_naming_the_file(tmp_path, content, message, capsys):
-    path = tmp_path / "bad.json"
-    path.write_text(content)
-    assert cli.main(["compare", str(path)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and str(path) in err and message in err
+def test_e_report_shows_runs_of_other_protocols_in_sections_of_their_own(report_file, tmp_path, edit):
+    other = edited(tmp_path, report_file, "other.json", edit)
+    assert cli.main(["report", str(report_file), str(other), "--out", str(tmp_path / "cite")]) == 0
+    text = (tmp_path / "cite" / "README.md").read_text()
+    sections = [line for line in text.splitlines() if line.startswith("## synthetic")]
+    assert len(sections) == 2 and sections[0] != sections[1]
 
 
-def test_newer_schema_and_missing_file(report_file, tmp_path, capsys):
-    newer = edited(tmp_path, report_file, "newer.json", lambda r: r.update(schema_version=99))
-    with pytest.raises(reports.ReportError, match="schema_version 99, newer .*upgrade bnbench"):
-        reports.load(newer)
-    assert cli.main(["report", str(tmp_path / "missing.json"), "--out", str(tmp_path / "out")]) == 2
-    assert "missing.json: no such file" in capsys.readouterr().err
+def test_e_section_titles_tell_apart_every_field_reports_are_grouped_by():
+    base = json.loads((RESULTS / "cpu-benchmark.json").read_text())["protocol"]
+    changed = {str: lambda v: v + "x", int: lambda v: v + 1, float: lambda v: v * 2 + 1, list: lambda v: v + [99]}
+    for key in PROTOCOL_KEYS:
+        other = {**base, key: changed[type(base[key])](base[key])}
+        assert citable.protocol_title(other) != citable.protocol_title(base), key
+
+
+# F. Strict JSON, and the usual permissions.
+
+def test_f_reports_are_written_as_strict_json(tmp_path):
+    path = tmp_path / "r.json"
+    write_json(path, {"a": math.nan, "b": [math.inf, 1.5], "c": {"d": -math.inf}, "e": (1, 2)})
+    text = path.read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text) == {"a": None, "b": [None, 1.5], "c": {"d": None}, "e": [1, 2]}
+
+
+def test_f_a_new_report_gets_the_usual_mode_and_a_replaced_one_keeps_its_own(tmp_path):
+    old_mask = os.umask(0o022)
+    try:
+        write_json(tmp_path / "new.json", {})
+        existing = tmp_path / "existing.json"
+        existing.write_text("{}")
+        existing.chmod(0o640)
+        write_json(existing, {"x": 1})
+    finally:
+        os.umask(old_mask)
+    assert stat.S_IMODE((tmp_path / "new.json").stat().st_mode) == 0o644
+    assert stat.S_IMODE(existing.stat().st_mode) == 0o640 and json.loads(existing.read_text()) == {"x": 1}
+
+
+# G. Reports that read cleanly.
+
+def test_g_a_run_given_twice_is_shown_once(tmp_path, capsys):
+    """Its bnbench report and its pytest-benchmark JSON: one run (same run_id), merged."""
+    report = harness_report()
+    bnbench_file = write(tmp_path / "bnbench.json", report)
+    pytest_file = write(tmp_path / "pytest.json", as_pytest_benchmark(report))
+    status, out, _ = compare(pytest_file, bnbench_file, capsys=capsys)
+    assert status == 0
+    assert out.count("\nseed_bn ") == 1
+    assert f"[1] {bnbench_file}" in out and f"(and {pytest_file}: the same run, by its run_id; merged" in out
+
+
+def test_g_committed_reports_before_run_id_are_merged_by_their_timings(capsys):
+    status, out, _ = compare(RESULTS / "cpu-benchmark.json", RESULTS / "cpu-pytest-benchmark.json", capsys=capsys)
+    assert status == 0 and out.count("\nseed_bn ") == 1 and "identical epoch timings" in out
+
+
+def test_g_pytest_benchmark_json_alone_holds_the_same_figures(tmp_path, capsys):
+    report = harness_report()
+    a = reports.load(write(tmp_path / "bnbench.json", report))
+    b = reports.load(write(tmp_path / "pytest.json", as_pytest_benchmark(report)))
+    for name in ("seed_plain", "seed_bn"):
+        for key in ("lone_step", "epoch_per_update", "val_accuracy", "seed_scaling", "curves"):
+            assert a["variants"][name][key] == b["variants"][name][key], (name, key)
+
+
+@pytest.fixture
+def plotted(monkeypatch):
+    """The legends of every plot written, by file name."""
+    legends = {}
+    real_save = citable._save
+
+    def save(plt, fig, path):
+        legends[path.name] = [ax.get_legend_handles_labels()[1] for ax in fig.axes]
+        real_save(plt, fig, path)
+
+    monkeypatch.setattr(citable, "_save", save)
+    return legends
+
+
+def test_g_no_plot_mixes_kinds_of_time_or_numbers_of_seeds(tmp_path, plotted):
+    paths = [RESULTS / name for name in ("cpu-benchmark.json", "cpu-pytest-benchmark.json", "cpu-notebook-5seeds.json")]
+    assert cli.main(["report", *map(str, paths), "--out", str(tmp_path / "cite")]) == 0
+    loaded = reports.load_all(paths)
+    assert list(citable.step_panels(loaded)) == [("lone_step", 0), ("epoch_per_update", 1), ("epoch_per_update", 5)]
+    curves = citable.curve_panels(loaded)  # one panel per protocol, so per number of seeds
+    assert [sorted({len(c) for _, _, c in lines}) for lines in curves.values()] == [[1], [5]]
+    for labels in (labels for legends in plotted.values() for labels in legends):
+        assert len(labels) == len(set(labels)), labels  # a legend names each line once
+    assert plotted["step_time.png"] == [["[1] AMD EPYC, 2 cores (cpu)"]] * 2 + [["[2] AMD EPYC, 2 cores (cpu)"]]
+
+
+def test_g_the_page_names_the_hardware_once(report_file, tmp_path):
+    other = edited(tmp_path, report_file, "other.json", lambda r: r["protocol"].update(learning_rate=0.1))
+    assert cli.main(["report", str(report_file), str(other), "--out", str(tmp_path / "cite")]) == 0
+    text = (tmp_path / "cite" / "README.md").read_text()
+    cpu_model = json.loads(report_file.read_text())["environment"]["cpu_model"]
+    assert text.count(cpu_model) == 1
+
+
+def test_g_report_out_that_is_a_file_is_one_line(report_file, tmp_path, capsys):
+    out = tmp_path / "taken"
+    out.write_text("mine")
+    assert cli.main(["report", str(report_file), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is a file, not a folder" in err and out.read_text() == "mine"
 
 
 def test_report_writes_markdown_and_plots(report_file, tmp_path):
@@ -91,6 +264,13 @@ def test_report_writes_markdown_and_plots(report_file, tmp_path):
     assert "| cpu_model" in text and "seed_bn" in text and "val_accuracy.png" in text
     for png in ("val_accuracy.png", "step_time.png"):
         assert (tmp_path / "cite" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_committed_reports_compare_in_one_table(capsys):
+    """The committed benchmark's two files are one run; the 5-seed run is another protocol."""
+    paths = [p for p in COMMITTED if "5seeds" not in p.name]
+    status, out, _ = compare(*paths, "--format", "markdown", capsys=capsys)
+    assert status == 0 and out.count("| seed_plain ") == 1
 
 
 def test_time_to_target_counts_updates_and_time():
