@@ -34,6 +34,9 @@ def pytest_addoption(parser):
                     help="on a CPU, spread the seeds over N JAX devices to use all cores (auto: one per "
                          "core, or fewer where the seeds split evenly over fewer); more devices than "
                          "cores slow the step-time figures")
+    group.addoption("--floor-every", type=int, default=2,
+                    help="time the matmul floor after every K-th training epoch and the last (2: each "
+                         "floor costs about an epoch's matmuls; 1 times it after every epoch)")
     group.addoption("--dataset", default="fashion_mnist", help="fashion_mnist or mnist")
     group.addoption("--data-dir", default=None,
                     help="a folder of the four IDX files or a tfds data dir (default: tfds' prepared copy if any, "
@@ -70,6 +73,7 @@ class Session:
         self.seeds = list(range(opt("--seeds")))
         self.scaling_seeds = opt("--scaling-seeds")
         self.target = opt("--target")
+        self.floor_every = opt("--floor-every")
         if self.quick:
             from bnbench.synthetic import synthetic_dataset
             self.dataset = synthetic_dataset()
@@ -109,6 +113,7 @@ def pytest_configure(config):
     from bnbench.cli import cpu_devices_option
 
     seed_counts = [_at_least(config, "--seeds", 1), _at_least(config, "--scaling-seeds", 0) or 1]
+    _at_least(config, "--floor-every", 1)
     try:
         cpu_devices = cpu_devices_option(config.getoption("--cpu-devices"))
     except argparse.ArgumentTypeError as e:

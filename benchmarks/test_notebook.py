@@ -28,7 +28,7 @@ def test_accuracy(benchmark, bnbench_session, variant_name):
     benchmark.group = "training"
     result = benchmark.pedantic(
         runner.run_variant, args=(variants.get(variant_name), s.protocol, s.data, s.seeds),
-        kwargs={"measure_floor": True, "target": s.target}, rounds=1, iterations=1)
+        kwargs={"measure_floor": True, "floor_every": s.floor_every, "target": s.target}, rounds=1, iterations=1)
     s.results[variant_name] = result
     benchmark.extra_info.update({
         "bnbench": "accuracy", "variant": variant_name, "summary": result["summary"], "runs": result["runs"],

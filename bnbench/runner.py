@@ -23,31 +23,40 @@ DEFAULT_UNROLL = 1
 METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy")
 
 
+def floor_epochs(epochs: int, every: int) -> list[int]:
+    """The epochs (1-based) after which the floor is timed: every ``every``-th, and the last."""
+    return [i for i in range(1, epochs + 1) if i % every == 0 or i == epochs]
+
+
 def run_variant(variant: Variant, protocol: train.Protocol, data: train.DeviceData, seeds: Sequence[int],
                 measure_floor: bool = False, unroll: int = DEFAULT_UNROLL, target: float | None = None,
-                on_epoch: Callable[[int, dict, float], None] | None = None) -> dict:
-    """Trains one variant for all seeds together; returns its runs and its summary."""
+                on_epoch: Callable[[int, dict, float], None] | None = None, floor_every: int = 1) -> dict:
+    """Trains one variant for all seeds together; returns its runs and its summary. With
+    ``measure_floor``, the matmul floor is timed right after every ``floor_every``-th epoch (and the
+    last), so that each timed epoch has a floor measured under the same machine load."""
     trainer = train.Trainer(variant.model, protocol, data, len(seeds), unroll=unroll)
-    clock = None
+    clock, timed = None, []
     if measure_floor:
         products = floor.matmuls(trainer.epoch_program, *trainer.epoch_args())
         clock = floor.FloorClock(products, unroll=trainer.unroll, mesh=trainer.mesh)
+        timed = floor_epochs(protocol.epochs, floor_every)
 
     def epoch_done(i, metrics, seconds):
-        if clock is not None:
+        if i + 1 in timed:
             clock.tick()
         if on_epoch is not None:
             on_epoch(i, metrics, seconds)
 
     result = train.fit(trainer, seeds, epoch_done)
+    floor_times = dict(zip(timed, clock.times)) if clock is not None else {}
     updates = protocol.updates_per_epoch(int(data.train_labels.shape[0]))
     runs = []
     for s, seed in enumerate(seeds):
         epochs = []
         for i, (metrics, seconds) in enumerate(zip(result["history"], result["epoch_times"])):
             record = {"epoch": i + 1, **{k: float(metrics[k][s]) for k in METRICS}, "time_s": seconds}
-            if clock is not None:
-                record["floor_time_s"] = clock.times[i]
+            if i + 1 in floor_times:
+                record["floor_time_s"] = floor_times[i + 1]
             epochs.append(record)
         runs.append({"variant": variant.name, "seed": int(seed), "epochs": epochs,
                      "test_loss": float(result["test"]["loss"][s]),
@@ -57,11 +66,13 @@ def run_variant(variant: Variant, protocol: train.Protocol, data: train.DeviceDa
     summary["description"] = variant.description
     summary["seed_devices"] = trainer.seed_devices
     if clock is not None:
+        ratios = [result["epoch_times"][i - 1] / floor_times[i] for i in timed]
         summary["floor"] = {
             "matmul_flops_per_epoch": floor.total_flops(clock.products) * trainer.seed_devices,
             "median_floor_time_s": float(np.median(clock.times)),
-            # Each epoch against the floor run right after it, then the median of those ratios.
-            "median_ratio": float(np.median(np.array(result["epoch_times"]) / np.array(clock.times))),
+            # Each timed epoch against the floor run right after it, then the median of those ratios.
+            "median_ratio": float(np.median(ratios)),
+            "epochs_timed": timed,
             "compile_time_s": clock.compile_time_s,
             "unroll": unroll,
         }

@@ -2,6 +2,7 @@ import functools
 
 import jax
 import numpy as np
+import pytest
 
 from bnbench import floor, train, variants
 from bnbench.data import load
@@ -52,3 +53,21 @@ def test_floor_computes_every_product_whole():
     program, operands = floor.floor_program(products)
     assert len(products) == 9
     assert floor.compiled_flops(program.lower(operands).compile()) >= floor.total_flops(products)
+
+
+def test_floor_on_a_sample_of_epochs_pairs_each_with_its_own_epoch():
+    from bnbench import runner, train, variants
+    from bnbench.synthetic import synthetic_dataset
+
+    assert runner.floor_epochs(10, 2) == [2, 4, 6, 8, 10]
+    assert runner.floor_epochs(10, 3) == [3, 6, 9, 10]  # the last epoch always
+    assert runner.floor_epochs(1, 2) == [1]
+    data = train.DeviceData.from_dataset(synthetic_dataset(train=320, validation=64, test=64))
+    result = runner.run_variant(variants.get("seed_plain"), train.Protocol(epochs=3), data, [0],
+                                measure_floor=True, floor_every=2)
+    epochs = result["runs"][0]["epochs"]
+    assert ["floor_time_s" in e for e in epochs] == [False, True, True]
+    floor = result["summary"]["floor"]
+    assert floor["epochs_timed"] == [2, 3]
+    ratios = [e["time_s"] / e["floor_time_s"] for e in epochs[1:]]
+    assert floor["median_ratio"] == pytest.approx(sum(ratios) / 2)
