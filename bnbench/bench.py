@@ -19,21 +19,13 @@ from bnbench.variants import Variant
 FLOOR_REPEATS = 200  # floor steps per timing: long enough to swamp the dispatch of one program
 
 
-@functools.cache
-def _initializer(model):
-    """A model's compiled initial state, shared by every step program of that model (the random
-    initialisers take XLA longer to compile than the training step itself). Compiled, not eager:
-    run eagerly, flax's initialisers compile each small operation on its own."""
-    return jax.jit(functools.partial(train.create_train_state, model, train.Protocol().optimizer()))
-
-
 class StepProgram:
     """A variant's compiled train step on a fixed batch, callable repeatedly; state is threaded through."""
 
     def __init__(self, variant: Variant, data: train.DeviceData, batch_size: int = 32, seed: int = 0):
         tx = train.Protocol(batch_size=batch_size).optimizer()
         step = functools.partial(train.train_step, variant.model, tx)
-        self.state = _initializer(variant.model)(jax.random.PRNGKey(seed))
+        self.state = train.initializer(variant.model)(jax.random.PRNGKey(seed))
         self.images = data.train_images[:batch_size]
         self.labels = data.train_labels[:batch_size]
         if self.labels.shape[0] < batch_size:

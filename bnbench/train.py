@@ -66,6 +66,15 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation, key: 
                       batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params))
 
 
+@functools.cache
+def initializer(model: nn.Module) -> Callable[[jax.Array], TrainState]:
+    """``model``'s initial state from a key, compiled once per model and shared by every program
+    that trains it (XLA takes longer to compile the random initialisers than a training step).
+    SGD keeps no state, so the optimizer's learning rate does not matter here. Compiled, not
+    eager: run eagerly, flax's initialisers compile each small operation on their own."""
+    return jax.jit(functools.partial(create_train_state, model, Protocol().optimizer()))
+
+
 def _loss_and_correct(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
     # The one-hot form has the same value as optax's integer-label form, and its gradient
     # (softmax - one_hot) needs no scatter, which saves kernels in every step.
@@ -229,7 +238,10 @@ class Trainer:
             return device_lib.over_mesh(over_seeds(fn, share, in_axes, self.sequential), self.mesh, in_axes)
 
         tx = protocol.optimizer()
-        self._init = jax.jit(seeded(functools.partial(create_train_state, model, tx), (0,)))
+        if self.mesh is None and num_seeds == 1:  # the program every one-seed run shares
+            self._init = lambda keys: jax.tree.map(lambda x: x[None], initializer(model)(keys[0]))
+        else:
+            self._init = jax.jit(seeded(functools.partial(create_train_state, model, tx), (0,)))
         self.epoch_program = jax.jit(
             seeded(functools.partial(epoch, model, tx, protocol.batch_size, unroll=unroll),
                    (0, 0, None, None, None, None)),
