@@ -82,6 +82,7 @@ class Session:
         self.data = train.DeviceData.from_dataset(self.dataset)
         self.backend = jax.default_backend()
         self.step_rounds = 20 if self.quick else 300
+        self.floor_repeats = 2 if self.quick else 5  # timings of a step's floor (200 steps each)
         self.scaling_rounds = 2 if self.quick else 3  # epochs of K seeds: seconds each
         self.results: dict[str, dict] = {}  # accuracy benchmark results, per variant
         self.step_programs: dict[tuple, object] = {}  # compiled steps shared by the scaling benchmarks

@@ -7,16 +7,24 @@ import pytest
 from bnbench import bench, runner, variants
 
 
+def step_program(session, variant_name: str, batch_size: int) -> bench.StepProgram:
+    """Compiled once per session: the step-time and scaling benchmarks and the check share them."""
+    key = (variant_name, batch_size)
+    if key not in session.step_programs:
+        session.step_programs[key] = bench.StepProgram(variants.get(variant_name), session.data, batch_size=batch_size)
+    return session.step_programs[key]
+
+
 def test_step_time(benchmark, bnbench_session, variant_name):
     """One compiled update on a fixed batch of 32, synchronised; compile time recorded apart."""
-    program = bench.StepProgram(variants.get(variant_name), bnbench_session.data)
+    program = step_program(bnbench_session, variant_name, 32)
     benchmark.group = "step time"
     benchmark.extra_info.update({"bnbench": "step", "variant": variant_name, "batch_size": 32})
     benchmark.pedantic(program, rounds=bnbench_session.step_rounds, warmup_rounds=10, iterations=1)
     if benchmark.disabled:  # --benchmark-disable: the step ran once, as a test; nothing was timed
         return
     stats = benchmark.stats.stats
-    figures = bench.step_extra_info(program, stats.median, program.floor_time_s())
+    figures = bench.step_extra_info(program, stats.median, program.floor_time_s(bnbench_session.floor_repeats))
     benchmark.extra_info.update(figures)
     step = {"median": stats.median, "iqr": stats.iqr, "min": stats.min, "max": stats.max, "n": stats.rounds}
     bnbench_session.summary_extras[variant_name].update({"step_time_s": step, "step": figures})
@@ -64,18 +72,10 @@ SCALING = [("seed_plain", 32), ("seed_plain", 64), ("seed_plain_deep", 32)]
 SCALING_IDS = [f"{v}-b{b}" for v, b in SCALING]
 
 
-def scaling_program(session, variant_name: str, batch_size: int) -> bench.StepProgram:
-    """Compiled once per session: the scaling benchmarks and the check share the same programs."""
-    key = (variant_name, batch_size)
-    if key not in session.step_programs:
-        session.step_programs[key] = bench.StepProgram(variants.get(variant_name), session.data, batch_size=batch_size)
-    return session.step_programs[key]
-
-
 @pytest.mark.parametrize("variant_name_, batch_size", SCALING, ids=SCALING_IDS)
 def test_step_time_scaling(benchmark, bnbench_session, variant_name_, batch_size):
     """Step time of more work: a doubled batch and a deeper model, figures for the report."""
-    program = scaling_program(bnbench_session, variant_name_, batch_size)
+    program = step_program(bnbench_session, variant_name_, batch_size)
     benchmark.group = "step time scaling"
     benchmark.extra_info.update({"bnbench": "scaling", "variant": variant_name_, "batch_size": batch_size,
                                  "flops_per_update": program.flops})
@@ -93,7 +93,7 @@ def test_step_time_follows_the_work(bnbench_session):
     """
     if bnbench_session.backend != "cpu":
         pytest.skip(f"steps this small are launch-bound on {bnbench_session.backend}: the check is for CPUs")
-    programs = {name: scaling_program(bnbench_session, v, b) for name, (v, b) in zip(SCALING_IDS, SCALING)}
+    programs = {name: step_program(bnbench_session, v, b) for name, (v, b) in zip(SCALING_IDS, SCALING)}
     for program in programs.values():
         program()  # warm up outside the timing
     fastest = {name: min(t) for name, t in bench.interleaved_times(programs, rounds=100).items()}

@@ -6,7 +6,6 @@ import math
 from typing import Sequence
 
 import numpy as np
-from scipy import stats
 
 
 def mean_ci(values: Sequence[float], confidence: float = 0.95) -> dict:
@@ -16,6 +15,8 @@ def mean_ci(values: Sequence[float], confidence: float = 0.95) -> dict:
     if len(x) < 2:
         return {"mean": mean, "std": None, "ci95": None, "n": int(len(x))}
     std = float(x.std(ddof=1))
+    from scipy import stats  # here, not at the top: it costs a second to import and only this needs it
+
     half = float(stats.t.ppf((1 + confidence) / 2, df=len(x) - 1)) * std / math.sqrt(len(x))
     return {"mean": mean, "std": std, "ci95": [mean - half, mean + half], "n": int(len(x))}
 
