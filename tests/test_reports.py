@@ -202,8 +202,15 @@ def test_g_a_run_given_twice_is_shown_once(tmp_path, capsys):
     assert f"[1] {bnbench_file}" in out and f"(and {pytest_file}: the same run, by its run_id; merged" in out
 
 
-def test_g_committed_reports_before_run_id_are_merged_by_their_timings(capsys):
+def test_g_committed_reports_are_one_run_by_run_id_and_without_it_by_their_timings(tmp_path, capsys):
     status, out, _ = compare(RESULTS / "cpu-benchmark.json", RESULTS / "cpu-pytest-benchmark.json", capsys=capsys)
+    assert status == 0 and out.count("\nseed_bn ") == 1 and "by its run_id" in out
+    # Files written before run_id existed: the same run is recognised by its epoch timings.
+    bnbench_file = json.loads((RESULTS / "cpu-benchmark.json").read_text())
+    pytest_file = json.loads((RESULTS / "cpu-pytest-benchmark.json").read_text())
+    del bnbench_file["run_id"], pytest_file["machine_info"]["bnbench_run_id"]
+    status, out, _ = compare(write(tmp_path / "a.json", bnbench_file), write(tmp_path / "b.json", pytest_file),
+                             capsys=capsys)
     assert status == 0 and out.count("\nseed_bn ") == 1 and "identical epoch timings" in out
 
 
@@ -239,7 +246,9 @@ def test_g_no_plot_mixes_kinds_of_time_or_numbers_of_seeds(tmp_path, plotted):
     assert [sorted({len(c) for _, _, c in lines}) for lines in curves.values()] == [[1], [5]]
     for labels in (labels for legends in plotted.values() for labels in legends):
         assert len(labels) == len(set(labels)), labels  # a legend names each line once
-    assert plotted["step_time.png"] == [["[1] AMD EPYC, 2 cores (cpu)"]] * 2 + [["[2] AMD EPYC, 2 cores (cpu)"]]
+    one_seed, five_seeds = (r["label"] for r in loaded)  # the two files of one run are shown once
+    assert [[label.replace("\n", " ") for label in legend] for legend in plotted["step_time.png"]] == \
+        [[f"[1] {one_seed}"]] * 2 + [[f"[2] {five_seeds}"]]  # legends wrap long names
 
 
 def test_g_the_page_names_the_hardware_once(report_file, tmp_path):
