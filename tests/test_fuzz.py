@@ -128,20 +128,22 @@ def gateable(base: Path, later: Path) -> bool:
     return True
 
 
-def write_pair(folder: str, source: dict, text: str) -> tuple[Path, Path]:
-    base, later = Path(folder) / "base.json", Path(folder) / "later.json"
-    base.write_text(json.dumps(source))
-    later.write_text(text)
-    return base, later
+@contextlib.contextmanager
+def mutated_pair(sources: list[dict], data):
+    """A folder holding one real report (base.json) and a mutation of it (later.json)."""
+    index = data.draw(st.integers(0, len(sources) - 1))
+    text = data.draw(mutated([sources[index]]))
+    with tempfile.TemporaryDirectory() as folder:
+        base, later = Path(folder) / "base.json", Path(folder) / "later.json"
+        base.write_text(json.dumps(sources[index]))
+        later.write_text(text)
+        yield Path(folder), base, later
 
 
 @settings(BASE, max_examples=60)
 @given(data=st.data())
 def test_compare_and_the_gate_on_mutated_reports(sources, data):
-    index = data.draw(st.integers(0, len(sources) - 1))
-    text = data.draw(mutated([sources[index]]))
-    with tempfile.TemporaryDirectory() as folder:
-        base, later = write_pair(folder, sources[index], text)
+    with mutated_pair(sources, data) as (_, base, later):
         status, _, err = run("compare", later, "--format", "markdown")
         assert_clean(status, err, allowed=(0, 2))
         for first, second in ((base, later), (later, base)):
@@ -154,9 +156,6 @@ def test_compare_and_the_gate_on_mutated_reports(sources, data):
 @settings(BASE, max_examples=10)
 @given(data=st.data())
 def test_report_on_mutated_reports(sources, data):
-    index = data.draw(st.integers(0, len(sources) - 1))
-    text = data.draw(mutated([sources[index]]))
-    with tempfile.TemporaryDirectory() as folder:
-        base, later = write_pair(folder, sources[index], text)
-        status, _, err = run("report", base, later, "--out", Path(folder) / "cite")
+    with mutated_pair(sources, data) as (folder, base, later):
+        status, _, err = run("report", base, later, "--out", folder / "cite")
         assert_clean(status, err, allowed=(0, 2))
