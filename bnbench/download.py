@@ -21,6 +21,7 @@ import urllib.request
 from pathlib import Path
 
 from bnbench.data import DOWNLOAD_URL_ENV as MIRROR_ENV, IDX_FILES, DataError, _cache_dir
+from bnbench.io import file_mode_for
 
 TIMEOUT_S = 30  # per connection attempt and per read: a stalled transfer fails instead of hanging
 CHUNK_BYTES = 1 << 16
@@ -169,6 +170,7 @@ def _download(url: str, target: Path, size: int, sha256: str, bar) -> None:
     received = 0
     try:
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+        os.fchmod(fd, file_mode_for(target))  # a cached release file is readable as any new file is
         with os.fdopen(fd, "wb") as out:
             received, digest = _stream(url, out, size, bar)
             out.flush()

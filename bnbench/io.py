@@ -20,7 +20,7 @@ def _umask() -> int:
     return mask
 
 
-def _mode_for(path: Path) -> int:
+def file_mode_for(path: Path) -> int:
     """An existing file keeps its mode; a new one gets what open() would give it (0666 less the
     umask), not the 0600 of mkstemp's private temporary file."""
     try:
@@ -35,7 +35,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: st
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.fchmod(fd, _mode_for(path))
+        os.fchmod(fd, file_mode_for(path))
         with os.fdopen(fd, mode) as f:
             write(f)
             f.flush()

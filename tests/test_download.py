@@ -5,6 +5,7 @@ import hashlib
 import http.server
 import json
 import os
+import stat
 import threading
 import time
 from pathlib import Path
@@ -85,14 +86,22 @@ def leftovers(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name.endswith(".part") or p.name.startswith("."))
 
 
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def test_download_is_verified_cached_and_loaded_once(release, server):
     first = data.load()
     assert (first.source, first.order, first.verified) == ("download", "canonical", True)
     assert sorted(server.requests) == sorted(FILES)
     kept = cache_folder()
     assert first.location == f"{server.url} -> {kept}"
+    usual = 0o666 & ~current_umask()
     for f in FILES:
         assert (kept / f).read_bytes() == (release / f).read_bytes()
+        assert stat.S_IMODE((kept / f).stat().st_mode) == usual  # not the temporary file's 0600
     reference = data.load(data_dir=release)
     np.testing.assert_array_equal(first.train_images, reference.train_images)
     np.testing.assert_array_equal(first.test_labels, reference.test_labels)
