@@ -44,12 +44,19 @@ def pytest_addoption(parser):
     group.addoption("--download-url", default=None, metavar="URL",
                     help="without --data-dir, download the four release IDX files from this mirror "
                          "(a base URL) instead of the official locations (or set BNBENCH_DOWNLOAD_URL)")
-    group.addoption("--target", type=float, default=0.84,
+    group.addoption("--target", type=_accuracy, default=0.84,
                     help="validation accuracy whose time to reach is recorded (0.84)")
     group.addoption("--quick", action="store_true",
                     help="smoke run: synthetic data, 1 epoch, few rounds (under 30 s on 2 cores)")
     group.addoption("--bnbench-report", default=None,
                     help="where to write bnbench's JSON report (default: reports/benchmark-<time>.json)")
+
+
+def _accuracy(text: str) -> float:
+    """--target as `bnbench run` takes it: an accuracy in (0, 1], so that reports stay readable."""
+    from bnbench.cli import _fraction
+
+    return _fraction(text)
 
 
 def variant_names(config) -> list[str]:

@@ -207,7 +207,11 @@ def write_citable(paths: list[str], out: str | Path) -> list[Path]:
     out = make_folder(out)
     readme = out / "README.md"
     text = markdown(loaded)
-    atomic_write(readme, lambda f: f.write(text))
-    _plot_curves(loaded, out / "val_accuracy.png")
-    _plot_step_times(loaded, out / "step_time.png")
+    try:
+        atomic_write(readme, lambda f: f.write(text))
+        _plot_curves(loaded, out / "val_accuracy.png")
+        _plot_step_times(loaded, out / "step_time.png")
+    except OSError as e:  # a read-only folder, or a folder where a file should go
+        raise reports.ReportError(f"cannot write the report into {out} ({e.strerror or e}: "
+                                  f"{e.filename or out}): choose a writable --out folder") from None
     return [readme, out / "val_accuracy.png", out / "step_time.png"]

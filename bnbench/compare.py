@@ -58,7 +58,7 @@ def _time_cells(kind: str, figure: dict | None, base: dict | None) -> list[str]:
     if figure is None:
         return ["-", "-"]
     text = _ms(figure) + (f", {_seeds(figure['seeds'])}" if kind == "epoch_per_update" else "")
-    same = base is not None and base.get("seeds") == figure.get("seeds")
+    same = base is not None and reports.same_layout(base, figure)
     return [text, f"{figure['median'] / base['median']:.2f}x" if same else "-"]
 
 
@@ -120,6 +120,11 @@ class Gate:
         return "\n".join(lines)
 
 
+def _layout(figure: dict) -> str:
+    devices = figure.get("seed_devices")
+    return _seeds(figure["seeds"]) + (f" over {devices} device{'s' * (devices > 1)}" if devices else "")
+
+
 def _gate_time(g: Gate, name: str, kind: str, b: dict | None, o: dict | None, other: dict) -> str | None:
     """Slower by more than PCT% plus the larger relative IQR of the two is a regression."""
     label = STEP_KINDS[kind]
@@ -128,9 +133,8 @@ def _gate_time(g: Gate, name: str, kind: str, b: dict | None, o: dict | None, ot
     if o is None:
         g.not_compared.append(f"{name}: {label}: the baseline has it, {other['path']} has none")
         return None
-    if b.get("seeds") != o.get("seeds"):
-        g.not_compared.append(f"{name}: {label}: {_seeds(b['seeds'])} together in the baseline, "
-                              f"{_seeds(o['seeds'])} in {other['path']}")
+    if not reports.same_layout(b, o):
+        g.not_compared.append(f"{name}: {label}: {_layout(b)} in the baseline, {_layout(o)} in {other['path']}")
         return None
     noise = max(b["iqr"] / b["median"], o["iqr"] / o["median"])
     slower = o["median"] / b["median"] - 1

@@ -11,6 +11,7 @@ folder holds.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import sys
 import tempfile
@@ -75,7 +76,11 @@ def mirror(download_url: str | None = None) -> str | None:
     url = download_url or os.environ.get(MIRROR_ENV) or None
     if url is None:
         return None
-    parts = urllib.parse.urlsplit(url)
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError as e:  # e.g. an unclosed IPv6 bracket
+        raise DataError(f"download URL {url!r} (--download-url or {MIRROR_ENV}) is malformed ({e}): give the "
+                        "base URL of a folder holding the four IDX files") from None
     if parts.scheme not in ("http", "https", "ftp", "file") or not (parts.netloc or parts.scheme == "file"):
         raise DataError(f"download URL {url!r} (--download-url or {MIRROR_ENV}) is not an http(s), ftp or "
                         "file URL: give the base URL of a folder holding the four IDX files, e.g. "
@@ -210,8 +215,8 @@ def _stream(url: str, out, size: int, bar) -> tuple[int, str]:
         raise _Failed(f"HTTP {e.code} {_one_line(e.reason)}") from None
     except urllib.error.URLError as e:
         raise _Failed(f"cannot reach it ({_one_line(e.reason)})") from None
-    except (OSError, ValueError) as e:
-        raise _Failed(f"cannot reach it ({_one_line(e)})") from None
+    except (OSError, ValueError, http.client.HTTPException) as e:  # HTTPException: not HTTP at all
+        raise _Failed(f"cannot reach it ({_one_line(e) or type(e).__name__})") from None
     with response:
         length = response.headers.get("Content-Length")
         if length and length.isdigit() and int(length) != size:

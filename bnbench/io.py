@@ -75,7 +75,7 @@ def check_writable(path: str | os.PathLike) -> Path:
         os.close(fd)
         os.unlink(tmp)
     except OSError as e:
-        raise BnbenchError(f"cannot write to {path} ({e.strerror}): choose a writable --out path") from None
+        raise BnbenchError(f"cannot write to {path} ({e.strerror}): choose a writable path") from None
     return path
 
 

@@ -74,7 +74,10 @@ def _read_json(path: Path):
 def _label(env: dict) -> str:
     """The device a report ran on: the GPU's name, or the CPU's model and cores."""
     if env["backend"] == "cpu":
-        return f"{env.get('cpu_model') or '?'}, {env.get('cpu_count') or '?'} cores (cpu)"
+        # The cores the run could use (under taskset, fewer than the machine has); older reports
+        # recorded only the machine's.
+        cores = env.get("usable_cores") or env.get("cpu_count") or "?"
+        return f"{env.get('cpu_model') or '?'}, {cores} cores (cpu)"
     return f"{env.get('device_count') or '?'}x {env.get('device_kind') or '?'} ({env['backend']})"
 
 
@@ -89,7 +92,13 @@ def _epoch_per_update(summary: dict) -> dict:
     trained together (they share the epoch's time)."""
     updates, epoch = summary["updates_per_epoch"], summary["epoch_time_s"]
     return {"median": epoch["median"] / updates, "iqr": epoch["iqr"] / updates, "n": epoch["n"],
-            "seeds": summary["seeds"]}
+            "seeds": summary["seeds"], "seed_devices": summary.get("seed_devices")}
+
+
+def same_layout(a: dict, b: dict) -> bool:
+    """Whether two epoch-per-update figures come from the same number of seeds laid out over the
+    same number of devices (5 seeds vmapped on one device cost about twice 5 over 5 devices)."""
+    return (a.get("seeds"), a.get("seed_devices")) == (b.get("seeds"), b.get("seed_devices"))
 
 
 def _variant(summary: dict | None, runs: list[dict], lone_step: dict | None = None,
@@ -158,10 +167,21 @@ def same_run(a: dict, b: dict) -> bool:
     return a["fingerprint"] is not None and a["fingerprint"] == b["fingerprint"]
 
 
+def _fill_from(keep: dict, drop: dict) -> None:
+    """Figures ``drop`` holds and ``keep`` lacks, copied into ``keep``: merging never loses one."""
+    for name, figures in drop["variants"].items():
+        mine = keep["variants"].setdefault(name, {})
+        for key, value in figures.items():
+            if mine.get(key) is None and value is not None:
+                mine[key] = value
+
+
 def merge_duplicates(loaded: list[dict]) -> list[dict]:
     """One entry per run. A harness session writes a bnbench report and pytest-benchmark's JSON of
-    the same run; the bnbench report holds everything the other does, so it stays, in the place the
-    first of the two had (the baseline stays the baseline), and records the other under ``merged``.
+    the same run; the bnbench report stays, in the place the first of the two had (the baseline
+    stays the baseline), takes any figure only the other holds (a variant whose accuracy benchmark
+    did not run has its step time in pytest-benchmark's file alone), and records the other under
+    ``merged``.
     Two files of the same kind are both kept: that is a deliberate comparison with a copy."""
     kept = []
     for r in loaded:
@@ -171,6 +191,7 @@ def merge_duplicates(loaded: list[dict]) -> list[dict]:
             kept.append(r)
             continue
         keep, drop = (r, twin) if r["kind"] == schema.REPORT_KIND else (twin, r)
+        _fill_from(keep, drop)
         kept[kept.index(twin)] = keep
         how = "its run_id" if keep["run_id"] and drop["run_id"] else "identical epoch timings"
         keep.setdefault("merged", []).append({"path": drop["path"], "how": how})

@@ -204,7 +204,8 @@ class DeviceData:
 def seed_keys(seeds: Sequence[int]) -> tuple[jax.Array, jax.Array]:
     """Per seed: a key for initialisation and a root key from which each epoch's shuffle is folded."""
     if not all(-2**31 <= s < 2**31 for s in seeds):
-        raise BnbenchError(f"seeds must be 32-bit integers, got {min(seeds)} to {max(seeds)}: choose a smaller --seed")
+        raise BnbenchError(f"seeds must be 32-bit integers, got {min(seeds)} to {max(seeds)}: choose --seed so "
+                           f"that all seeds lie between {-2**31} and {2**31 - 1}")
     keys = _split_seeds(jnp.asarray(seeds, dtype=jnp.int32))
     return keys[:, 0], keys[:, 1]
 

@@ -286,3 +286,32 @@ def test_time_to_target_counts_updates_and_time():
     epochs = [{"epoch": 1, "val_accuracy": 0.5, "time_s": 1.0}, {"epoch": 2, "val_accuracy": 0.9, "time_s": 2.0}]
     assert runner.time_to_target(epochs, 0.8, 10) == {"epoch": 2, "time_s": 3.0, "updates": 20}
     assert runner.time_to_target(epochs, 0.95, 10) is None
+
+
+def test_merging_a_runs_two_files_keeps_figures_only_the_pytest_file_holds(tmp_path, capsys):
+    """A variant whose accuracy benchmark did not run has its lone-step time in pytest-benchmark's
+    file only; merged with the bnbench report, that figure must survive and be gated."""
+    def pair(name, factor, run_id):
+        report = harness_report()
+        report["run_id"] = run_id
+        pb = as_pytest_benchmark(report)
+        for bench in pb["benchmarks"]:
+            if bench["extra_info"]["variant"] == "seed_bn" and bench["extra_info"]["bnbench"] == "step":
+                for key in ("median", "min", "max", "mean"):
+                    bench["stats"][key] *= factor
+        del report["summary"]["seed_bn"]["step_time_s"]
+        return write(tmp_path / f"{name}-bn.json", report), write(tmp_path / f"{name}-pb.json", pb)
+
+    base = pair("base", 1.0, "a" * 32)
+    slower = pair("new", 3.0, "b" * 32)
+    status, out, _ = compare(*base, *slower, "--fail-on-regression", "10", capsys=capsys)
+    assert status == 1 and "seed_bn: one update +200.0%" in out
+
+
+def test_epoch_times_of_different_seed_layouts_are_not_compared(report_file, tmp_path, capsys):
+    """5 seeds vmapped on one device and 5 seeds over 5 devices are different kinds of epoch."""
+    other = edited(tmp_path, report_file, "spread.json",
+                   lambda r: r["summary"]["seed_plain"].update(seed_devices=3))
+    status, out, _ = compare(report_file, other, "--fail-on-regression", "10", capsys=capsys)
+    assert status == 1 and "seed_plain: per update in epochs: 3 seeds over 1 device in the baseline, " \
+                           "3 seeds over 3 devices in" in out
