@@ -92,7 +92,7 @@ class Session:
         self.floor_repeats = 2 if self.quick else 5  # timings of a step's floor (200 steps each)
         self.scaling_rounds = 2 if self.quick else 3  # epochs of K seeds: seconds each
         self.results: dict[str, dict] = {}  # accuracy benchmark results, per variant
-        self.step_programs: dict[tuple, object] = {}  # compiled steps shared by the scaling benchmarks
+        self.step_programs: dict[tuple, object] = {}  # compiled steps, shared by the step-time and scaling benchmarks
         # Per variant, what the step and seed-scaling benchmarks add to the report's summary.
         self.summary_extras: dict[str, dict] = collections.defaultdict(dict)
         self.report_path = config._bnbench_report_path
