@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import collections
 import datetime
+import re
 from pathlib import Path
 
 import jax
@@ -24,7 +25,8 @@ from bnbench.io import check_writable, finite, write_json
 def pytest_addoption(parser):
     group = parser.getgroup("bnbench")
     group.addoption("--variants", default=",".join(variants.NOTEBOOK_VARIANTS),
-                    help="comma-separated variants to benchmark (default: seed_plain,seed_bn)")
+                    help="comma-separated variants to benchmark (default: seed_plain,seed_bn; `bnbench variants` "
+                         "lists them; NAME:FIELD=VALUE changes a field of a variant's model)")
     group.addoption("--epochs", type=int, default=10, help="training epochs for the accuracy benchmark (10)")
     group.addoption("--seeds", type=int, default=1, help="seeds trained together (1)")
     group.addoption("--scaling-seeds", type=int, default=0,
@@ -37,7 +39,7 @@ def pytest_addoption(parser):
     group.addoption("--floor-every", type=int, default=2,
                     help="time the matmul floor after every K-th training epoch and the last (2: each "
                          "floor costs about an epoch's matmuls; 1 times it after every epoch)")
-    group.addoption("--dataset", default="fashion_mnist", help="fashion_mnist or mnist")
+    group.addoption("--dataset", default="fashion_mnist", help="fashion_mnist, mnist, kmnist or cifar10")
     group.addoption("--data-dir", default=None,
                     help="a folder of the four IDX files or a tfds data dir (default: tfds' prepared copy if any, "
                          "else the release files, downloaded once into the cache)")
@@ -60,7 +62,16 @@ def _accuracy(text: str) -> float:
 
 
 def variant_names(config) -> list[str]:
-    return [v.strip() for v in config.getoption("--variants").split(",") if v.strip()]
+    """The --variants list. A variant's own fields are comma-separated too (conv_bn:channels=(8,16),groups=2):
+    a piece with '=' but no ':' continues the variant before it."""
+    names: list[str] = []
+    for piece in re.split(r",(?![^()]*\))", config.getoption("--variants")):
+        piece = piece.strip()
+        if names and "=" in piece and ":" not in piece:
+            names[-1] += "," + piece
+        elif piece:
+            names.append(piece)
+    return names
 
 
 def pytest_generate_tests(metafunc):
@@ -86,6 +97,8 @@ class Session:
             self.dataset = synthetic_dataset()
         else:
             self.dataset = data_lib.load(opt("--dataset"), opt("--data-dir"), download_url=opt("--download-url"))
+        for name in variant_names(config):
+            variants.get(name).check(self.dataset.train_images.shape[1:])
         self.data = train.DeviceData.from_dataset(self.dataset)
         self.backend = jax.default_backend()
         self.step_rounds = 20 if self.quick else 300

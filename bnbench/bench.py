@@ -25,12 +25,15 @@ class StepProgram:
     def __init__(self, variant: Variant, data: train.DeviceData, batch_size: int = 32, seed: int = 0):
         tx = train.Protocol(batch_size=batch_size).optimizer()
         step = functools.partial(train.train_step, variant.model, tx)
-        self.state = train.initializer(variant.model)(jax.random.PRNGKey(seed))
+        self.state = train.initializer(variant.model, tuple(data.train_images.shape[1:]))(jax.random.PRNGKey(seed))
         self.images = data.train_images[:batch_size]
         self.labels = data.train_labels[:batch_size]
         if self.labels.shape[0] < batch_size:
             raise ValueError(f"the training split has fewer than {batch_size} examples")
-        self.products = floor.matmuls(step, self.state, self.images, self.labels)
+        try:
+            self.products, self.floor_unavailable = floor.matmuls(step, self.state, self.images, self.labels), None
+        except floor.FloorUnavailable as e:
+            self.products, self.floor_unavailable = {}, str(e)
         start = time.perf_counter()
         self._compiled = jax.jit(step, donate_argnums=0).lower(self.state, self.images, self.labels).compile()
         self.compile_time_s = time.perf_counter() - start
@@ -40,8 +43,11 @@ class StepProgram:
         self.state, metrics = self._compiled(self.state, self.images, self.labels)
         jax.block_until_ready((self.state, metrics))
 
-    def floor_time_s(self, repeats: int = 5) -> float:
-        """Median time of this step's matmuls alone, per step, run FLOOR_REPEATS times in one scan."""
+    def floor_time_s(self, repeats: int = 5) -> float | None:
+        """Median time of this step's matmuls alone, per step, run FLOOR_REPEATS times in one scan;
+        None where the step computes something the floor cannot time."""
+        if self.floor_unavailable is not None:
+            return None
         timing = floor.time_floor({m: FLOOR_REPEATS * c for m, c in self.products.items()}, repeats=repeats)
         return timing["median_s"] / FLOOR_REPEATS
 
@@ -94,7 +100,7 @@ def interleaved_times(programs: dict[str, StepProgram], rounds: int) -> dict[str
     return times
 
 
-def step_extra_info(program: StepProgram, median_s: float, floor_s: float) -> dict:
+def step_extra_info(program: StepProgram, median_s: float, floor_s: float | None) -> dict:
     """The figures a step-time benchmark records beside pytest-benchmark's own statistics."""
     return {
         "compile_time_s": program.compile_time_s,
@@ -102,6 +108,7 @@ def step_extra_info(program: StepProgram, median_s: float, floor_s: float) -> di
         "matmul_flops_per_update": floor.total_flops(program.products),
         "achieved_flops_per_s": program.flops / median_s if program.flops else None,
         "floor_time_s": floor_s,
-        "ratio_to_floor": median_s / floor_s,
+        "ratio_to_floor": median_s / floor_s if floor_s is not None else None,
+        **({"floor_unavailable": program.floor_unavailable} if program.floor_unavailable else {}),
     }
 

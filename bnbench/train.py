@@ -59,7 +59,7 @@ class TrainState:
 
 
 def create_train_state(model: nn.Module, tx: optax.GradientTransformation, key: jax.Array,
-                       image_shape: Sequence[int] = (28, 28)) -> TrainState:
+                       image_shape: Sequence[int]) -> TrainState:
     variables = model.init(key, jnp.zeros((1, *image_shape), jnp.float32), train=False)
     params = variables["params"]
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
@@ -67,12 +67,13 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation, key: 
 
 
 @functools.cache
-def initializer(model: nn.Module) -> Callable[[jax.Array], TrainState]:
-    """``model``'s initial state from a key, compiled once per model and shared by every program
-    that trains it (XLA takes longer to compile the random initialisers than a training step).
-    SGD keeps no state, so the optimizer's learning rate does not matter here. Compiled, not
-    eager: run eagerly, flax's initialisers compile each small operation on their own."""
-    return jax.jit(functools.partial(create_train_state, model, Protocol().optimizer()))
+def initializer(model: nn.Module, image_shape: tuple[int, ...]) -> Callable[[jax.Array], TrainState]:
+    """``model``'s initial state from a key, compiled once per model and image shape and shared by
+    every program that trains it (XLA takes longer to compile the random initialisers than a
+    training step). SGD keeps no state, so the optimizer's learning rate does not matter here.
+    Compiled, not eager: run eagerly, flax's initialisers compile each small operation on their own."""
+    return jax.jit(functools.partial(create_train_state, model, Protocol().optimizer(),
+                                     image_shape=tuple(image_shape)))
 
 
 def _loss_and_correct(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -120,11 +121,29 @@ def train_step(model: nn.Module, tx: optax.GradientTransformation, state: TrainS
 
 
 def evaluate(model: nn.Module, state: TrainState, images: jax.Array, labels: jax.Array) -> dict:
-    """Mean loss and accuracy with BN's moving statistics, so the result does not depend on batching."""
-    logits = model.apply({"params": state.params, "batch_stats": state.batch_stats},
-                         normalize(images), train=False)
-    losses, correct = _loss_and_correct(logits, labels)
-    return {"loss": jnp.mean(losses), "accuracy": correct / labels.shape[0]}
+    """Mean loss and accuracy. By default with the moving statistics (``train=False``), all images
+    at once: the result does not depend on batching. A model with an ``eval_batch_size`` is
+    evaluated in batches of that size with each batch's own statistics (``train=True``, its
+    batch_stats left unchanged), the last, partial batch as one more."""
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    size = getattr(model, "eval_batch_size", None)
+    if size is None:
+        losses, correct = _loss_and_correct(model.apply(variables, normalize(images), train=False), labels)
+        return {"loss": jnp.mean(losses), "accuracy": correct / labels.shape[0]}
+
+    def batch_sums(images, labels):
+        losses, correct = _loss_and_correct(model.apply(variables, normalize(images), train=True), labels)
+        return jnp.sum(losses), correct
+
+    n = labels.shape[0]
+    full = n // size * size
+    loss, correct = jax.lax.map(lambda b: batch_sums(*b), (images[:full].reshape(-1, size, *images.shape[1:]),
+                                                           labels[:full].reshape(-1, size)))
+    loss, correct = jnp.sum(loss), jnp.sum(correct)
+    if full < n:
+        tail_loss, tail_correct = batch_sums(images[full:], labels[full:])
+        loss, correct = loss + tail_loss, correct + tail_correct
+    return {"loss": loss / n, "accuracy": correct / n}
 
 
 def train_epoch(model, tx, batch_size: int, state: TrainState, key: jax.Array,
@@ -132,14 +151,15 @@ def train_epoch(model, tx, batch_size: int, state: TrainState, key: jax.Array,
     """One pass over a reshuffled training set: full batches under one ``lax.scan``, then the last,
     partial batch (if any) as its own step. No padding, so no padded row reaches BN's statistics, and
     both shapes are compiled once into the same program."""
-    n = labels.shape[0]
+    n, image_shape = labels.shape[0], images.shape[1:]
     images = images.reshape(n, -1)  # rows of pixels: a simpler, faster gather per batch
     order = jax.random.permutation(key, n)
     full_batches = n // batch_size
 
     def body(carry, batch):
         state, loss_sum, correct = carry
-        state, (batch_loss, batch_correct) = train_step(model, tx, state, images[batch], labels[batch])
+        batch_images = images[batch].reshape(batch.shape[0], *image_shape)
+        state, (batch_loss, batch_correct) = train_step(model, tx, state, batch_images, labels[batch])
         return (state, loss_sum + batch_loss, correct + batch_correct), None
 
     carry = (state, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32))
@@ -239,10 +259,12 @@ class Trainer:
             return device_lib.over_mesh(over_seeds(fn, share, in_axes, self.sequential), self.mesh, in_axes)
 
         tx = protocol.optimizer()
+        image_shape = tuple(data.train_images.shape[1:])
         if self.mesh is None and num_seeds == 1:  # the program every one-seed run shares
-            self._init = lambda keys: jax.tree.map(lambda x: x[None], initializer(model)(keys[0]))
+            self._init = lambda keys: jax.tree.map(lambda x: x[None], initializer(model, image_shape)(keys[0]))
         else:
-            self._init = jax.jit(seeded(functools.partial(create_train_state, model, tx), (0,)))
+            self._init = jax.jit(seeded(functools.partial(create_train_state, model, tx, image_shape=image_shape),
+                                        (0,)))
         self.epoch_program = jax.jit(
             seeded(functools.partial(epoch, model, tx, protocol.batch_size, unroll=unroll),
                    (0, 0, None, None, None, None)),

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from bnbench import models, variants
-from bnbench.layers import BatchNorm
+from bnbench.models import BatchNorm
 
 
 def init(name):

@@ -1,0 +1,76 @@
+"""A small ConvNet for images (28x28x1, 32x32x3, ...): (conv3x3, norm, ReLU, 2x2 max pool) per
+stage, then Dense logits. Channels come from the data; Keras' Conv2D defaults (glorot_uniform
+kernels, zero biases, 'same' padding), so that the parity test can build the same model in Keras.
+
+Convolutions are computed as im2col products by default (``Conv``): the 9 shifted views of the
+padded input side by side, times the kernel as a (9 x in, out) matrix. Why: XLA's CPU backend runs
+the backward convolutions (the kernel's and the input's gradients) 7-18x slower inside a loop,
+such as the epoch's scan, than in a program of their own (README, "The ConvNet"), while products
+run at full speed anywhere. The values are those of ``lax.conv_general_dilated`` (tested), the
+products the same in number and size; ``im2col=False`` uses XLA's convolutions instead.
+
+Normalization sits where ConvNets put it, between the convolution (then without a bias, which
+a centering norm would cancel) and the activation. BatchNorm reduces over the batch and both
+spatial axes (one mean per channel, as Keras' BatchNormalization on NHWC); LayerNorm over each
+example's height, width and channels with a scale and bias per channel (GroupNorm with one group,
+as in Wu & He, 2018); GroupNorm over groups of channels and the spatial axes.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from bnbench.models.mlp import glorot_uniform
+from bnbench.models.norms import CENTERING, make_norm
+
+
+class Conv(nn.Module):
+    """A 3x3 'same' convolution as one im2col product; flax.linen.Conv's variables (``kernel`` of
+    shape (3, 3, in, out), ``bias``) and initialisation, so either can stand for the other."""
+
+    features: int
+    use_bias: bool = True
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        n, height, width, channels = x.shape
+        kernel = self.param("kernel", glorot_uniform, (3, 3, channels, self.features), jnp.float32)
+        padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+        patches = jnp.concatenate([padded[:, i:i + height, j:j + width, :] for i in range(3) for j in range(3)],
+                                  axis=-1)  # (n, h, w, 9 x channels), ordered as the kernel's (3, 3, in)
+        y = (patches.reshape(-1, 9 * channels) @ kernel.reshape(9 * channels, self.features))
+        y = y.reshape(n, height, width, self.features)
+        if self.use_bias:
+            y = y + self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+        return y
+
+
+class ConvNet(nn.Module):
+    channels: Sequence[int] = (8, 16)
+    num_classes: int = 10
+    norm: str | None = None
+    groups: int = 4
+    eval_batch_size: int | None = None
+    im2col: bool = True
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        if x.ndim == 3:  # grayscale images come without a channel axis
+            x = x[..., None]
+        for i, width in enumerate(self.channels):
+            use_bias = self.norm not in CENTERING
+            if self.im2col:
+                x = Conv(width, use_bias=use_bias)(x)
+            else:
+                x = nn.Conv(width, (3, 3), padding="SAME", kernel_init=glorot_uniform, use_bias=use_bias)(x)
+            if self.norm is not None:
+                x = make_norm(self.norm, train, x, self.groups, f"convolution {i + 1}",
+                              reduction_axes=(-3, -2, -1))(x)
+            x = nn.relu(x)
+            x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        x = x.reshape((x.shape[0], -1))
+        return nn.Dense(self.num_classes, kernel_init=glorot_uniform)(x)

@@ -1,0 +1,74 @@
+"""The multilayer perceptrons of the Keras notebook, and the same MLP with other normalizations.
+
+Every default that differs between Keras and Flax is spelled out here or in ``norms.py``; see
+../shared/reference/FIDELITY.md.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from bnbench.models.norms import CENTERING, make_norm
+
+KERAS_LEAKY_RELU_SLOPE = 0.3  # Flax: 0.01
+glorot_uniform = nn.initializers.glorot_uniform()  # Keras Dense default; Flax's is lecun_normal
+he_normal = nn.initializers.he_normal()  # truncated at 2 sigma, as Keras' he_normal
+
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "relu": nn.relu,
+    "leaky_relu": functools.partial(nn.leaky_relu, negative_slope=KERAS_LEAKY_RELU_SLOPE),
+}
+INITIALIZERS = {"glorot_uniform": glorot_uniform, "he_normal": he_normal}
+PLACEMENTS = ("after_activation", "before_activation")
+
+
+class MLP(nn.Module):
+    """Flatten, optional input normalization, hidden Dense layers, Dense output logits.
+
+    ``norm``: None, or a name of ``norms.NORMS``, placed ``after_activation`` (the notebook: Dense,
+    activation, norm) or ``before_activation`` (the BN paper: Dense without bias, norm, activation).
+    ``norm_inputs``: the notebook's BN model also normalizes the raw pixels. ``groups``: GroupNorm's
+    group count, which must divide every normalized width. ``eval_batch_size``: evaluate in batches
+    of this size with each batch's own statistics instead of the moving averages (None: the moving
+    averages, as Keras).
+    """
+
+    hidden: Sequence[int] = (300, 100)
+    num_classes: int = 10
+    activation: str = "relu"
+    hidden_init: str = "glorot_uniform"
+    norm: str | None = None
+    placement: str = "after_activation"
+    norm_inputs: bool = False
+    groups: int = 4
+    eval_batch_size: int | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        def normalized(x, where):
+            return make_norm(self.norm, train, x, self.groups, where)(x)
+
+        activation = ACTIVATIONS[self.activation]
+        before = self.norm is not None and self.placement == "before_activation"
+        x = x.reshape((x.shape[0], -1))
+        if self.norm_inputs:
+            x = normalized(x, "the input")
+        for i, width in enumerate(self.hidden):
+            x = nn.Dense(width, kernel_init=INITIALIZERS[self.hidden_init],
+                         use_bias=not (before and self.norm in CENTERING))(x)
+            if before:
+                x = normalized(x, f"hidden layer {i + 1}")
+            x = activation(x)
+            if self.norm is not None and not before:
+                x = normalized(x, f"hidden layer {i + 1}")
+        return nn.Dense(self.num_classes, kernel_init=glorot_uniform)(x)
+
+
+def normalize(images: jax.Array) -> jax.Array:
+    """uint8 pixels to float32 in [0, 1], as the notebook's ``X / 255.0``; done inside the step."""
+    return images.astype(jnp.float32) / 255.0

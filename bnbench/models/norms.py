@@ -1,0 +1,198 @@
+"""The normalization layers, and ``make_norm``: a layer by name, as the models place them.
+
+``BatchNorm`` is Keras' BatchNormalization, over any reduction axes (the batch for an MLP; the
+batch and both spatial axes for a ConvNet), with a hand-written backward pass. Its values are those
+of ``flax.linen.BatchNorm(momentum=0.99, epsilon=1e-3, use_fast_variance=False)``: biased two-pass
+variance, moving statistics updated as ``m * moving + (1 - m) * batch``, and the same variable
+names and shapes (params ``scale``/``bias``, batch_stats ``mean``/``var``).
+
+Why not flax's BatchNorm: autodiff of the two-pass formula differentiates through the mean and the
+variance separately, which XLA turns into about twice as many small kernels per step as the
+closed-form gradient below; on a CPU, where a batch of 32 makes each kernel tiny, launching them
+is a large part of the step. LayerNorm, GroupNorm and RMSNorm are flax's own layers, set to
+Keras' epsilon (1e-3) and two-pass variance, so that the Keras parity test holds them to Keras'
+LayerNormalization, GroupNormalization and RMSNormalization.
+
+``BatchRenorm`` is Batch Renormalization (Ioffe, 2017, Algorithm 1).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from bnbench.errors import BnbenchError
+
+# Keras' defaults, which differ from Flax's (see ../shared/reference/FIDELITY.md).
+KERAS_BN_MOMENTUM = 0.99
+KERAS_EPSILON = 1e-3  # Keras' BatchNormalization, LayerNormalization, GroupNormalization; Flax: 1e-5, 1e-6
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def batch_norm_train(x, scale, bias, epsilon, axes=(0,)):
+    """Normalizes ``x`` over ``axes`` with its own statistics; returns y, mean and variance."""
+    y, mean, var, _ = _forward(x, scale, bias, epsilon, axes)
+    return y, mean, var
+
+
+def _forward(x, scale, bias, epsilon, axes):
+    mean = jnp.mean(x, axis=axes)
+    centered = x - mean
+    var = jnp.mean(jnp.square(centered), axis=axes)  # two-pass, as Keras
+    inv = jax.lax.rsqrt(var + epsilon)
+    normalized = centered * inv
+    return normalized * scale + bias, mean, var, (normalized, inv, scale)
+
+
+def _fwd(x, scale, bias, epsilon, axes):
+    y, mean, var, residuals = _forward(x, scale, bias, epsilon, axes)
+    return (y, mean, var), residuals
+
+
+def _bwd(epsilon, axes, residuals, cotangents):
+    # The batch statistics only feed the moving averages (and Batch Renorm's corrections), which
+    # are not differentiated, so their cotangents are ignored.
+    normalized, inv, scale = residuals
+    dy = cotangents[0]
+    n = 1
+    for axis in axes:
+        n *= dy.shape[axis]
+    dbias = jnp.sum(dy, axis=axes)
+    dscale = jnp.sum(dy * normalized, axis=axes)
+    dx = (scale * inv) * (dy - (dbias + normalized * dscale) / n)
+    return dx, dscale, dbias
+
+
+batch_norm_train.defvjp(_fwd, _bwd)
+
+
+def _all_but_last(x: jax.Array) -> tuple[int, ...]:
+    return tuple(range(x.ndim - 1))
+
+
+def _updates_statistics(module: nn.Module) -> bool:
+    """Moving statistics change only in training proper: not while initialising, and not when the
+    model is applied with batch statistics but its batch_stats immutable (evaluation with batch
+    statistics, ``bn_batch_stats_eval``)."""
+    return not module.is_initializing() and module.is_mutable_collection("batch_stats")
+
+
+class BatchNorm(nn.Module):
+    """Batch Normalization over every axis but the last (features); Keras' defaults."""
+
+    use_running_average: bool
+    momentum: float = KERAS_BN_MOMENTUM
+    epsilon: float = KERAS_EPSILON
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        features = x.shape[-1]
+        scale = self.param("scale", nn.initializers.ones, (features,), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (features,), jnp.float32)
+        moving_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), jnp.float32)
+        moving_var = self.variable("batch_stats", "var", jnp.ones, (features,), jnp.float32)
+        if self.use_running_average:
+            return (x - moving_mean.value) * jax.lax.rsqrt(moving_var.value + self.epsilon) * scale + bias
+        y, mean, var = batch_norm_train(x, scale, bias, self.epsilon, _all_but_last(x))
+        if _updates_statistics(self):
+            moving_mean.value = self.momentum * moving_mean.value + (1 - self.momentum) * mean
+            moving_var.value = self.momentum * moving_var.value + (1 - self.momentum) * var
+        return y
+
+
+def renorm_limits(step: jax.Array, r_max: float, d_max: float, warmup_steps: int, r_ramp_steps: int,
+                  d_ramp_steps: int) -> tuple[jax.Array, jax.Array]:
+    """The clipping limits after ``step`` updates: plain BatchNorm (r_max 1, d_max 0) for
+    ``warmup_steps``, then each limit relaxed linearly to its final value over its ramp."""
+    def ramp(length):
+        return jnp.clip((step - warmup_steps) / length, 0.0, 1.0)
+
+    return 1.0 + (r_max - 1.0) * ramp(r_ramp_steps), d_max * ramp(d_ramp_steps)
+
+
+class BatchRenorm(nn.Module):
+    """Batch Renormalization (Ioffe, 2017): BatchNorm whose training output is corrected towards
+    the moving statistics by r = sigma_B / sigma and d = (mu_B - mu) / sigma, clipped to
+    [1/r_max, r_max] and [-d_max, d_max], with gradients stopped through both. The moving mean and
+    standard deviation (sigma, which includes epsilon, as the paper's) are what evaluation uses,
+    so training and evaluation compute the same function once the limits no longer bind.
+
+    The warm-up schedule keeps the paper's proportions (5k steps of BatchNorm, r_max to 3 over 40k
+    steps, d_max to 5 over 25k) scaled by 1/5 to fit the notebook's 17,190 updates; ``steps``
+    counts updates in batch_stats.
+    """
+
+    use_running_average: bool
+    momentum: float = KERAS_BN_MOMENTUM
+    epsilon: float = KERAS_EPSILON
+    r_max: float = 3.0
+    d_max: float = 5.0
+    warmup_steps: int = 1000
+    r_ramp_steps: int = 8000
+    d_ramp_steps: int = 5000
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        features = x.shape[-1]
+        scale = self.param("scale", nn.initializers.ones, (features,), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (features,), jnp.float32)
+        moving_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), jnp.float32)
+        moving_std = self.variable("batch_stats", "std", jnp.ones, (features,), jnp.float32)
+        steps = self.variable("batch_stats", "steps", jnp.zeros, (), jnp.float32)
+        if self.use_running_average:
+            return (x - moving_mean.value) / moving_std.value * scale + bias
+        # y = scale * (r * x_hat + d) + bias, x_hat the batch-normalized input: the closed-form
+        # backward of BatchNorm gives x_hat's gradient, and r, d are constants to it.
+        ones, zeros = jnp.ones_like(scale), jnp.zeros_like(bias)
+        normalized, mean, var = batch_norm_train(x, ones, zeros, self.epsilon, _all_but_last(x))
+        std = jnp.sqrt(var + self.epsilon)
+        r_max, d_max = renorm_limits(steps.value, self.r_max, self.d_max, self.warmup_steps,
+                                     self.r_ramp_steps, self.d_ramp_steps)
+        r = jax.lax.stop_gradient(jnp.clip(std / moving_std.value, 1.0 / r_max, r_max))
+        d = jax.lax.stop_gradient(jnp.clip((mean - moving_mean.value) / moving_std.value, -d_max, d_max))
+        if _updates_statistics(self):
+            moving_mean.value = self.momentum * moving_mean.value + (1 - self.momentum) * mean
+            moving_std.value = self.momentum * moving_std.value + (1 - self.momentum) * std
+            steps.value = steps.value + 1
+        return (normalized * r + d) * scale + bias
+
+
+def check_groups(groups: int, features: int, where: str) -> None:
+    """A group count must divide the features it groups: one line saying which do, otherwise."""
+    if groups < 1 or features % groups:
+        fits = [g for g in range(1, features + 1) if features % g == 0]
+        raise BnbenchError(f"group_norm: {groups} groups do not divide the {features} features of {where}: "
+                           f"choose a group count that divides every normalized width of the model (divisors "
+                           f"of {features}: {', '.join(map(str, fits[:10]))}{', ...' if len(fits) > 10 else ''}), "
+                           "as in --variant group_norm:groups=4")
+
+
+NORMS = ("batch_norm", "batch_renorm", "layer_norm", "group_norm", "rms_norm")
+CENTERING = {"batch_norm", "batch_renorm", "layer_norm", "group_norm"}  # a bias before them is redundant
+
+
+def make_norm(kind: str, train: bool, x: jax.Array, groups: int, where: str,
+              reduction_axes: Sequence[int] | None = None) -> nn.Module:
+    """The normalization ``kind`` for input ``x``, its statistics per example over ``reduction_axes``
+    (LayerNorm; the last axis by default) or over the batch (BatchNorm, Batch Renorm).
+
+    BatchNorm's placement and axes are the model's; everything else is Keras' defaults: epsilon
+    1e-3 and two-pass variance for every layer that has a variance, momentum 0.99.
+    """
+    if kind == "batch_norm":
+        return BatchNorm(use_running_average=not train)
+    if kind == "batch_renorm":
+        return BatchRenorm(use_running_average=not train)
+    if kind == "layer_norm":
+        return nn.LayerNorm(epsilon=KERAS_EPSILON, use_fast_variance=False,
+                            reduction_axes=tuple(reduction_axes or (-1,)), feature_axes=-1)
+    if kind == "group_norm":
+        check_groups(groups, x.shape[-1], where)
+        return nn.GroupNorm(num_groups=groups, epsilon=KERAS_EPSILON, use_fast_variance=False)
+    if kind == "rms_norm":
+        return nn.RMSNorm(epsilon=KERAS_EPSILON)
+    raise BnbenchError(f"unknown normalization {kind!r}: choose one of {', '.join(NORMS)}")
