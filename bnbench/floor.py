@@ -1,10 +1,14 @@
-"""A program's matrix-multiply floor: the same matrix products, and nothing else, in one XLA scan.
+"""A program's matrix-multiply floor: the same products, and nothing else, in one XLA scan.
 
-``matmuls(fn, *args)`` reads every ``dot_general`` out of a function's jaxpr, with how many times
-it runs (a dot inside a ``scan`` of length 1,718 runs 1,718 times). ``floor_program`` rebuilds just
-those products, with the same shapes, dtypes and counts, as a scan per count. Its time is the
-floor that the real program (which adds activations, BN, gathers, the optimizer update) is measured
-against: a ratio near 1 means the matmuls dominate and little is left to win.
+``matmuls(fn, *args)`` reads every product out of a function's jaxpr (each ``dot_general`` and
+each convolution, ``conv_general_dilated``), with how many times it runs (a product inside a
+``scan`` of length 1,718 runs 1,718 times). ``floor_program`` rebuilds just those products, with
+the same shapes, dtypes, parameters and counts, as a scan per count. Its time is the floor that
+the real program (which adds activations, normalization, pooling, gathers, the optimizer update)
+is measured against: a ratio near 1 means the products dominate and little is left to win. A
+program with an operation of comparable weight that the floor does not rebuild (an FFT, a
+factorization) has no floor: ``matmuls`` raises ``FloorUnavailable`` and reports say why, rather
+than print a ratio to a floor that leaves out part of the work.
 
 The products are chained: each waits for the one before it, in the order the program computes
 them, and the last feeds the first of the next iteration, as in a training step, where every
@@ -32,19 +36,46 @@ from bnbench import devices
 
 
 @dataclasses.dataclass(frozen=True)
-class Matmul:
+class Product:
+    """One matrix product (``dot_general``) or convolution (``conv_general_dilated``, whose other
+    parameters are ``params``, sorted (name, value) pairs) of a program."""
+
     lhs_shape: tuple[int, ...]
     rhs_shape: tuple[int, ...]
     dtype: Any
     dimension_numbers: Any
     out_shape: tuple[int, ...]
+    primitive: str = "dot_general"
+    params: tuple = ()
 
     @property
     def flops(self) -> int:
-        """2 x (product of output dims) x (product of contracted dims)."""
+        """2 x (product of output dims) x (what each output element sums over): the contracted
+        dims of a matmul; a convolution's input features per group times its window."""
+        if self.primitive == "conv_general_dilated":
+            rhs_spec = self.dimension_numbers.rhs_spec  # (out features, in features, *window)
+            per_output = int(np.prod([self.rhs_shape[d] for d in rhs_spec[1:]]))
+            return 2 * int(np.prod(self.out_shape)) * per_output
         (lhs_contract, _), _ = self.dimension_numbers
         contracted = int(np.prod([self.lhs_shape[d] for d in lhs_contract]))
         return 2 * int(np.prod(self.out_shape)) * contracted
+
+    def apply(self, lhs: jax.Array, rhs: jax.Array) -> jax.Array:
+        if self.primitive == "conv_general_dilated":
+            return lax.conv_general_dilated_p.bind(lhs, rhs, dimension_numbers=self.dimension_numbers,
+                                                   **dict(self.params))
+        return lax.dot_general(lhs, rhs, self.dimension_numbers)
+
+
+PRODUCTS = ("dot_general", "conv_general_dilated")
+# Operations whose cost can rival the products' but which the floor does not rebuild: a program
+# that has one gets no floor rather than a ratio to a floor that leaves it out.
+NOT_TIMED = ("fft", "cholesky", "triangular_solve", "lu", "qr", "eigh", "eig", "svd", "ragged_dot",
+             "ragged_dot_general")
+
+
+class FloorUnavailable(Exception):
+    """The program computes something the floor cannot time; the message says what."""
 
 
 def _subjaxprs(eqn):
@@ -58,18 +89,24 @@ def _subjaxprs(eqn):
 
 def _walk(jaxpr, repeat: int, found: collections.Counter) -> None:
     for eqn in jaxpr.eqns:
-        if eqn.primitive.name == "dot_general":
+        name = eqn.primitive.name
+        if name in NOT_TIMED:
+            raise FloorUnavailable(f"the program computes {name}, which the matmul floor does not rebuild")
+        if name in PRODUCTS:
             lhs, rhs = (v.aval for v in eqn.invars)
-            found[Matmul(tuple(lhs.shape), tuple(rhs.shape), np.dtype(lhs.dtype),
-                         eqn.params["dimension_numbers"], tuple(eqn.outvars[0].aval.shape))] += repeat
+            params = tuple(sorted((k, v) for k, v in eqn.params.items() if k != "dimension_numbers"))
+            found[Product(tuple(lhs.shape), tuple(rhs.shape), np.dtype(lhs.dtype), eqn.params["dimension_numbers"],
+                          tuple(eqn.outvars[0].aval.shape), name,
+                          params if name == "conv_general_dilated" else ())] += repeat
             continue
-        inner = repeat * eqn.params["length"] if eqn.primitive.name == "scan" else repeat
+        inner = repeat * eqn.params["length"] if name == "scan" else repeat
         for sub in _subjaxprs(eqn):
             _walk(sub, inner, found)
 
 
-def matmuls(fn: Callable, *args) -> dict[Matmul, int]:
-    """Every matrix product ``fn(*args)`` computes, and how many times."""
+def matmuls(fn: Callable, *args) -> dict[Product, int]:
+    """Every product ``fn(*args)`` computes, and how many times; FloorUnavailable if it computes
+    an operation the floor does not rebuild."""
     found: collections.Counter = collections.Counter()
     _walk(jax.make_jaxpr(fn)(*args).jaxpr, 1, found)
     return dict(found)
@@ -84,15 +121,15 @@ def compiled_flops(compiled) -> float | None:
     return float(flops) if flops is not None else None
 
 
-def total_flops(products: dict[Matmul, int]) -> int:
+def total_flops(products: dict[Product, int]) -> int:
     return sum(m.flops * count for m, count in products.items())
 
 
-def floor_program(products: dict[Matmul, int], unroll: int = 1, mesh=None):
+def floor_program(products: dict[Product, int], unroll: int = 1, mesh=None):
     """A jitted function of the operands that runs each product ``count`` times, and the operands.
     With a ``mesh`` (seeds spread over devices), every device runs the products at once, as every
     device trains its share of the seeds at once."""
-    by_count: dict[int, list[Matmul]] = collections.defaultdict(list)
+    by_count: dict[int, list[Product]] = collections.defaultdict(list)
     for m, count in products.items():
         by_count[count].append(m)
     groups = sorted(by_count.items())
@@ -105,7 +142,7 @@ def floor_program(products: dict[Matmul, int], unroll: int = 1, mesh=None):
                 corner = (0,) * lhs.ndim
                 linked = lax.slice(lhs, corner, (1,) * lhs.ndim) + link.astype(lhs.dtype)
                 lhs = lax.dynamic_update_slice(lhs, linked, corner)
-                out = lax.optimization_barrier(lax.dot_general(lhs, rhs, m.dimension_numbers))
+                out = lax.optimization_barrier(m.apply(lhs, rhs))
                 link = out.reshape(-1)[0].astype(jnp.float32) * 1e-30
                 chained.append((lhs, rhs))
             return (chained, link), None
@@ -136,7 +173,7 @@ class FloorClock:
     """The floor of ``products``, compiled once and timed once per ``tick``: interleaved with the
     epochs it is the yardstick for, each gets a floor measured moments apart under the same load."""
 
-    def __init__(self, products: dict[Matmul, int], unroll: int = 1, mesh=None):
+    def __init__(self, products: dict[Product, int], unroll: int = 1, mesh=None):
         self.products = products
         program, self._operands = floor_program(products, unroll=unroll, mesh=mesh)
         start = time.perf_counter()
@@ -152,7 +189,7 @@ class FloorClock:
         return self.times[-1]
 
 
-def time_floor(products: dict[Matmul, int], repeats: int = 5, unroll: int = 1) -> dict:
+def time_floor(products: dict[Product, int], repeats: int = 5, unroll: int = 1) -> dict:
     """Compiles the floor, runs it ``repeats`` times, and returns the median and all times."""
     clock = FloorClock(products, unroll=unroll)
     for _ in range(repeats):

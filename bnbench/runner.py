@@ -35,11 +35,15 @@ def run_variant(variant: Variant, protocol: train.Protocol, data: train.DeviceDa
     ``measure_floor``, the matmul floor is timed right after every ``floor_every``-th epoch (and the
     last), so that each timed epoch has a floor measured under the same machine load."""
     trainer = train.Trainer(variant.model, protocol, data, len(seeds), unroll=unroll)
-    clock, timed = None, []
+    clock, timed, unavailable = None, [], None
     if measure_floor:
-        products = floor.matmuls(trainer.epoch_program, *trainer.epoch_args())
-        clock = floor.FloorClock(products, unroll=trainer.unroll, mesh=trainer.mesh)
-        timed = floor_epochs(protocol.epochs, floor_every)
+        try:
+            products = floor.matmuls(trainer.epoch_program, *trainer.epoch_args())
+        except floor.FloorUnavailable as e:
+            unavailable = str(e)
+        else:
+            clock = floor.FloorClock(products, unroll=trainer.unroll, mesh=trainer.mesh)
+            timed = floor_epochs(protocol.epochs, floor_every)
 
     def epoch_done(i, metrics, seconds):
         if i + 1 in timed:
@@ -64,7 +68,10 @@ def run_variant(variant: Variant, protocol: train.Protocol, data: train.DeviceDa
                      "compile_time_s": result["compile_time_s"]})
     summary = summarize(runs, updates, target)
     summary["description"] = variant.description
+    summary["model"] = variant.describe()["model"]  # the family and every field: what was trained
     summary["seed_devices"] = trainer.seed_devices
+    if unavailable is not None:
+        summary["floor"] = {"median_ratio": None, "unavailable": unavailable}
     if clock is not None:
         ratios = [result["epoch_times"][i - 1] / floor_times[i] for i in timed]
         summary["floor"] = {

@@ -36,7 +36,7 @@ def test_seeds_batch_the_products(idx_dir):
 
 
 def test_floor_program_runs_and_its_time_grows_with_work():
-    m = floor.Matmul((64, 256), (256, 256), np.dtype("float32"), (((1,), (0,)), ((), ())), (64, 256))
+    m = floor.Product((64, 256), (256, 256), np.dtype("float32"), (((1,), (0,)), ((), ())), (64, 256))
     short, long_ = floor.time_floor({m: 50}, repeats=3), floor.time_floor({m: 2000}, repeats=3)
     assert long_["flops"] == 40 * short["flops"]
     assert long_["median_s"] > short["median_s"]
@@ -47,7 +47,7 @@ def test_floor_computes_every_product_whole():
     # either would make the floor too low. Its compiled FLOPs must cover every product.
     model = variants.get("seed_bn").model
     tx = train.Protocol().optimizer()
-    state = train.create_train_state(model, tx, jax.random.PRNGKey(0))
+    state = train.create_train_state(model, tx, jax.random.PRNGKey(0), (28, 28))
     images, labels = jax.numpy.zeros((32, 28, 28), jax.numpy.uint8), jax.numpy.zeros((32,), jax.numpy.int32)
     products = floor.matmuls(functools.partial(train.train_step, model, tx), state, images, labels)
     program, operands = floor.floor_program(products)
@@ -71,3 +71,39 @@ def test_floor_on_a_sample_of_epochs_pairs_each_with_its_own_epoch():
     assert floor["epochs_timed"] == [2, 3]
     ratios = [e["time_s"] / e["floor_time_s"] for e in epochs[1:]]
     assert floor["median_ratio"] == pytest.approx(sum(ratios) / 2)
+
+
+def test_floor_counts_a_convolutions_products_whole_and_times_them():
+    """XLA's convolutions (im2col=False) are products of the floor, with their FLOPs; the default
+    im2col ConvNet's are products already (dot_general)."""
+    x = jax.numpy.zeros((32, 28, 28), jax.numpy.uint8)
+    labels = jax.numpy.zeros((32,), jax.numpy.int32)
+    tx = train.Protocol().optimizer()
+    for name, kind in (("conv_bn:im2col=False", "conv_general_dilated"), ("conv_bn", "dot_general")):
+        model = variants.get(name).model
+        state = train.create_train_state(model, tx, jax.random.PRNGKey(0), (28, 28))
+        products = floor.matmuls(functools.partial(train.train_step, model, tx), state, x, labels)
+        convs = [m for m in products if m.primitive == "conv_general_dilated"]
+        if kind == "dot_general":
+            assert not convs
+        else:
+            # Forward, kernel gradient and (for the second only) input gradient of two convolutions.
+            assert len(convs) == 5
+            forward = 2 * 32 * (28 * 28 * 8 * 9 * 1 + 14 * 14 * 16 * 9 * 8)
+            assert sum(m.flops for m in convs) == 2 * forward + 2 * 32 * 14 * 14 * 16 * 9 * 8
+        # Either way the same products: each layer's forward and kernel gradient, and the input
+        # gradient of every layer but the first (whose input, the images, needs none).
+        conv1, conv2, dense = 2 * 32 * 28 * 28 * 8 * 9, 2 * 32 * 14 * 14 * 16 * 72, 2 * 32 * 784 * 10
+        assert floor.total_flops(products) == 2 * conv1 + 3 * conv2 + 3 * dense
+        program, operands = floor.floor_program(products)
+        # XLA's cost analysis leaves out a 'same' convolution's padded borders (about 8% here).
+        share = 1.0 if kind == "dot_general" else 0.9
+        assert floor.compiled_flops(program.lower(operands).compile()) >= share * floor.total_flops(products)
+
+
+def test_a_program_the_floor_cannot_time_has_no_floor_and_says_why():
+    def spectral(x):
+        return jax.numpy.fft.fft(x) @ x
+
+    with pytest.raises(floor.FloorUnavailable, match="fft"):
+        floor.matmuls(spectral, jax.numpy.ones((8, 8), jax.numpy.complex64))
