@@ -1,4 +1,4 @@
-"""Loading Fashion-MNIST (or MNIST) into memory as uint8 arrays.
+"""Loading an image dataset (Fashion-MNIST, MNIST, KMNIST, CIFAR-10) into memory as uint8 arrays.
 
 Two on-disk layouts are understood:
 
@@ -9,8 +9,11 @@ Two on-disk layouts are understood:
   ``tfds.data_source`` (no TensorFlow needed). tfds stores its own shuffled order.
 
 Without a folder, the dataset prepared in tfds' default data dir is read if there is one;
-otherwise the four IDX files of the official release are downloaded into bnbench's cache
-(``bnbench.download``, source ``download``), which needs neither TensorFlow nor tfds.
+otherwise, for Fashion-MNIST and MNIST, the four IDX files of the official release are downloaded
+into bnbench's cache (``bnbench.download``, source ``download``), which needs neither TensorFlow
+nor tfds. KMNIST and CIFAR-10 come from a prepared tfds dataset only (KMNIST also from a folder of
+its IDX files). Image shapes and channels come from the data: (N, 28, 28) for the grayscale sets,
+(N, 32, 32, 3) for CIFAR-10.
 
 IDX files are identified by the release checksums: a folder holding the other dataset's release
 is refused (MNIST and Fashion-MNIST share file names), and ``verified`` records whether the four
@@ -33,7 +36,9 @@ import numpy as np
 from bnbench.errors import BnbenchError
 from bnbench.io import atomic_write
 
-DATASETS = ("fashion_mnist", "mnist")
+DATASETS = ("fashion_mnist", "mnist", "kmnist", "cifar10")
+DOWNLOADABLE = ("fashion_mnist", "mnist")  # bnbench holds their release checksums (bnbench.download)
+IDX_DATASETS = ("fashion_mnist", "mnist", "kmnist")  # released as four IDX files of 28x28 images
 DOWNLOAD_URL_ENV = "BNBENCH_DOWNLOAD_URL"  # a mirror: the base URL of the four release files
 VALIDATION_SIZE = 5000  # the notebook: X_valid = X_train_full[:5000]
 CACHE_VERSION = 2  # 2: the entry also holds whether the files are the verified release
@@ -54,7 +59,8 @@ class DataError(BnbenchError):
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
-    """The three splits as uint8 images (N, 28, 28) and int32 labels (N,), and where they came from."""
+    """The three splits as uint8 images (N, H, W) or (N, H, W, C) and int32 labels (N,), and where
+    they came from."""
 
     name: str
     source: str  # a key of ORDER_OF_SOURCE
@@ -83,6 +89,7 @@ class Dataset:
             "train_examples": int(len(self.train_labels)),
             "validation_examples": int(len(self.val_labels)),
             "test_examples": int(len(self.test_labels)),
+            "image_shape": [int(d) for d in self.train_images.shape[1:]],
         }
 
 
@@ -122,25 +129,34 @@ def load(name: str = "fashion_mnist", data_dir: str | os.PathLike | None = None,
 def _choose_source(name: str, data_dir, download_url) -> tuple[str, Path | None]:
     """("idx" | "tfds", folder) for a given data dir; ("tfds", None) for a dataset prepared in tfds'
     default data dir; else ("download", None). A mirror named by the user always means download."""
+    if download_url and name not in DOWNLOADABLE:
+        raise DataError(f"bnbench downloads only {' and '.join(DOWNLOADABLE)}, not {name}: drop --download-url and "
+                        f"prepare {name} with `tfds build {name}` (needs TensorFlow), or pass --data-dir")
     if data_dir is None:
         from_env = os.environ.get(DOWNLOAD_URL_ENV)
+        if name not in DOWNLOADABLE:
+            if _tfds_prepared(name, None):
+                return "tfds", None
+            raise DataError(f"{name} is not prepared in tfds' data dir {_tfds_default_dir()} and bnbench cannot "
+                            f"download it: prepare it there with `tfds build {name}` (needs TensorFlow), or pass "
+                            f"--data-dir with a tfds data dir holding {name}/")
         if not (download_url or from_env) and _tfds_prepared(name, None):
             return "tfds", None
         return "download", None
-    if download_url:
+    if download_url and name in DOWNLOADABLE:
         raise DataError("pass either --data-dir (files you have) or --download-url (a mirror to download "
                         "them from), not both")
     folder = Path(data_dir).expanduser()
     if not folder.is_dir():
         raise DataError(f"data dir {folder} does not exist: pass a folder with the four IDX files "
                         f"or a tfds data dir holding {name}/")
-    if _find_idx_files(folder):
+    if name in IDX_DATASETS and _find_idx_files(folder):
         return "idx", folder
     if (folder / name).is_dir():
         return "tfds", folder
-    raise DataError(
-        f"no {name} in {folder}: expected the four IDX files ({IDX_FILES['train_images']}.gz, ...) "
-        f"or a tfds data dir containing {name}/<version>/")
+    idx = f"the four IDX files ({IDX_FILES['train_images']}.gz, ...) or " if name in IDX_DATASETS else ""
+    raise DataError(f"no {name} in {folder}: expected {idx}a tfds data dir containing {name}/<version>/ "
+                    f"(prepare one with `tfds build {name} --data_dir {folder}`, which needs TensorFlow)")
 
 
 def _split(name, source, location, arrays, verified, validation_size) -> Dataset:
@@ -174,7 +190,7 @@ def _check_release(name: str, source: str, folder: Path) -> bool:
         what = (f"the {download.TITLES[other]} release" if all(h and h[0] == other for h in found.values())
                 else f"files of the {download.TITLES[other]} release")
         raise DataError(f"{folder} holds {what}, not {name}: pass --dataset {other}, or a --data-dir "
-                        f"with the {download.TITLES[name]} files")
+                        f"with the {download.TITLES.get(name, name)} files")
     verified = all(hit == (name, files[key].name) for key, hit in found.items())
     if source == "download" and not verified:
         changed = [files[key].name for key, hit in found.items() if hit != (name, files[key].name)]
@@ -247,7 +263,7 @@ def _read_tfds(name: str, data_dir: Path | None) -> dict[str, np.ndarray]:
         arrays = {}
         for split, source in zip(("train", "test"), sources):
             examples = [source[i] for i in range(len(source))]
-            arrays[f"{split}_images"] = np.stack([np.asarray(ex["image"]).reshape(28, 28) for ex in examples])
+            arrays[f"{split}_images"] = np.stack([_image(ex["image"]) for ex in examples])
             arrays[f"{split}_labels"] = np.asarray([ex["label"] for ex in examples], dtype=np.int32)
     except DataError:
         raise
@@ -259,6 +275,12 @@ def _read_tfds(name: str, data_dir: Path | None) -> dict[str, np.ndarray]:
         raise DataError(f"could not read {name} from {where} ({type(e).__name__}: {first_line}); "
                         f"pass --data-dir with a folder of the four IDX files, {way_out}") from None
     return {k: v.astype(np.uint8) if k.endswith("images") else v for k, v in arrays.items()}
+
+
+def _image(image) -> np.ndarray:
+    """An example's image as (H, W) when it has one channel, as the IDX files hold them; else (H, W, C)."""
+    image = np.asarray(image)
+    return image[..., 0] if image.ndim == 3 and image.shape[-1] == 1 else image
 
 
 def _tfds_prepared(name: str, data_dir: Path | None) -> bool:

@@ -55,7 +55,8 @@ def test_real_fashion_mnist_is_the_release(real_data_dir):
 def test_describe_records_source_order_and_whether_the_release_was_verified(idx_dir):
     protocol = data.load(data_dir=idx_dir).describe()
     assert list(protocol) == ["dataset", "source", "order", "location", "verified", "train_examples",
-                              "validation_examples", "test_examples"]
+                              "validation_examples", "test_examples", "image_shape"]
+    assert protocol["image_shape"] == [28, 28]
     assert protocol["verified"] is False and protocol["location"] == str(idx_dir)
     assert set(data.ORDER_OF_SOURCE) == {"idx", "download", "tfds", "synthetic"}
 
@@ -83,8 +84,8 @@ def test_folder_without_a_dataset_says_what_it_expected(tmp_path):
         data.load(data_dir=tmp_path)
     with pytest.raises(DataError, match="does not exist"):
         data.load(data_dir=tmp_path / "nowhere")
-    with pytest.raises(DataError, match="unknown dataset 'cifar10'"):
-        data.load("cifar10", data_dir=tmp_path)
+    with pytest.raises(DataError, match="unknown dataset 'svhn'"):
+        data.load("svhn", data_dir=tmp_path)
 
 
 def test_without_a_prepared_tfds_dataset_the_release_is_downloaded_without_tensorflow(idx_dir, monkeypatch):
@@ -120,3 +121,55 @@ def test_real_tfds_prepared_dir_matches_the_idx_files(real_data_dir):
     # Same examples, another order: the multiset of test labels and the pixel sum agree.
     assert np.bincount(via_tfds.test_labels).tolist() == np.bincount(via_idx.test_labels).tolist()
     assert via_tfds.test_images.sum(dtype=np.int64) == via_idx.test_images.sum(dtype=np.int64)
+
+
+# --- datasets from tensorflow-datasets, tested on tfds' own generated data ---------------------------
+
+def mocked_tfds_dir(tmp_path, name):
+    """A tfds data dir naming ``name``; tfds.testing.mock_data then serves generated examples of the
+    real dataset's features (shapes, dtypes, label range) through tfds.data_source, as a prepared
+    copy would: the only way to test these datasets without their files."""
+    (tmp_path / name / "1.0.0").mkdir(parents=True)
+    return tmp_path
+
+
+@pytest.mark.parametrize("name, shape", [("cifar10", (32, 32, 3)), ("kmnist", (28, 28)), ("mnist", (28, 28))])
+def test_tfds_datasets_load_with_their_own_shapes_and_channels(tmp_path, name, shape):
+    tfds = pytest.importorskip("tensorflow_datasets")
+    folder = mocked_tfds_dir(tmp_path, name)
+    with tfds.testing.mock_data(num_examples=60):
+        ds = data.load(name, data_dir=folder, validation_size=20)
+    assert (ds.name, ds.source, ds.order) == (name, "tfds", "tfds")
+    assert ds.train_images.shape == (40, *shape) and ds.test_images.shape == (60, *shape)
+    assert ds.train_images.dtype == np.uint8 and ds.train_labels.dtype == np.int32
+    assert ds.train_labels.min() >= 0 and ds.train_labels.max() < 10
+    assert ds.describe()["image_shape"] == list(shape)
+
+
+def test_models_train_on_color_images_flattened_or_by_channel(tmp_path):
+    tfds = pytest.importorskip("tensorflow_datasets")
+    from bnbench import train, variants
+
+    with tfds.testing.mock_data(num_examples=80):
+        ds = data.load("cifar10", data_dir=mocked_tfds_dir(tmp_path, "cifar10"), validation_size=16)
+    device_data = train.DeviceData.from_dataset(ds)
+    for name, layer, kernel in (("seed_bn", "Dense_0", (3072, 300)), ("conv_bn", "Conv_0", (3, 3, 3, 8))):
+        result = train.train(variants.get(name).model, train.Protocol(epochs=1, batch_size=16), device_data, [0])
+        assert result["state"].params[layer]["kernel"].shape[1:] == kernel  # after the seed axis
+        assert np.isfinite(result["history"][0]["train_loss"]).all()
+
+
+@pytest.mark.parametrize("name", ["kmnist", "cifar10"])
+def test_a_dataset_that_is_not_prepared_says_how_to_get_it(name):
+    with pytest.raises(DataError, match=f"{name} is not prepared in tfds' data dir .*tfds build {name}"):
+        data.load(name)
+
+
+def test_a_tfds_dir_without_the_dataset_says_what_it_expected(tmp_path):
+    with pytest.raises(DataError, match="no cifar10 in .*a tfds data dir containing cifar10/"):
+        data.load("cifar10", data_dir=tmp_path)
+
+
+def test_only_the_release_datasets_download():
+    with pytest.raises(DataError, match="bnbench downloads only fashion_mnist and mnist, not cifar10"):
+        data.load("cifar10", download_url="http://127.0.0.1:1/")
