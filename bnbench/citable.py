@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from bnbench import reports
-from bnbench.compare import KEY, compare_loaded, protocol_key
+from bnbench.compare import KEY, check_baselines, compare_loaded, protocol_key
 from bnbench.io import atomic_write, make_folder
 from bnbench.reports import STEP_KINDS
 from bnbench.schema import PROTOCOL_KEYS
@@ -188,25 +188,26 @@ def _env_value(value) -> str:
     return " ".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
-def markdown(loaded: list[dict]) -> str:
+def markdown(loaded: list[dict], baselines=()) -> str:
     sections = ["# bnbench results", "", *_where_they_ran(loaded)]
     groups: dict[tuple, list[dict]] = {}
     for r in loaded:
         groups.setdefault(protocol_key(r), []).append(r)
     for members in groups.values():
         sections += [f"## {protocol_title(members[0]['protocol'])}", "",
-                     compare_loaded(members, markdown=True, standalone=False)[0], ""]
+                     compare_loaded(members, markdown=True, standalone=False, baselines=baselines)[0], ""]
     sections += [*(f"- {line}" for line in KEY.splitlines()), "", "## Plots", "",
                  "![validation accuracy per epoch](val_accuracy.png)", "",
                  "![time per training update, by kind](step_time.png)", ""]
     return "\n".join(sections)
 
 
-def write_citable(paths: list[str], out: str | Path) -> list[Path]:
+def write_citable(paths: list[str], out: str | Path, baselines=()) -> list[Path]:
     loaded = reports.load_all(paths)
+    check_baselines(loaded, baselines)
     out = make_folder(out)
     readme = out / "README.md"
-    text = markdown(loaded)
+    text = markdown(loaded, baselines)
     try:
         atomic_write(readme, lambda f: f.write(text))
         _plot_curves(loaded, out / "val_accuracy.png")

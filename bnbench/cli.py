@@ -78,6 +78,8 @@ def cmd_run(args) -> int:
 
     protocol = train.Protocol(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate)
     dataset = data_lib.load(args.dataset, args.data_dir, download_url=args.download_url)
+    for variant in chosen:  # a model that cannot be built for these images stops here, before any training
+        variant.check(dataset.train_images.shape[1:])
     device_data = train.DeviceData.from_dataset(dataset)
     seeds = list(range(args.seed, args.seed + args.seeds))
     print(f"{dataset.name} from {dataset.location} ({dataset.source}, {dataset.order} order): "
@@ -108,7 +110,7 @@ def cmd_compare(args) -> int:
     from bnbench.compare import compare
 
     text, regressed = compare(args.reports, markdown=args.format == "markdown",
-                              fail_on_regression=args.fail_on_regression)
+                              fail_on_regression=args.fail_on_regression, baselines=args.baseline or ())
     print(text)
     return 1 if regressed else 0
 
@@ -116,9 +118,13 @@ def cmd_compare(args) -> int:
 def cmd_report(args) -> int:
     from bnbench.citable import write_citable
 
-    for path in write_citable(args.reports, args.out):
+    for path in write_citable(args.reports, args.out, baselines=args.baseline or ()):
         print(path)
     return 0
+
+
+BASELINE_HELP = ("also set every variant of each report against this variant of the same report: difference of "
+                 "mean accuracies with its Welch 95%% CI and p-value (repeatable)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -129,7 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="train variants and write a JSON report")
     run.add_argument("--variant", action="append", metavar="NAME",
-                     help="a variant to train (repeatable; default: seed_plain and seed_bn)")
+                     help="a variant to train (repeatable; default: seed_plain and seed_bn); NAME:FIELD=VALUE,... "
+                          "changes fields of its model, as in group_norm:groups=2")
     run.add_argument("--epochs", type=_positive_int, default=10, help="epochs (default 10)")
     run.add_argument("--seeds", type=_positive_int, default=1, help="seeds trained together (default 1)")
     run.add_argument("--cpu-devices", type=cpu_devices_option, default=None, metavar="N",
@@ -139,7 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=0, help="first seed; seeds are SEED, SEED+1, ... (default 0)")
     run.add_argument("--batch-size", type=_positive_int, default=32, help="batch size (default 32)")
     run.add_argument("--learning-rate", type=_positive_float, default=1e-3, help="SGD learning rate (default 1e-3)")
-    run.add_argument("--dataset", default="fashion_mnist", help="fashion_mnist (default) or mnist")
+    run.add_argument("--dataset", default="fashion_mnist",
+                     help="fashion_mnist (default), mnist, kmnist or cifar10 (the last two from a prepared tfds "
+                          "data dir; see Data in the README)")
     run.add_argument("--data-dir", metavar="DIR",
                      help="a folder with the four IDX files, or a tfds data dir (default: tfds' prepared copy if "
                           "any, else the release files, downloaded once into the cache)")
@@ -164,11 +173,13 @@ def build_parser() -> argparse.ArgumentParser:
                               "only with the same kind of time), an accuracy fell below the baseline's 95%% CI, "
                               "or a figure of the baseline could not be compared (missing from a later report, "
                               "or accuracies of one seed)")
+    compare.add_argument("--baseline", action="append", metavar="VARIANT", help=BASELINE_HELP)
     compare.set_defaults(func=cmd_compare)
 
     report = sub.add_parser("report", help="write a citable Markdown summary with plots")
     report.add_argument("reports", nargs="+", metavar="REPORT.json")
     report.add_argument("--out", required=True, metavar="DIR", help="folder for README.md and the plots")
+    report.add_argument("--baseline", action="append", metavar="VARIANT", help=BASELINE_HELP)
     report.set_defaults(func=cmd_report)
     return parser
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from bnbench import reports
 from bnbench.reports import ACCURACIES, STEP_KINDS
 from bnbench.schema import PROTOCOL_KEYS
-from bnbench.stats import format_ci
+from bnbench.stats import difference, format_ci, format_difference
 from bnbench.table import format_table
 
 KEY = "\n".join([
@@ -22,6 +22,8 @@ KEY = "\n".join([
     "Per update in epochs: an epoch's time over its updates; the seeds trained together share the epoch.",
     "vs [N]: against report [N]'s time of the same kind (and seeds). Times of different kinds are never compared.",
     "K seeds vs 1: an epoch of K seeds trained together against one seed's, timed in alternation.",
+    "Differences: mean of one minus mean of the other [Welch 95% CI] and Welch's t-test p-value (two-sided), "
+    "over independent seeds; none where either side has fewer than 2 seeds.",
 ])
 
 
@@ -97,6 +99,63 @@ def table(loaded: list[dict], markdown: bool = False) -> str:
                          *[format_ci(v[k]) if v.get(k) else "-" for k in ACCURACIES],
                          _target_cell(v.get("time_to_target"))])
     return format_table(headers, rows, markdown=markdown)
+
+
+def _difference_cells(v: dict, base: dict) -> list[str]:
+    return [format_difference(difference(v[k], base[k])) if v.get(k) and base.get(k) else "-" for k in ACCURACIES]
+
+
+def _too_few(rows: list[tuple[dict, dict]]) -> list[str]:
+    """What the page says plainly when a difference has no interval for want of seeds."""
+    few = sorted({min(a[k]["n"], b[k]["n"]) for a, b in rows for k in ACCURACIES
+                  if a.get(k) and b.get(k) and min(a[k]["n"], b[k]["n"]) < 2})
+    return [f"Too few seeds for an interval or a p-value where a side has {few[0]} seed: train 2 or more "
+            "(5 give useful intervals)."] if few else []
+
+
+def across_reports(loaded: list[dict], markdown: bool = False) -> str | None:
+    """Each variant's accuracies in every later report minus the baseline report's."""
+    base = loaded[0]
+    rows, pairs = [], []
+    for r in loaded[1:]:
+        for name, v in r["variants"].items():
+            b = base["variants"].get(name)
+            if b is None or not any(v.get(k) and b.get(k) for k in ACCURACIES):
+                continue
+            rows.append([name, f"[{r['ref']}] - [{base['ref']}]", *_difference_cells(v, b)])
+            pairs.append((v, b))
+    if not rows:
+        return None
+    headers = ["variant", "reports", *[f"{k.replace('_', ' ')} difference" for k in ACCURACIES]]
+    return "\n".join([f"Differences to [{base['ref']}]:", "", format_table(headers, rows, markdown=markdown),
+                      *_too_few(pairs)])
+
+
+def check_baselines(loaded: list[dict], baselines) -> None:
+    names = {name for r in loaded for name in r["variants"]}
+    missing = [b for b in baselines if b not in names]
+    if missing:
+        raise reports.ReportError(f"baseline variant {missing[0]!r} is in none of the reports: choose one of "
+                                  f"{', '.join(sorted(names))}")
+
+
+def against_baselines(loaded: list[dict], baselines, markdown: bool = False) -> str | None:
+    """Within each report, every other variant's accuracies minus each baseline variant's."""
+    rows, pairs = [], []
+    for baseline in baselines:
+        for r in loaded:
+            b = r["variants"].get(baseline)
+            if b is None:
+                continue
+            for name, v in r["variants"].items():
+                if name != baseline and any(v.get(k) and b.get(k) for k in ACCURACIES):
+                    rows.append([name, baseline, f"[{r['ref']}]", *_difference_cells(v, b)])
+                    pairs.append((v, b))
+    if not rows:
+        return None
+    headers = ["variant", "minus", "report", *[f"{k.replace('_', ' ')} difference" for k in ACCURACIES]]
+    return "\n".join(["Differences to baseline variants:", "", format_table(headers, rows, markdown=markdown),
+                      *_too_few(pairs)])
 
 
 @dataclass
@@ -185,9 +244,10 @@ def gate(base: dict, others: list[dict], pct: float) -> Gate:
     return g
 
 
-def compare(paths: list[str], markdown: bool = False, fail_on_regression: float | None = None) -> tuple[str, bool]:
+def compare(paths: list[str], markdown: bool = False, fail_on_regression: float | None = None,
+            baselines=()) -> tuple[str, bool]:
     """The reports at ``paths`` side by side; returns the text and whether the gate failed."""
-    return compare_loaded(reports.load_all(paths), markdown, fail_on_regression)
+    return compare_loaded(reports.load_all(paths), markdown, fail_on_regression, baselines=baselines)
 
 
 def legend(loaded: list[dict]) -> str:
@@ -197,12 +257,17 @@ def legend(loaded: list[dict]) -> str:
 
 
 def compare_loaded(loaded: list[dict], markdown: bool = False, fail_on_regression: float | None = None,
-                   standalone: bool = True) -> tuple[str, bool]:
+                   standalone: bool = True, baselines=()) -> tuple[str, bool]:
     """``compare`` for reports already read with ``reports.load_all``. Standalone output names each
     report's hardware and explains the columns; a page of several tables (``bnbench report``) does
-    that once, above them."""
+    that once, above them. With ``baselines`` (variant names), each report's variants are also
+    set against those variants of the same report."""
     check_comparable(loaded)
+    if standalone:
+        check_baselines(loaded, baselines)
     parts = [table(loaded, markdown)]
+    parts += [text for text in (across_reports(loaded, markdown), against_baselines(loaded, baselines, markdown))
+              if text]
     if standalone:
         parts += [legend(loaded), KEY]
     failed = False

@@ -88,3 +88,18 @@ def test_failed_run_leaves_an_earlier_report_intact(idx_dir, tmp_path):
     assert result.returncode == 2
     assert json.loads(out.read_text()) == {"earlier": True}
     assert list(tmp_path.iterdir()) == [out]  # no temporary files left behind
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--variant", "group_norm:groups=3"], "group_norm: 3 groups do not divide the 784 features of the input"),
+    (["--variant", "seed_bn:depth=3"], "'depth=3' is not FIELD=VALUE with a field of seed_bn's model"),
+    (["--variant", "batchnorm"], "unknown variant 'batchnorm'"),
+    (["--dataset", "cifar10"], "cifar10 is not prepared in tfds' data dir"),
+    (["--dataset", "svhn"], "unknown dataset 'svhn'"),
+])
+def test_bad_variants_and_datasets_are_one_line_before_any_training(idx_dir, args, message):
+    data_dir = [] if "--dataset" in args else ["--data-dir", idx_dir]
+    result = run_cli("run", *args, *data_dir, "--epochs", "1", "--quiet")
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) <= 2  # the dataset line, then the error

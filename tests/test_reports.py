@@ -315,3 +315,74 @@ def test_epoch_times_of_different_seed_layouts_are_not_compared(report_file, tmp
     status, out, _ = compare(report_file, other, "--fail-on-regression", "10", capsys=capsys)
     assert status == 1 and "seed_plain: per update in epochs: 3 seeds over 1 device in the baseline, " \
                            "3 seeds over 3 devices in" in out
+
+
+# --- statistics of a comparison ---------------------------------------------------------------------
+
+def test_difference_is_welchs_interval_and_p_value():
+    from scipy import stats as scipy_stats
+
+    from bnbench.stats import difference, mean_ci
+
+    a, b = [0.86, 0.87, 0.865, 0.872, 0.861], [0.83, 0.84, 0.828, 0.835]
+    d = difference(mean_ci(a), mean_ci(b))
+    # Welch from the raw samples (scipy's own path), and the interval by hand.
+    welch = scipy_stats.ttest_ind(a, b, equal_var=False)
+    assert d["p_value"] == pytest.approx(welch.pvalue, rel=1e-9)
+    va, vb = (scipy_stats.tvar(x) / len(x) for x in (a, b))
+    df = (va + vb) ** 2 / (va ** 2 / 4 + vb ** 2 / 3)
+    half = scipy_stats.t.ppf(0.975, df) * math.sqrt(va + vb)
+    diff = sum(a) / 5 - sum(b) / 4
+    assert d["difference"] == pytest.approx(diff)
+    assert d["ci95"] == pytest.approx([diff - half, diff + half])
+    assert d["df"] == pytest.approx(df)
+
+
+def test_difference_says_when_there_are_too_few_seeds_or_no_spread():
+    from bnbench.stats import difference, format_difference, mean_ci
+
+    few = difference(mean_ci([0.8]), mean_ci([0.7, 0.72]))
+    assert few["ci95"] is None and few["p_value"] is None and "1 and 2 seeds" in few["too_few"]
+    assert format_difference(few) == "+0.0900 (too few seeds)"
+    same = difference(mean_ci([0.8, 0.8]), mean_ci([0.8, 0.8]))
+    assert same["ci95"] == [0.0, 0.0] and same["p_value"] == 1.0
+
+
+def test_compare_sets_each_variant_against_a_baseline_variant(report_file, capsys):
+    status, out, _ = compare(report_file, "--baseline", "seed_bn", capsys=capsys)
+    assert status == 0
+    assert "Differences to baseline variants:" in out
+    row = next(line for line in out.splitlines() if line.startswith("seed_plain") and " seed_bn " in line)
+    from bnbench.stats import difference, format_difference
+    s = json.loads(report_file.read_text())["summary"]
+    for key in ("train_accuracy", "val_accuracy", "test_accuracy"):
+        assert format_difference(difference(s["seed_plain"][key], s["seed_bn"][key])) in row
+
+
+def test_compare_gives_the_difference_of_each_variant_between_reports(report_file, tmp_path, capsys):
+    def lower(r):
+        for run in r["runs"]:
+            run["epochs"][-1]["val_accuracy"] -= 0.01
+        for s in r["summary"].values():
+            s["val_accuracy"]["mean"] -= 0.01
+            s["val_accuracy"]["ci95"] = [x - 0.01 for x in s["val_accuracy"]["ci95"]]
+
+    other = edited(tmp_path, report_file, "lower.json", lower)
+    status, out, _ = compare(report_file, other, capsys=capsys)
+    assert status == 0 and "Differences to [1]:" in out
+    row = next(line for line in out.splitlines() if line.startswith("seed_bn") and "[2] - [1]" in line)
+    assert "-0.0100 [" in row
+
+
+def test_a_baseline_in_no_report_is_one_line(report_file, capsys):
+    status, _, err = compare(report_file, "--baseline", "layer_norm", capsys=capsys)
+    assert status == 2 and "baseline variant 'layer_norm' is in none of the reports" in err
+
+
+def test_report_shows_differences_to_the_baselines_and_too_few_seeds_plainly(report_file, tmp_path):
+    one_seed = RESULTS / "cpu-benchmark.json"
+    out = tmp_path / "page"
+    assert cli.main(["report", str(report_file), str(one_seed), "--out", str(out), "--baseline", "seed_bn"]) == 0
+    page = (out / "README.md").read_text()
+    assert page.count("Differences to baseline variants:") == 2  # one per protocol's section
+    assert "(too few seeds)" in page and "Too few seeds for an interval or a p-value" in page
