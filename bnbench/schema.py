@@ -103,6 +103,8 @@ DEFS = {
             "learning_rate": {**_NUMBER, "exclusiveMinimum": 0, "description": "a number > 0"},
             "momentum": {**_NUMBER, "minimum": 0, "description": "a number >= 0"},
             "epochs": _COUNT, "updates_per_epoch": _COUNT,
+            "image_shape": {"type": "array", "items": _COUNT, "minItems": 2, "maxItems": 3,
+                            "description": "an image shape [height, width] or [height, width, channels]"},
             "seeds": {"type": "array", "items": {"type": "integer", "description": "a whole number"},
                       "minItems": 1, "uniqueItems": True, "description": "a list of seeds (whole numbers)"},
         },
@@ -159,6 +161,8 @@ DEFS = {
                      "updates_per_epoch"],
         "properties": {
             "seeds": _COUNT, "seed_devices": _COUNT, "description": _STRING,
+            "model": {"type": "object", "required": ["family"], "properties": {"family": _STRING},
+                      "description": "the model {family, ...its fields}"},
             **{key: _ref("accuracy") for key in ("train_accuracy", "val_accuracy", "test_accuracy")},
             **{key: _ref("loss") for key in ("train_loss", "val_loss", "test_loss")},
             "epoch_time_s": _ref("spread"), "median_epoch_time_s": _TIME, "median_update_time_s": _TIME,

@@ -81,6 +81,13 @@ def _updates_statistics(module: nn.Module) -> bool:
     return not module.is_initializing() and module.is_mutable_collection("batch_stats")
 
 
+def _batch_norm_variables(module: nn.Module, features: int):
+    """The scale, bias and moving mean that BatchNorm and Batch Renorm share, named as flax's."""
+    return (module.param("scale", nn.initializers.ones, (features,), jnp.float32),
+            module.param("bias", nn.initializers.zeros, (features,), jnp.float32),
+            module.variable("batch_stats", "mean", jnp.zeros, (features,), jnp.float32))
+
+
 class BatchNorm(nn.Module):
     """Batch Normalization over every axis but the last (features); Keras' defaults."""
 
@@ -90,11 +97,8 @@ class BatchNorm(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        features = x.shape[-1]
-        scale = self.param("scale", nn.initializers.ones, (features,), jnp.float32)
-        bias = self.param("bias", nn.initializers.zeros, (features,), jnp.float32)
-        moving_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), jnp.float32)
-        moving_var = self.variable("batch_stats", "var", jnp.ones, (features,), jnp.float32)
+        scale, bias, moving_mean = _batch_norm_variables(self, x.shape[-1])
+        moving_var = self.variable("batch_stats", "var", jnp.ones, (x.shape[-1],), jnp.float32)
         if self.use_running_average:
             return (x - moving_mean.value) * jax.lax.rsqrt(moving_var.value + self.epsilon) * scale + bias
         y, mean, var = batch_norm_train(x, scale, bias, self.epsilon, _all_but_last(x))
@@ -137,11 +141,8 @@ class BatchRenorm(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        features = x.shape[-1]
-        scale = self.param("scale", nn.initializers.ones, (features,), jnp.float32)
-        bias = self.param("bias", nn.initializers.zeros, (features,), jnp.float32)
-        moving_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), jnp.float32)
-        moving_std = self.variable("batch_stats", "std", jnp.ones, (features,), jnp.float32)
+        scale, bias, moving_mean = _batch_norm_variables(self, x.shape[-1])
+        moving_std = self.variable("batch_stats", "std", jnp.ones, (x.shape[-1],), jnp.float32)
         steps = self.variable("batch_stats", "steps", jnp.zeros, (), jnp.float32)
         if self.use_running_average:
             return (x - moving_mean.value) / moving_std.value * scale + bias
