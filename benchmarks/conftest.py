@@ -65,7 +65,7 @@ def variant_names(config) -> list[str]:
     """The --variants list. A variant's own fields are comma-separated too (conv_bn:channels=(8,16),groups=2):
     a piece with '=' but no ':' continues the variant before it."""
     names: list[str] = []
-    for piece in re.split(r",(?![^()]*\))", config.getoption("--variants")):
+    for piece in re.split(r",(?![^()\[\]]*[)\]])", config.getoption("--variants")):
         piece = piece.strip()
         if names and "=" in piece and ":" not in piece:
             names[-1] += "," + piece
@@ -98,7 +98,7 @@ class Session:
         else:
             self.dataset = data_lib.load(opt("--dataset"), opt("--data-dir"), download_url=opt("--download-url"))
         for name in variant_names(config):
-            variants.get(name).check(self.dataset.train_images.shape[1:])
+            variants.get(name).check(self.dataset.train_images.shape[1:], self.dataset.num_classes)
         self.data = train.DeviceData.from_dataset(self.dataset)
         self.backend = jax.default_backend()
         self.step_rounds = 20 if self.quick else 300

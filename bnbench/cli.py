@@ -79,7 +79,7 @@ def cmd_run(args) -> int:
     protocol = train.Protocol(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate)
     dataset = data_lib.load(args.dataset, args.data_dir, download_url=args.download_url)
     for variant in chosen:  # a model that cannot be built for these images stops here, before any training
-        variant.check(dataset.train_images.shape[1:])
+        variant.check(dataset.train_images.shape[1:], dataset.num_classes)
     device_data = train.DeviceData.from_dataset(dataset)
     seeds = list(range(args.seed, args.seed + args.seeds))
     print(f"{dataset.name} from {dataset.location} ({dataset.source}, {dataset.order} order): "

@@ -23,7 +23,9 @@ KEY = "\n".join([
     "vs [N]: against report [N]'s time of the same kind (and seeds). Times of different kinds are never compared.",
     "K seeds vs 1: an epoch of K seeds trained together against one seed's, timed in alternation.",
     "Differences: mean of one minus mean of the other [Welch 95% CI] and Welch's t-test p-value (two-sided), "
-    "over independent seeds; none where either side has fewer than 2 seeds.",
+    "which treat the two sides' seeds as independent samples; none where either side has fewer than 2 seeds "
+    "or neither varies. Variants of one protocol share their seeds (the same shuffles and initial keys): where "
+    "runs of a seed are alike on both sides, the interval is wider than a paired one would be.",
 ])
 
 
@@ -109,8 +111,9 @@ def _too_few(rows: list[tuple[dict, dict]]) -> list[str]:
     """What the page says plainly when a difference has no interval for want of seeds."""
     few = sorted({min(a[k]["n"], b[k]["n"]) for a, b in rows for k in ACCURACIES
                   if a.get(k) and b.get(k) and min(a[k]["n"], b[k]["n"]) < 2})
-    return [f"Too few seeds for an interval or a p-value where a side has {few[0]} seed: train 2 or more "
-            "(5 give useful intervals)."] if few else []
+    # After a blank line, so that Markdown does not read the sentence as a row of the table above.
+    return ["", f"Too few seeds for an interval or a p-value where a side has {few[0]} seed: train 2 or more "
+                "(5 give useful intervals)."] if few else []
 
 
 def across_reports(loaded: list[dict], markdown: bool = False) -> str | None:

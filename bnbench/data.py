@@ -75,6 +75,11 @@ class Dataset:
     verified: bool = False
 
     @property
+    def num_classes(self) -> int:
+        """How many classes the labels name (the largest label + 1)."""
+        return int(max(self.train_labels.max(initial=0), self.test_labels.max(initial=0))) + 1
+
+    @property
     def order(self) -> str:
         """'canonical' (the release's and Keras' order) or 'tfds' (tfds' own shuffled order)."""
         return ORDER_OF_SOURCE[self.source]
@@ -270,10 +275,12 @@ def _read_tfds(name: str, data_dir: Path | None) -> dict[str, np.ndarray]:
     except Exception as e:  # tfds raises many kinds: missing files, bad records, no network
         where = data_dir if data_dir is not None else _tfds_default_dir()
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        way_out = (f"or remove {where / name} and bnbench downloads the release files instead" if data_dir is None
-                   else f"or prepare {name} there again (`tfds build {name} --data_dir {where}`)")
+        way_out = (f"or remove {where / name} and bnbench downloads the release files instead"
+                   if data_dir is None and name in DOWNLOADABLE
+                   else f"or prepare {name} there (`tfds build {name} --data_dir {where}`, which needs TensorFlow)")
+        idx = "pass --data-dir with a folder of the four IDX files, " if name in IDX_DATASETS else ""
         raise DataError(f"could not read {name} from {where} ({type(e).__name__}: {first_line}); "
-                        f"pass --data-dir with a folder of the four IDX files, {way_out}") from None
+                        f"{idx}{way_out}") from None
     return {k: v.astype(np.uint8) if k.endswith("images") else v for k, v in arrays.items()}
 
 

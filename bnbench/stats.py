@@ -41,14 +41,15 @@ def difference(a: dict, b: dict, confidence: float = 0.95) -> dict:
     means, its Welch 95% interval and the two-sided Welch's t-test p-value (unequal variances,
     Welch-Satterthwaite degrees of freedom). ``too_few`` says why there is no interval when either
     side has fewer than 2 seeds; with no spread on either side (identical runs) the interval is
-    the difference itself and the p-value 1 if it is 0, else 0."""
+    nothing to test against: no interval and no p-value, and ``too_few`` says so."""
     diff = a["mean"] - b["mean"]
     if a["n"] < 2 or b["n"] < 2:
         return {"difference": diff, "ci95": None, "p_value": None, "df": None,
                 "too_few": f"{a['n']} and {b['n']} seeds: an interval and a p-value need 2 or more on each side"}
     va, vb = a["std"] ** 2 / a["n"], b["std"] ** 2 / b["n"]
     if va + vb == 0:
-        return {"difference": diff, "ci95": [diff, diff], "p_value": 1.0 if diff == 0 else 0.0, "df": None}
+        return {"difference": diff, "ci95": None, "p_value": None, "df": None,
+                "too_few": "no spread between seeds on either side: nothing to measure the difference against"}
     from scipy import stats
 
     se = math.sqrt(va + vb)
@@ -62,7 +63,8 @@ def difference(a: dict, b: dict, confidence: float = 0.95) -> dict:
 def format_difference(d: dict, digits: int = 4) -> str:
     """``+0.0123 [+0.0101, +0.0145] p=0.0002``, or the difference with why it has no interval."""
     if d["ci95"] is None:
-        return f"{d['difference']:+.{digits}f} (too few seeds)"
+        why = "no spread" if d.get("too_few", "").startswith("no spread") else "too few seeds"
+        return f"{d['difference']:+.{digits}f} ({why})"
     low, high = d["ci95"]
     p = d["p_value"]
     p_text = f"p={p:.2g}" if p >= 1e-4 else "p<1e-4"

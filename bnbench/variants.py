@@ -33,14 +33,18 @@ class Variant:
         return {"name": self.name, "description": self.description,
                 "model": {"family": type(self.model).__name__, **self.fields()}}
 
-    def check(self, image_shape) -> None:
+    def check(self, image_shape, num_classes: int | None = None) -> None:
         """Builds the model's variables for images of ``image_shape`` without computing them, so that
-        a model that cannot be built (a group count that does not divide a width) fails before any
-        training, with its one-line error."""
+        a model that cannot be built (a group count that does not divide a width, a field out of its
+        range) or that has fewer outputs than the data has classes fails before any training, with
+        its one-line error."""
         import jax
         import jax.numpy as jnp
 
         jax.eval_shape(lambda: self.model.init(jax.random.PRNGKey(0), jnp.zeros((1, *image_shape)), train=False))
+        if num_classes is not None and self.model.num_classes < num_classes:
+            raise BnbenchError(f"{self.name}: num_classes={self.model.num_classes} but the data has {num_classes} "
+                               f"classes: set num_classes={num_classes} or more")
 
 
 def _variants(*variants: Variant) -> dict[str, Variant]:
@@ -99,7 +103,7 @@ def get(name: str) -> Variant:
         return variant
     fields = variant.fields()
     changes = {}
-    for item in re.split(r",(?![^()]*\))", overrides):  # commas inside (8,16) belong to the value
+    for item in re.split(r",(?![^()\[\]]*[)\]])", overrides):  # commas inside (8,16) belong to the value
         key, equals, text = item.partition("=")
         if not equals or key not in fields:
             raise BnbenchError(f"{name!r}: {item!r} is not FIELD=VALUE with a field of {base}'s model "

@@ -103,3 +103,19 @@ def test_bad_variants_and_datasets_are_one_line_before_any_training(idx_dir, arg
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) <= 2  # the dataset line, then the error
+
+
+@pytest.mark.parametrize("variant, message", [
+    ("seed_bn:activation=tanh", "activation='tanh': choose one of relu, leaky_relu"),
+    ("seed_bn:placement=foo", "placement='foo': choose one of after_activation, before_activation"),
+    ("seed_bn:hidden=(300.5,)", "hidden=(300.5,): must be one or more whole numbers"),
+    ("conv_plain:channels=(8,8,8,8,8,8)", "6 stages of 2x2 pooling leave nothing of 28x28 images"),
+    ("seed_bn:eval_batch_size=0", "eval_batch_size=0: must be 1 or more"),
+    ("seed_bn:num_classes=2", "num_classes=2 but the data has 10 classes"),
+    ("seed_bn:norm=None", "norm_inputs=True needs a norm"),
+    ("conv_group_norm:channels=[4,8],groups=3", "3 groups do not divide the 4 features of convolution 1"),
+])
+def test_fields_out_of_range_are_one_line_before_any_training(idx_dir, variant, message):
+    result = run_cli("run", "--variant", variant, "--data-dir", idx_dir, "--epochs", "1", "--quiet")
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr

@@ -344,8 +344,9 @@ def test_difference_says_when_there_are_too_few_seeds_or_no_spread():
     few = difference(mean_ci([0.8]), mean_ci([0.7, 0.72]))
     assert few["ci95"] is None and few["p_value"] is None and "1 and 2 seeds" in few["too_few"]
     assert format_difference(few) == "+0.0900 (too few seeds)"
-    same = difference(mean_ci([0.8, 0.8]), mean_ci([0.8, 0.8]))
-    assert same["ci95"] == [0.0, 0.0] and same["p_value"] == 1.0
+    flat = difference(mean_ci([0.09, 0.09]), mean_ci([0.08, 0.08]))
+    assert flat["ci95"] is None and flat["p_value"] is None and "no spread" in flat["too_few"]
+    assert format_difference(flat) == "+0.0100 (no spread)"
 
 
 def test_compare_sets_each_variant_against_a_baseline_variant(report_file, capsys):
@@ -371,7 +372,7 @@ def test_compare_gives_the_difference_of_each_variant_between_reports(report_fil
     status, out, _ = compare(report_file, other, capsys=capsys)
     assert status == 0 and "Differences to [1]:" in out
     row = next(line for line in out.splitlines() if line.startswith("seed_bn") and "[2] - [1]" in line)
-    assert "-0.0100 [" in row
+    assert "-0.0100" in row  # with its interval, or "(no spread)" where the seeds agree exactly
 
 
 def test_a_baseline_in_no_report_is_one_line(report_file, capsys):
@@ -385,4 +386,4 @@ def test_report_shows_differences_to_the_baselines_and_too_few_seeds_plainly(rep
     assert cli.main(["report", str(report_file), str(one_seed), "--out", str(out), "--baseline", "seed_bn"]) == 0
     page = (out / "README.md").read_text()
     assert page.count("Differences to baseline variants:") == 2  # one per protocol's section
-    assert "(too few seeds)" in page and "Too few seeds for an interval or a p-value" in page
+    assert "(too few seeds)" in page and "|\n\nToo few seeds for an interval or a p-value" in page

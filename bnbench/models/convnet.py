@@ -4,7 +4,7 @@ kernels, zero biases, 'same' padding), so that the parity test can build the sam
 
 Convolutions are computed as im2col products by default (``Conv``): the 9 shifted views of the
 padded input side by side, times the kernel as a (9 x in, out) matrix. Why: XLA's CPU backend runs
-the backward convolutions (the kernel's and the input's gradients) 7-18x slower inside a loop,
+the backward convolutions (the kernel's and the input's gradients) many times slower inside a loop,
 such as the epoch's scan, than in a program of their own (README, "The ConvNet"), while products
 run at full speed anywhere. The values are those of ``lax.conv_general_dilated`` (tested), the
 products the same in number and size; ``im2col=False`` uses XLA's convolutions instead.
@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from bnbench.models.mlp import glorot_uniform
-from bnbench.models.norms import CENTERING, make_norm
+from bnbench.models.norms import CENTERING, check_common, make_norm, positive_widths, require
 
 
 class Conv(nn.Module):
@@ -59,8 +59,14 @@ class ConvNet(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        check_common(self)
+        positive_widths("channels", self.channels)
         if x.ndim == 3:  # grayscale images come without a channel axis
             x = x[..., None]
+        smallest = min(x.shape[1:3]) // 2 ** len(self.channels)
+        require(smallest >= 1, f"channels={tuple(self.channels)!r}: {len(self.channels)} stages of 2x2 pooling leave "
+                               f"nothing of {x.shape[1]}x{x.shape[2]} images; use at most "
+                               f"{max(1, min(x.shape[1:3]).bit_length() - 1)} stages")
         for i, width in enumerate(self.channels):
             use_bias = self.norm not in CENTERING
             if self.im2col:

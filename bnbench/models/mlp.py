@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from bnbench.models.norms import CENTERING, make_norm
+from bnbench.models.norms import CENTERING, check_common, make_norm, positive_widths, require
 
 KERAS_LEAKY_RELU_SLOPE = 0.3  # Flax: 0.01
 glorot_uniform = nn.initializers.glorot_uniform()  # Keras Dense default; Flax's is lecun_normal
@@ -48,8 +48,17 @@ class MLP(nn.Module):
     groups: int = 4
     eval_batch_size: int | None = None
 
+    def check_fields(self) -> None:
+        check_common(self)
+        positive_widths("hidden", self.hidden)
+        for field, allowed in (("activation", ACTIVATIONS), ("hidden_init", INITIALIZERS), ("placement", PLACEMENTS)):
+            require(getattr(self, field) in allowed, f"{field}={getattr(self, field)!r}: choose one of {', '.join(allowed)}")
+        require(self.norm is not None or not self.norm_inputs, "norm_inputs=True needs a norm: set norm_inputs=False too")
+
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        self.check_fields()
+
         def normalized(x, where):
             return make_norm(self.norm, train, x, self.groups, where)(x)
 

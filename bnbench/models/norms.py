@@ -172,6 +172,30 @@ def check_groups(groups: int, features: int, where: str) -> None:
                            "as in --variant group_norm:groups=4")
 
 
+def require(condition: bool, message: str) -> None:
+    """A model field that cannot be trained stops the run with one line (raised while tracing,
+    so ``Variant.check`` meets it before any training)."""
+    if not condition:
+        raise BnbenchError(message)
+
+
+def check_common(model) -> None:
+    """The fields every model family has: the normalization, its groups, the classes, the
+    evaluation batch."""
+    require(model.norm is None or model.norm in NORMS,
+            f"norm={model.norm!r}: choose one of {', '.join(NORMS)}, or None for no normalization")
+    require(isinstance(model.groups, int) and model.groups >= 1, f"groups={model.groups!r}: must be 1 or more")
+    require(isinstance(model.num_classes, int) and model.num_classes >= 2,
+            f"num_classes={model.num_classes!r}: must be 2 or more")
+    require(model.eval_batch_size is None or (isinstance(model.eval_batch_size, int) and model.eval_batch_size >= 1),
+            f"eval_batch_size={model.eval_batch_size!r}: must be 1 or more, or None for the moving averages")
+
+
+def positive_widths(name: str, widths) -> None:
+    require(len(widths) >= 1 and all(isinstance(w, int) and w >= 1 for w in widths),
+            f"{name}={tuple(widths)!r}: must be one or more whole numbers of at least 1")
+
+
 NORMS = ("batch_norm", "batch_renorm", "layer_norm", "group_norm", "rms_norm")
 CENTERING = {"batch_norm", "batch_renorm", "layer_norm", "group_norm"}  # a bias before them is redundant
 
