@@ -33,9 +33,19 @@ def _pyplot():
     return plt
 
 
-def _panels(plt, count: int):
-    fig, axes = plt.subplots(1, max(count, 1), figsize=(4.6 * max(count, 1) + 1.0, 4.8), squeeze=False)
+def _panels(plt, count: int, legend_rows: int = 2):
+    """One row of panels, tall enough for the plot and the legend below it (``legend_rows`` lines)."""
+    height = 4.2 + 0.22 * legend_rows
+    fig, axes = plt.subplots(1, max(count, 1), figsize=(4.6 * max(count, 1) + 1.0, height), squeeze=False)
     return fig, list(axes[0])
+
+
+def _colors(plt, names) -> dict:
+    """A color per name, none repeated: matplotlib's ten, or tab20's twenty for more names."""
+    if len(names) <= 10:
+        return {name: f"C{i}" for i, name in enumerate(names)}
+    cmap = plt.get_cmap("tab20")
+    return {name: cmap(i % 20) for i, name in enumerate(names)}
 
 
 def _save(plt, fig, path: Path) -> None:
@@ -76,9 +86,9 @@ def _legend(ax, below: float = 0.14) -> None:
 def _plot_curves(loaded: list[dict], path: Path) -> None:
     plt = _pyplot()
     panels = curve_panels(loaded)
-    fig, axes = _panels(plt, len(panels))
+    fig, axes = _panels(plt, len(panels), legend_rows=max([len(lines) for lines in panels.values()] or [1]))
     names = list(dict.fromkeys(n for r in loaded for n in r["variants"]))
-    colors = {name: f"C{i % 10}" for i, name in enumerate(names)}
+    colors = _colors(plt, names)
     styles = ["-", "--", ":", "-."]
     for ax, (title, lines) in zip(axes, panels.items()):
         refs = sorted({ref for _, ref, _ in lines})
@@ -127,7 +137,7 @@ def _plot_step_times(loaded: list[dict], path: Path) -> None:
     plt = _pyplot()
     panels = step_panels(loaded)
     labels = {r["ref"]: textwrap.fill(f"[{r['ref']}] {r['label']}", 48) for r in loaded}
-    fig, axes = _panels(plt, len(panels))
+    fig, axes = _panels(plt, len(panels), legend_rows=10)  # room for slanted names and the legend
     for ax, ((kind, seeds), series) in zip(axes, panels.items()):
         names = list(dict.fromkeys(n for figures in series.values() for n in figures))
         width = 0.8 / len(series)
@@ -138,11 +148,12 @@ def _plot_step_times(loaded: list[dict], path: Path) -> None:
                 continue  # a time beyond a double's range once in ms cannot be drawn
             ax.bar(np.arange(len(names)) + i * width, medians, width, yerr=errors, capsize=3, label=labels[ref],
                    color=f"C{(ref - 1) % 10}")
-        ax.set_xticks(np.arange(len(names)) + width * (len(series) - 1) / 2, names)
+        ax.set_xticks(np.arange(len(names)) + width * (len(series) - 1) / 2, names, rotation=60, ha="right",
+                      fontsize=8)
         ax.set_title(_step_title(kind, seeds), fontsize=10)
         ax.set_ylabel("ms per training update (median, IQR bar)")
         ax.grid(axis="y", alpha=0.3)
-        _legend(ax)
+        _legend(ax, below=0.12 + 0.02 * max(map(len, names)))  # below the slanted names
     if not panels:
         _empty(axes[0], "no step times in these reports")
     fig.suptitle("Time per training update, by kind of time (never compare across panels)")

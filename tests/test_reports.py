@@ -8,7 +8,7 @@ import pytest
 from bnbench import citable, cli, reports, runner
 from bnbench.io import write_json
 from bnbench.schema import PROTOCOL_KEYS
-from report_helpers import COMMITTED, RESULTS, as_pytest_benchmark, harness_report, made_report, set_epoch_time, write
+from report_helpers import RESULTS, as_pytest_benchmark, harness_report, made_report, set_epoch_time, write
 
 
 @pytest.fixture(scope="module")
@@ -276,8 +276,8 @@ def test_report_writes_markdown_and_plots(report_file, tmp_path):
 
 
 def test_committed_reports_compare_in_one_table(capsys):
-    """The committed benchmark's two files are one run; the 5-seed run is another protocol."""
-    paths = [p for p in COMMITTED if "5seeds" not in p.name]
+    """The committed benchmark's two files are one run (the other committed reports are other protocols)."""
+    paths = [RESULTS / "cpu-benchmark.json", RESULTS / "cpu-pytest-benchmark.json"]
     status, out, _ = compare(*paths, "--format", "markdown", capsys=capsys)
     assert status == 0 and out.count("| seed_plain ") == 1
 
