@@ -38,7 +38,9 @@ def test_compare_puts_reports_side_by_side_in_markdown(report_file, capsys):
     assert cli.main(["compare", str(report_file), str(report_file), "--format", "markdown"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("| variant")
-    assert out.count("| seed_bn ") == 2 and "1.00x" in out and "±" in out
+    side_by_side, differences = out.split("Differences to [1]:")
+    assert side_by_side.count("| seed_bn ") == 2 and "1.00x" in side_by_side and "±" in side_by_side
+    assert differences.count("| seed_bn ") == 1 and "| [2] - [1] |" in differences
 
 
 def test_compare_refuses_reports_with_different_protocols(report_file, tmp_path, capsys):

@@ -18,7 +18,7 @@ def tiny_data(n=36, seed=0):
 
 
 def fresh_state(name="seed_bn", seed=0):
-    return train.create_train_state(variants.get(name).model, tx, jax.random.PRNGKey(seed))
+    return train.create_train_state(variants.get(name).model, tx, jax.random.PRNGKey(seed), (28, 28))
 
 
 def test_epoch_trains_every_example_including_the_partial_last_batch_without_padding():
