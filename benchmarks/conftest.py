@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import collections
 import datetime
-import re
 from pathlib import Path
 
 import jax
@@ -62,16 +61,7 @@ def _accuracy(text: str) -> float:
 
 
 def variant_names(config) -> list[str]:
-    """The --variants list. A variant's own fields are comma-separated too (conv_bn:channels=(8,16),groups=2):
-    a piece with '=' but no ':' continues the variant before it."""
-    names: list[str] = []
-    for piece in re.split(r",(?![^()\[\]]*[)\]])", config.getoption("--variants")):
-        piece = piece.strip()
-        if names and "=" in piece and ":" not in piece:
-            names[-1] += "," + piece
-        elif piece:
-            names.append(piece)
-    return names
+    return variants.names(config.getoption("--variants"))
 
 
 def pytest_generate_tests(metafunc):

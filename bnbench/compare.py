@@ -116,6 +116,15 @@ def _too_few(rows: list[tuple[dict, dict]]) -> list[str]:
                 "(5 give useful intervals)."] if few else []
 
 
+def _differences(title: str, headers: list[str], rows: list[list], pairs: list[tuple[dict, dict]],
+                 markdown: bool) -> str | None:
+    """A titled table of difference rows (``headers``, then one column per accuracy), or None."""
+    if not rows:
+        return None
+    headers = [*headers, *[f"{k.replace('_', ' ')} difference" for k in ACCURACIES]]
+    return "\n".join([title, "", format_table(headers, rows, markdown=markdown), *_too_few(pairs)])
+
+
 def across_reports(loaded: list[dict], markdown: bool = False) -> str | None:
     """Each variant's accuracies in every later report minus the baseline report's."""
     base = loaded[0]
@@ -127,11 +136,7 @@ def across_reports(loaded: list[dict], markdown: bool = False) -> str | None:
                 continue
             rows.append([name, f"[{r['ref']}] - [{base['ref']}]", *_difference_cells(v, b)])
             pairs.append((v, b))
-    if not rows:
-        return None
-    headers = ["variant", "reports", *[f"{k.replace('_', ' ')} difference" for k in ACCURACIES]]
-    return "\n".join([f"Differences to [{base['ref']}]:", "", format_table(headers, rows, markdown=markdown),
-                      *_too_few(pairs)])
+    return _differences(f"Differences to [{base['ref']}]:", ["variant", "reports"], rows, pairs, markdown)
 
 
 def check_baselines(loaded: list[dict], baselines) -> None:
@@ -154,11 +159,7 @@ def against_baselines(loaded: list[dict], baselines, markdown: bool = False) -> 
                 if name != baseline and any(v.get(k) and b.get(k) for k in ACCURACIES):
                     rows.append([name, baseline, f"[{r['ref']}]", *_difference_cells(v, b)])
                     pairs.append((v, b))
-    if not rows:
-        return None
-    headers = ["variant", "minus", "report", *[f"{k.replace('_', ' ')} difference" for k in ACCURACIES]]
-    return "\n".join(["Differences to baseline variants:", "", format_table(headers, rows, markdown=markdown),
-                      *_too_few(pairs)])
+    return _differences("Differences to baseline variants:", ["variant", "minus", "report"], rows, pairs, markdown)
 
 
 @dataclass

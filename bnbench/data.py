@@ -148,7 +148,7 @@ def _choose_source(name: str, data_dir, download_url) -> tuple[str, Path | None]
         if not (download_url or from_env) and _tfds_prepared(name, None):
             return "tfds", None
         return "download", None
-    if download_url and name in DOWNLOADABLE:
+    if download_url:
         raise DataError("pass either --data-dir (files you have) or --download-url (a mirror to download "
                         "them from), not both")
     folder = Path(data_dir).expanduser()

@@ -8,8 +8,8 @@ pick it up by name. A variant's numbers can be changed on the command line witho
 from __future__ import annotations
 
 import ast
-import re
 import dataclasses
+import re
 
 import flax.linen as nn
 
@@ -88,6 +88,22 @@ VARIANTS = _variants(
             ConvNet(norm="layer_norm")),
 )
 NOTEBOOK_VARIANTS = ("seed_plain", "seed_bn")
+# A comma that separates fields, not one inside a value such as (8,16) or [8,16].
+_FIELD_COMMA = re.compile(r",(?![^()\[\]]*[)\]])")
+
+
+def names(text: str) -> list[str]:
+    """A comma-separated list of variants (``pytest benchmarks/ --variants``). A variant's own fields are
+    comma-separated too (``conv_bn:channels=(8,16),groups=2``): a piece with '=' but no ':' continues the
+    variant before it."""
+    found: list[str] = []
+    for piece in _FIELD_COMMA.split(text):
+        piece = piece.strip()
+        if found and "=" in piece and ":" not in piece:
+            found[-1] += "," + piece
+        elif piece:
+            found.append(piece)
+    return found
 
 
 def get(name: str) -> Variant:
@@ -103,7 +119,7 @@ def get(name: str) -> Variant:
         return variant
     fields = variant.fields()
     changes = {}
-    for item in re.split(r",(?![^()\[\]]*[)\]])", overrides):  # commas inside (8,16) belong to the value
+    for item in _FIELD_COMMA.split(overrides):
         key, equals, text = item.partition("=")
         if not equals or key not in fields:
             raise BnbenchError(f"{name!r}: {item!r} is not FIELD=VALUE with a field of {base}'s model "
