@@ -1,5 +1,5 @@
-"""The layers Keras 3 lacks, held to independent computations: BatchNorm over a ConvNet's axes (flax's
-own layer), Batch Renormalization (NumPy, the paper's equations), evaluation with batch statistics
+"""The layers Keras 3 lacks, held to independent computations: BatchNorm over a ConvNet's axes, and
+the closed-form backward of LayerNorm and GroupNorm (flax's own layers, differentiated by autodiff), Batch Renormalization (NumPy, the paper's equations), evaluation with batch statistics
 (a NumPy forward pass), and the ConvNet's im2col convolution (lax.conv_general_dilated)."""
 
 import flax.linen as nn
@@ -11,6 +11,7 @@ import pytest
 from bnbench import train, variants
 from bnbench.errors import BnbenchError
 from bnbench.models import BatchNorm, BatchRenorm
+from bnbench.models.norms import GroupNorm, LayerNorm
 from bnbench.models.convnet import Conv
 from bnbench.models.norms import renorm_limits
 
@@ -35,6 +36,30 @@ def test_batchnorm_over_batch_and_space_matches_flax_values_gradients_and_statis
     np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
     for a, b in zip(jax.tree.leaves((stats, grads)), jax.tree.leaves((stats_ref, grads_ref))):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape, ours, flax_layer", [
+    ((32, 300), LayerNorm(), nn.LayerNorm(epsilon=EPS, use_fast_variance=False)),
+    ((32, 300), GroupNorm(num_groups=4), nn.GroupNorm(num_groups=4, epsilon=EPS, use_fast_variance=False)),
+    ((4, 6, 6, 8), LayerNorm(reduction_axes=(-3, -2, -1)),
+     nn.LayerNorm(epsilon=EPS, use_fast_variance=False, reduction_axes=(-3, -2, -1), feature_axes=-1)),
+    ((4, 6, 6, 8), GroupNorm(num_groups=2), nn.GroupNorm(num_groups=2, epsilon=EPS, use_fast_variance=False)),
+], ids=["mlp-layer", "mlp-group", "conv-layer", "conv-group"])
+def test_layer_and_group_norm_closed_form_backward_matches_flax_autodiff(shape, ours, flax_layer):
+    x = jax.random.normal(jax.random.PRNGKey(1), shape) * 3 + 5
+    variables = flax_layer.init(jax.random.PRNGKey(0), x)
+    assert jax.tree.map(jnp.shape, ours.init(jax.random.PRNGKey(0), x)) == jax.tree.map(jnp.shape, variables)
+    variables = jax.tree.map(lambda v: v + 0.1 * jax.random.normal(jax.random.PRNGKey(2), v.shape), variables)
+    weights = jax.random.normal(jax.random.PRNGKey(3), shape)
+
+    def loss(module):
+        return lambda variables, x: jnp.sum(jnp.sin(module.apply(variables, x)) * weights)
+
+    np.testing.assert_allclose(ours.apply(variables, x), flax_layer.apply(variables, x), rtol=1e-5, atol=1e-5)
+    grads = jax.grad(loss(ours), argnums=(0, 1))(variables, x)
+    grads_ref = jax.grad(loss(flax_layer), argnums=(0, 1))(variables, x)
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_ref)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-5)
 
 
 # --- Batch Renormalization: Ioffe (2017), Algorithm 1, in NumPy ----------------------------------

@@ -9,9 +9,10 @@ names and shapes (params ``scale``/``bias``, batch_stats ``mean``/``var``).
 Why not flax's BatchNorm: autodiff of the two-pass formula differentiates through the mean and the
 variance separately, which XLA turns into about twice as many small kernels per step as the
 closed-form gradient below; on a CPU, where a batch of 32 makes each kernel tiny, launching them
-is a large part of the step. LayerNorm, GroupNorm and RMSNorm are flax's own layers, set to
-Keras' epsilon (1e-3) and two-pass variance, so that the Keras parity test holds them to Keras'
-LayerNormalization, GroupNormalization and RMSNormalization.
+is a large part of the step. ``LayerNorm`` and ``GroupNorm`` get a closed-form backward for the
+same reason (``standardize``); their values and variables are those of flax's layers of the same
+names with Keras' epsilon (1e-3) and two-pass variance, and the Keras parity test holds them to
+Keras' LayerNormalization and GroupNormalization. RMSNorm is flax's own, at epsilon 1e-3.
 
 ``BatchRenorm`` is Batch Renormalization (Ioffe, 2017, Algorithm 1).
 """
@@ -68,6 +69,64 @@ def _bwd(epsilon, axes, residuals, cotangents):
 
 
 batch_norm_train.defvjp(_fwd, _bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def standardize(x, axes, epsilon):
+    """``x`` minus its mean, over its standard deviation, both over ``axes`` (per example, for
+    LayerNorm and GroupNorm), with the closed-form backward pass."""
+    return _standardize(x, axes, epsilon)[0]
+
+
+def _standardize(x, axes, epsilon):
+    centered = x - jnp.mean(x, axis=axes, keepdims=True)
+    inv = jax.lax.rsqrt(jnp.mean(jnp.square(centered), axis=axes, keepdims=True) + epsilon)  # two-pass
+    normalized = centered * inv
+    return normalized, (normalized, inv)
+
+
+def _standardize_bwd(axes, epsilon, residuals, dnormalized):
+    normalized, inv = residuals
+    mean_grad = jnp.mean(dnormalized, axis=axes, keepdims=True)
+    mean_projection = jnp.mean(dnormalized * normalized, axis=axes, keepdims=True)
+    return (inv * (dnormalized - mean_grad - normalized * mean_projection),)
+
+
+standardize.defvjp(lambda x, axes, epsilon: _standardize(x, axes, epsilon), _standardize_bwd)
+
+
+def _scale_and_bias(module: nn.Module, normalized: jax.Array) -> jax.Array:
+    features = normalized.shape[-1]
+    return (normalized * module.param("scale", nn.initializers.ones, (features,), jnp.float32)
+            + module.param("bias", nn.initializers.zeros, (features,), jnp.float32))
+
+
+class LayerNorm(nn.Module):
+    """Each example standardized over ``reduction_axes`` (the features; height, width and channels
+    in a ConvNet), then a scale and bias per feature: flax.linen.LayerNorm's values and variables."""
+
+    reduction_axes: tuple[int, ...] = (-1,)
+    epsilon: float = KERAS_EPSILON
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        axes = tuple(a % x.ndim for a in self.reduction_axes)
+        return _scale_and_bias(self, standardize(x, axes, self.epsilon))
+
+
+class GroupNorm(nn.Module):
+    """Each example's features split into ``num_groups`` consecutive groups, each standardized over
+    its features and any spatial axes, then a scale and bias per feature: flax.linen.GroupNorm's
+    values and variables."""
+
+    num_groups: int
+    epsilon: float = KERAS_EPSILON
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        grouped = x.reshape(x.shape[:-1] + (self.num_groups, x.shape[-1] // self.num_groups))
+        axes = tuple(range(1, x.ndim - 1)) + (x.ndim,)  # all but the batch and the group
+        return _scale_and_bias(self, standardize(grouped, axes, self.epsilon).reshape(x.shape))
 
 
 def _all_but_last(x: jax.Array) -> tuple[int, ...]:
@@ -213,11 +272,10 @@ def make_norm(kind: str, train: bool, x: jax.Array, groups: int, where: str,
     if kind == "batch_renorm":
         return BatchRenorm(use_running_average=not train)
     if kind == "layer_norm":
-        return nn.LayerNorm(epsilon=KERAS_EPSILON, use_fast_variance=False,
-                            reduction_axes=tuple(reduction_axes or (-1,)), feature_axes=-1)
+        return LayerNorm(reduction_axes=tuple(reduction_axes or (-1,)))
     if kind == "group_norm":
         check_groups(groups, x.shape[-1], where)
-        return nn.GroupNorm(num_groups=groups, epsilon=KERAS_EPSILON, use_fast_variance=False)
+        return GroupNorm(num_groups=groups)
     if kind == "rms_norm":
         return nn.RMSNorm(epsilon=KERAS_EPSILON)
     raise BnbenchError(f"unknown normalization {kind!r}: choose one of {', '.join(NORMS)}")
