@@ -31,6 +31,9 @@ def pytest_addoption(parser):
     group.addoption("--scaling-seeds", type=int, default=0,
                     help="run the seed-scaling benchmark: an epoch of K seeds trained together against "
                          "one seed's (off by default: it costs about a minute per variant on 2 cores)")
+    group.addoption("--sweep-configs", type=int, default=0,
+                    help="run the sweep-cost benchmark: an epoch of N learning rates of one seed against one "
+                         "of N seeds (off by default; about a minute per variant on 2 cores for N=6)")
     group.addoption("--cpu-devices", default="auto",
                     help="on a CPU, spread the seeds over N JAX devices to use all cores (auto: one per "
                          "core, or fewer where the seeds split evenly over fewer); more devices than "
@@ -80,6 +83,7 @@ class Session:
         self.protocol = train.Protocol(epochs=1 if self.quick else opt("--epochs"))
         self.seeds = list(range(opt("--seeds")))
         self.scaling_seeds = opt("--scaling-seeds")
+        self.sweep_configs = opt("--sweep-configs")
         self.target = opt("--target")
         self.floor_every = opt("--floor-every")
         if self.quick:
@@ -93,7 +97,7 @@ class Session:
         self.backend = jax.default_backend()
         self.step_rounds = 20 if self.quick else 300
         self.floor_repeats = 2 if self.quick else 5  # timings of a step's floor (200 steps each)
-        self.scaling_rounds = 2 if self.quick else 3  # epochs of K seeds: seconds each
+        self.scaling_rounds = 2 if self.quick else 5  # epochs of K runs: seconds each
         self.results: dict[str, dict] = {}  # accuracy benchmark results, per variant
         self.step_programs: dict[tuple, object] = {}  # compiled steps, shared by the step-time and scaling benchmarks
         # Per variant, what the step and seed-scaling benchmarks add to the report's summary.
@@ -123,7 +127,8 @@ def pytest_configure(config):
     from bnbench import devices
     from bnbench.cli import cpu_devices_option
 
-    seed_counts = [_at_least(config, "--seeds", 1), _at_least(config, "--scaling-seeds", 0) or 1]
+    seed_counts = [_at_least(config, "--seeds", 1), _at_least(config, "--scaling-seeds", 0) or 1,
+                   _at_least(config, "--sweep-configs", 0) or 1]
     _at_least(config, "--floor-every", 1)
     try:
         cpu_devices = cpu_devices_option(config.getoption("--cpu-devices"))

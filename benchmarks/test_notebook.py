@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from bnbench import bench, runner, variants
@@ -66,6 +67,30 @@ def test_seed_scaling(benchmark, bnbench_session, variant_name):
     info = bench.seed_scaling_info(one_seed, seeds)
     benchmark.extra_info.update(info)
     s.summary_extras[variant_name]["seed_scaling"] = info
+
+
+def test_sweep_cost(benchmark, bnbench_session, variant_name):
+    """An epoch of a sweep's program, N learning rates of one seed, against an epoch of N seeds at one
+    rate (``bnbench run --seeds N``), timed in alternation: what a configuration costs next to a seed."""
+    s = bnbench_session
+    if not s.sweep_configs:
+        pytest.skip("opt in with --sweep-configs N (for instance 6)")
+    variant = variants.get(variant_name)
+    n = s.sweep_configs
+    seeds = bench.EpochProgram(variant, s.protocol, s.data, n)
+    configs = bench.EpochProgram(variant, s.protocol, s.data, n,
+                                 learning_rates=[float(lr) for lr in np.geomspace(1e-3, 3e-2, n)])
+    for program in (seeds, configs):
+        program()  # the first epoch pays for page faults
+        program.times.clear()
+    benchmark.group = "sweep cost"
+    benchmark.extra_info.update({"bnbench": "sweep_cost", "variant": variant_name})
+    benchmark.pedantic(configs, setup=seeds, rounds=s.scaling_rounds, iterations=1)
+    if benchmark.disabled:
+        return
+    info = bench.sweep_cost_info(seeds, configs)
+    benchmark.extra_info.update(info)
+    s.summary_extras[variant_name]["sweep_cost"] = info
 
 
 SCALING = [("seed_plain", 32), ("seed_plain", 64), ("seed_plain_deep", 32)]

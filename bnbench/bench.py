@@ -53,18 +53,23 @@ class StepProgram:
 
 
 class EpochProgram:
-    """A variant's compiled epoch (updates and validation) for ``num_seeds`` seeds trained together,
+    """A variant's compiled epoch (updates and validation) for ``num_seeds`` runs trained together,
     laid out over the devices as ``bnbench run`` would; each call trains the next epoch, synchronised."""
 
-    def __init__(self, variant: Variant, protocol: train.Protocol, data: train.DeviceData, num_seeds: int):
+    def __init__(self, variant: Variant, protocol: train.Protocol, data: train.DeviceData, num_seeds: int,
+                 learning_rates: list[float] | None = None):
+        """``num_seeds`` seeds at the protocol's learning rate or, with ``learning_rates``, one run of
+        seed 0 per rate: a sweep's program."""
         self.trainer = train.Trainer(variant.model, protocol, data, num_seeds)
-        self.state, self._shuffle_roots = self.trainer.start(range(num_seeds))
+        seeds = [0] * num_seeds if learning_rates else range(num_seeds)
+        self.state, self._shuffle_roots, self.hyperparams = self.trainer.start(
+            seeds, self.trainer.hyperparams(learning_rates) if learning_rates else None)
         self.epochs = 0
         self.times: list[float] = []  # wall time of each call's epoch
 
     def __call__(self) -> None:
         keys = train.epoch_keys(self._shuffle_roots, self.epochs)
-        self.state, _, seconds = self.trainer.run_epoch(self.state, keys)
+        self.state, _, seconds = self.trainer.run_epoch(self.state, keys, self.hyperparams)
         self.epochs += 1
         self.times.append(seconds)
 
@@ -76,9 +81,7 @@ def seed_scaling_info(one_seed: EpochProgram, seeds: EpochProgram) -> dict:
     so that a change in machine load between rounds cancels out; 1.0 would be free seeds and K
     no gain over training them one after another.
     """
-    if len(one_seed.times) != len(seeds.times):
-        raise ValueError("time the one seed and the K seeds in alternation, as many epochs each")
-    ratios = [k / one for k, one in zip(seeds.times, one_seed.times)]
+    ratios = alternating_ratios(one_seed, seeds)
     return {
         "seeds": seeds.trainer.num_seeds,
         "seed_devices": seeds.trainer.seed_devices,
@@ -87,6 +90,23 @@ def seed_scaling_info(one_seed: EpochProgram, seeds: EpochProgram) -> dict:
         "ratio": float(np.median(ratios)),
         "ratios": ratios,
     }
+
+
+def alternating_ratios(base: EpochProgram, other: EpochProgram) -> list[float]:
+    """Each round's epoch of ``other`` over the epoch of ``base`` timed just before it."""
+    if len(base.times) != len(other.times):
+        raise ValueError("time the two programs in alternation, as many epochs each")
+    return [o / b for o, b in zip(other.times, base.times)]
+
+
+def sweep_cost_info(seeds: EpochProgram, configs: EpochProgram) -> dict:
+    """What N configurations of one seed cost against N seeds of one configuration, per epoch of
+    N runs, from epochs timed in alternation: the median ratio (1.0: a configuration costs what a
+    seed does)."""
+    ratios = alternating_ratios(seeds, configs)
+    return {"runs": seeds.trainer.num_seeds, "seed_devices": seeds.trainer.seed_devices,
+            "seeds_epoch_s": stats.spread(seeds.times), "configs_epoch_s": stats.spread(configs.times),
+            "ratio": float(np.median(ratios)), "ratios": ratios}
 
 
 def interleaved_times(programs: dict[str, StepProgram], rounds: int) -> dict[str, list[float]]:

@@ -70,6 +70,8 @@ def curve_panels(loaded: list[dict]) -> dict[str, list[tuple[str, int, np.ndarra
     curve is never drawn beside a mean over several. Per panel, (variant, report ref, curves)."""
     panels: dict[str, list] = {}
     for r in loaded:
+        if "sweep" in r:  # a sweep's curves have a plot of their own (study.plot_curves)
+            continue
         for name, v in r["variants"].items():
             if v["curves"]:
                 panels.setdefault(protocol_title(r["protocol"]), []).append(
@@ -119,6 +121,8 @@ def step_panels(loaded: list[dict]) -> dict[tuple, dict[int, dict[str, dict]]]:
     panel puts unlike times side by side. Per panel, per report ref, per variant, the figure."""
     panels: dict[tuple, dict] = {}
     for r in loaded:
+        if "sweep" in r:  # dozens of configurations: their times are in the tables
+            continue
         for name, v in r["variants"].items():
             for kind in STEP_KINDS:
                 if v[kind] is not None:
@@ -172,6 +176,10 @@ def protocol_title(p: dict) -> str:
     if not any(key in p for key in PROTOCOL_KEYS):
         return "protocol not recorded (pytest-benchmark JSON without the accuracy benchmark)"
     g = lambda key: p.get(key, "?")  # noqa: E731
+    if "learning_rate" not in p:  # a sweep: batch size, learning rate and epochs are its grid's
+        return (f"{g('dataset')}, {g('order')} order, {g('train_examples')}/{g('validation_examples')}/"
+                f"{g('test_examples')} train/validation/test, {g('optimizer')} momentum {g('momentum')}, a sweep "
+                f"(its grid below), {_seeds_text(p['seeds'])}")
     return (f"{g('dataset')}, {g('order')} order, {g('train_examples')}/{g('validation_examples')}/"
             f"{g('test_examples')} train/validation/test, batch {g('batch_size')}, {g('optimizer')} "
             f"lr {g('learning_rate')} momentum {g('momentum')}, {g('epochs')} epoch{'s' * (g('epochs') != 1)}, "
@@ -199,7 +207,23 @@ def _env_value(value) -> str:
     return " ".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
-def markdown(loaded: list[dict], baselines=()) -> str:
+def study(loaded: list[dict], out: Path) -> tuple[list[str], list[Path]]:
+    """The study sections and plots of the sweep reports among ``loaded``."""
+    sweeps = [r for r in loaded if "sweep" in r]
+    if not sweeps:
+        return [], []
+    from bnbench import study as study_lib
+
+    plt = _pyplot()
+    lines, written = [], []
+    for r in sweeps:
+        text, paths = study_lib.sections(plt, r, out, _save, lambda names: _colors(plt, names))
+        lines += text
+        written += paths
+    return lines, written
+
+
+def markdown(loaded: list[dict], baselines=(), extra: list[str] = ()) -> str:
     sections = ["# bnbench results", "", *_where_they_ran(loaded)]
     groups: dict[tuple, list[dict]] = {}
     for r in loaded:
@@ -209,7 +233,7 @@ def markdown(loaded: list[dict], baselines=()) -> str:
                      compare_loaded(members, markdown=True, standalone=False, baselines=baselines)[0], ""]
     sections += [*(f"- {line}" for line in KEY.splitlines()), "", "## Plots", "",
                  "![validation accuracy per epoch](val_accuracy.png)", "",
-                 "![time per training update, by kind](step_time.png)", ""]
+                 "![time per training update, by kind](step_time.png)", "", *extra]
     return "\n".join(sections)
 
 
@@ -218,12 +242,13 @@ def write_citable(paths: list[str], out: str | Path, baselines=()) -> list[Path]
     check_baselines(loaded, baselines)
     out = make_folder(out)
     readme = out / "README.md"
-    text = markdown(loaded, baselines)
     try:
+        extra, studied = study(loaded, out)
+        text = markdown(loaded, baselines, extra)
         atomic_write(readme, lambda f: f.write(text))
         _plot_curves(loaded, out / "val_accuracy.png")
         _plot_step_times(loaded, out / "step_time.png")
     except OSError as e:  # a read-only folder, or a folder where a file should go
         raise reports.ReportError(f"cannot write the report into {out} ({e.strerror or e}: "
                                   f"{e.filename or out}): choose a writable --out folder") from None
-    return [readme, out / "val_accuracy.png", out / "step_time.png"]
+    return [readme, out / "val_accuracy.png", out / "step_time.png", *studied]

@@ -1,4 +1,4 @@
-"""The ``bnbench`` command line: variants, run, compare, report."""
+"""The ``bnbench`` command line: variants, run, sweep, compare, report."""
 
 from __future__ import annotations
 
@@ -77,14 +77,8 @@ def cmd_run(args) -> int:
     from bnbench.summary import summary_table
 
     protocol = train.Protocol(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate)
-    dataset = data_lib.load(args.dataset, args.data_dir, download_url=args.download_url)
-    for variant in chosen:  # a model that cannot be built for these images stops here, before any training
-        variant.check(dataset.train_images.shape[1:], dataset.num_classes)
-    device_data = train.DeviceData.from_dataset(dataset)
+    dataset, device_data = _load_data(args, chosen)
     seeds = list(range(args.seed, args.seed + args.seeds))
-    print(f"{dataset.name} from {dataset.location} ({dataset.source}, {dataset.order} order): "
-          f"{len(dataset.train_labels)} train, {len(dataset.val_labels)} validation, "
-          f"{len(dataset.test_labels)} test", file=sys.stderr)
     results = {}
     for variant in chosen:
         with tqdm(total=protocol.epochs, desc=f"{variant.name} ({len(seeds)} seed{'s' * (len(seeds) > 1)})",
@@ -103,6 +97,70 @@ def cmd_run(args) -> int:
     if out is not None:
         write_json(out, report)
         print(f"report written to {out}", file=sys.stderr)
+    return 0
+
+
+def _load_data(args, chosen):
+    """The dataset, checked against every chosen variant before any training, and on the device."""
+    from bnbench import data as data_lib, train
+
+    dataset = data_lib.load(args.dataset, args.data_dir, download_url=args.download_url)
+    for variant in chosen:  # a model that cannot be built for these images stops here, before any training
+        variant.check(dataset.train_images.shape[1:], dataset.num_classes)
+    print(f"{dataset.name} from {dataset.location} ({dataset.source}, {dataset.order} order): "
+          f"{len(dataset.train_labels)} train, {len(dataset.val_labels)} validation, "
+          f"{len(dataset.test_labels)} test", file=sys.stderr)
+    return dataset, train.DeviceData.from_dataset(dataset)
+
+
+def cmd_sweep(args) -> int:
+    from bnbench import devices, sweep, variants
+
+    grid = sweep.Grid(
+        variants=tuple(args.variant or variants.NOTEBOOK_VARIANTS),
+        learning_rates=tuple(sweep.parse_grid(args.learning_rate, "--learning-rate")),
+        batch_sizes=tuple(sweep.parse_grid(args.batch_size, "--batch-size", int)),
+        bn_momenta=tuple(sweep.parse_grid(args.bn_momentum, "--bn-momentum")),
+        epochs=args.epochs, seeds=tuple(range(args.seed, args.seed + args.seeds)), budget=args.budget,
+        lr_scaling=args.lr_scaling, reference_batch_size=args.reference_batch_size, eval_every=args.eval_every)
+    grid.check()  # now, and the batch sizes against the training set once the data is loaded
+    chosen = [variants.get(name) for name in grid.variants]
+    runs_per_program = len(grid.learning_rates) * len(grid.bn_momenta) * len(grid.seeds)
+    cpu_devices = args.cpu_devices or devices.cpu_devices_for([runs_per_program, len(grid.seeds) * len(grid.learning_rates)])
+    if cpu_devices > 1:
+        devices.expose_cpu_devices(cpu_devices)
+    from bnbench import reports
+    from bnbench.io import check_writable, write_json
+
+    out = check_writable(args.out)
+    previous = None
+    if args.resume and out.exists():
+        previous = reports.read_valid(out)
+    elif out.exists() and not args.resume:
+        raise BnbenchError(f"--out {out} exists: pass --resume to finish that sweep, or name a new file")
+    dataset, device_data = _load_data(args, chosen)
+    grid.check(train_examples=len(dataset.train_labels))
+    if previous is not None:
+        sweep.check_resumable(previous, dataset, grid)
+    sweep.programs(grid, chosen, len(dataset.train_labels))  # a grid a variant cannot take fails now
+
+    def on_program(program, i, total):
+        if not args.quiet:
+            print(f"[{i + 1}/{total}] {program.variant.name}, batch {program.protocol.batch_size}: "
+                  f"{len(program.configs)} configuration{'s' * (len(program.configs) > 1)} x "
+                  f"{len(grid.seeds)} seed{'s' * (len(grid.seeds) > 1)}, {program.protocol.epochs} epochs",
+                  file=sys.stderr)
+
+    def write(report):
+        write_json(out, report)
+
+    from bnbench.summary import summary_table
+
+    report = sweep.run_sweep(grid, chosen, dataset, device_data, write, previous=previous,
+                             command=shlex.join(["bnbench", *sys.argv[1:]]), target=args.target,
+                             on_program=on_program)
+    print(summary_table(report))
+    print(f"report written to {out}", file=sys.stderr)
     return 0
 
 
@@ -163,6 +221,44 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--unroll", type=_positive_int, default=None, help=argparse.SUPPRESS)
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.set_defaults(func=cmd_run)
+
+    sweep = sub.add_parser("sweep", help="train variants over a grid of learning rates, batch sizes and BN momenta")
+    sweep.add_argument("--variant", action="append", metavar="NAME",
+                       help="a variant to sweep (repeatable; default: seed_plain and seed_bn), NAME:FIELD=VALUE,...")
+    sweep.add_argument("--learning-rate", default="1e-3", metavar="LR,LR,...",
+                       help="SGD learning rates, comma-separated (default 1e-3); trained together in one program")
+    sweep.add_argument("--batch-size", default="32", metavar="B,B,...",
+                       help="batch sizes, comma-separated (default 32); one program each")
+    sweep.add_argument("--bn-momentum", default="0.99", metavar="M,M,...",
+                       help="momenta of BatchNorm's moving statistics, comma-separated (default Keras' 0.99); "
+                            "trained together in one program")
+    sweep.add_argument("--budget", choices=("epochs", "updates"), default="epochs",
+                       help="what a batch-size sweep holds fixed: the epochs (default), or the updates of --epochs "
+                            "at --reference-batch-size (to the nearest whole epoch)")
+    sweep.add_argument("--lr-scaling", choices=("none", "linear"), default="none",
+                       help="linear: each learning rate is for --reference-batch-size and scales with the batch "
+                            "size (Goyal et al., 2017); none (default): the same rate at every batch size")
+    sweep.add_argument("--reference-batch-size", type=_positive_int, default=32, metavar="B",
+                       help="the batch size the learning rates and the updates budget refer to (default 32)")
+    sweep.add_argument("--eval-every", type=_positive_int, default=None, metavar="N",
+                       help="also evaluate validation accuracy every N updates of each epoch, inside the compiled "
+                            "epoch, for time and updates to the target at that grain (default: each epoch's end)")
+    sweep.add_argument("--epochs", type=_positive_int, default=10, help="epochs (default 10)")
+    sweep.add_argument("--seeds", type=_positive_int, default=1, help="seeds per configuration (default 1)")
+    sweep.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
+    sweep.add_argument("--cpu-devices", type=cpu_devices_option, default=None, metavar="N",
+                       help="on a CPU, the JAX devices the runs of a program are spread over (default auto)")
+    sweep.add_argument("--dataset", default="fashion_mnist", help="as for run")
+    sweep.add_argument("--data-dir", metavar="DIR", help="as for run")
+    sweep.add_argument("--download-url", metavar="URL", help="as for run")
+    sweep.add_argument("--target", type=_fraction, default=0.84,
+                       help="validation accuracy whose time and updates to reach are reported (default 0.84)")
+    sweep.add_argument("--out", required=True, metavar="FILE.json",
+                       help="the report, rewritten as each program finishes")
+    sweep.add_argument("--resume", action="store_true",
+                       help="finish the sweep whose report is at --out: run only what it lacks (same arguments)")
+    sweep.add_argument("--quiet", action="store_true", help="no progress lines")
+    sweep.set_defaults(func=cmd_sweep)
 
     compare = sub.add_parser("compare", help="put reports side by side")
     compare.add_argument("reports", nargs="+", metavar="REPORT.json",

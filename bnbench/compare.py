@@ -97,8 +97,10 @@ def table(loaded: list[dict], markdown: bool = False) -> str:
             if v is None:
                 continue
             times = [cell for kind in STEP_KINDS for cell in _time_cells(kind, v[kind], base_variant.get(kind))]
-            rows.append([name, f"[{r['ref']}]", *times, _seeds_cell(v["seed_scaling"]),
-                         *[format_ci(v[k]) if v.get(k) else "-" for k in ACCURACIES],
+            diverged = v.get("diverged_seeds", 0)
+            rows.append([f"{name} ({diverged}/{v['seeds']} diverged)" if diverged else name, f"[{r['ref']}]", *times,
+                         _seeds_cell(v["seed_scaling"]),
+                         *[format_ci(v[k]) if v.get(k) else ("diverged" if diverged else "-") for k in ACCURACIES],
                          _target_cell(v.get("time_to_target"))])
     return format_table(headers, rows, markdown=markdown)
 
@@ -140,22 +142,37 @@ def across_reports(loaded: list[dict], markdown: bool = False) -> str | None:
 
 
 def check_baselines(loaded: list[dict], baselines) -> None:
-    names = {name for r in loaded for name in r["variants"]}
+    names = {name for r in loaded for name in r["variants"]} | {v["variant"] for r in loaded for v in
+                                                                r["variants"].values() if "variant" in v}
     missing = [b for b in baselines if b not in names]
     if missing:
         raise reports.ReportError(f"baseline variant {missing[0]!r} is in none of the reports: choose one of "
                                   f"{', '.join(sorted(names))}")
 
 
+def baseline_entry(report: dict, entry: dict, baseline: str) -> dict | None:
+    """The entry of variant ``baseline`` to set ``entry`` against: in a sweep, the baseline's entry
+    at the same learning rate and batch size (and momentum, where the baseline has one swept)."""
+    if "config" not in entry:
+        return report["variants"].get(baseline)
+    def key(config):
+        return config["base_learning_rate"], config["batch_size"]
+    same = [v for v in report["variants"].values() if v.get("variant") == baseline
+            and key(v["config"]) == key(entry["config"])]
+    return next((v for v in same if v["config"]["bn_momentum"] == entry["config"]["bn_momentum"]),
+                same[0] if same else None)
+
+
 def against_baselines(loaded: list[dict], baselines, markdown: bool = False) -> str | None:
-    """Within each report, every other variant's accuracies minus each baseline variant's."""
+    """Within each report, every other variant's accuracies minus each baseline variant's (in a
+    sweep, at the same configuration)."""
     rows, pairs = [], []
     for baseline in baselines:
         for r in loaded:
-            b = r["variants"].get(baseline)
-            if b is None:
-                continue
             for name, v in r["variants"].items():
+                b = baseline_entry(r, v, baseline)
+                if b is None or b is v:
+                    continue
                 if name != baseline and any(v.get(k) and b.get(k) for k in ACCURACIES):
                     rows.append([name, baseline, f"[{r['ref']}]", *_difference_cells(v, b)])
                     pairs.append((v, b))

@@ -42,6 +42,17 @@ def load(path: str | Path) -> dict:
     return {"path": str(path), "kind": kind, "label": _label(loaded["environment"]), **loaded}
 
 
+def read_valid(path: str | Path) -> dict:
+    """A report as written, checked against its schema (``bnbench sweep --resume`` reads it so)."""
+    path = Path(path)
+    raw = _read_json(path)
+    try:
+        schema.validate(raw)
+    except schema.Invalid as e:
+        raise ReportError(f"{path}: {e}") from None
+    return raw
+
+
 def load_all(paths) -> list[dict]:
     """The reports at ``paths``, each run once (``merge_duplicates``), numbered for the output."""
     loaded = merge_duplicates([load(p) for p in paths])
@@ -92,7 +103,8 @@ def _epoch_per_update(summary: dict) -> dict:
     trained together (they share the epoch's time)."""
     updates, epoch = summary["updates_per_epoch"], summary["epoch_time_s"]
     return {"median": epoch["median"] / updates, "iqr": epoch["iqr"] / updates, "n": epoch["n"],
-            "seeds": summary["seeds"], "seed_devices": summary.get("seed_devices")}
+            # Runs trained together share the epoch: a sweep's configurations too, not only its seeds.
+            "seeds": summary.get("runs_together", summary["seeds"]), "seed_devices": summary.get("seed_devices")}
 
 
 def same_layout(a: dict, b: dict) -> bool:
@@ -105,11 +117,11 @@ def _variant(summary: dict | None, runs: list[dict], lone_step: dict | None = No
              seed_scaling: dict | None = None) -> dict:
     """One variant's figures; ``summary`` is None for a pytest-benchmark file without its accuracy benchmark."""
     entry = {"lone_step": _lone_step(lone_step), "epoch_per_update": None, "seed_scaling": seed_scaling,
-             "curves": [[e["val_accuracy"] for e in r["epochs"]] for r in runs]}
+             "curves": [[e.get("val_accuracy") for e in r["epochs"]] for r in runs]}
     if summary is not None:
         entry.update({key: summary[key] for key in ACCURACIES})
         entry.update(epoch_per_update=_epoch_per_update(summary), seeds=summary["seeds"],
-                     time_to_target=summary.get("time_to_target"))
+                     time_to_target=summary.get("time_to_target"), diverged_seeds=summary.get("diverged_seeds", 0))
         entry["lone_step"] = entry["lone_step"] or _lone_step(summary.get("step_time_s"))
         entry["seed_scaling"] = entry["seed_scaling"] or summary.get("seed_scaling")
     return entry
@@ -158,7 +170,21 @@ def _from_pytest_benchmark(raw: dict) -> dict:
             "environment": raw["machine_info"]["bnbench"], "protocol": protocol, "variants": variants}
 
 
-READERS = {schema.REPORT_KIND: _from_run, schema.PYTEST_BENCHMARK: _from_pytest_benchmark}
+def _from_sweep(raw: dict) -> dict:
+    """A sweep as a report of one entry per variant and configuration, each also keeping its
+    variant, config and runs for the study's plots; ``sweep`` is the grid."""
+    variants = {}
+    for name, summary in raw["summary"].items():
+        runs = [r for r in raw["runs"] if r["variant"] == summary["variant"] and r["config"] == summary["config"]]
+        variants[name] = {**_variant(summary, runs), "variant": summary["variant"], "config": summary["config"],
+                          "runs": runs}
+    return {"run_id": raw.get("run_id"), "fingerprint": _fingerprint(raw["runs"]),
+            "environment": raw["environment"], "protocol": raw["protocol"], "sweep": raw["sweep"],
+            "variants": variants}
+
+
+READERS = {schema.REPORT_KIND: _from_run, schema.SWEEP_KIND: _from_sweep,
+           schema.PYTEST_BENCHMARK: _from_pytest_benchmark}
 
 
 def same_run(a: dict, b: dict) -> bool:

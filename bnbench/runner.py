@@ -30,11 +30,22 @@ def floor_epochs(epochs: int, every: int) -> list[int]:
 
 def run_variant(variant: Variant, protocol: train.Protocol, data: train.DeviceData, seeds: Sequence[int],
                 measure_floor: bool = False, unroll: int = DEFAULT_UNROLL, target: float | None = None,
-                on_epoch: Callable[[int, dict, float], None] | None = None, floor_every: int = 1) -> dict:
+                on_epoch: Callable[[int, dict, float], None] | None = None, floor_every: int = 1,
+                configs: Sequence[dict] | None = None, eval_every: int | None = None) -> dict:
     """Trains one variant for all seeds together; returns its runs and its summary. With
     ``measure_floor``, the matmul floor is timed right after every ``floor_every``-th epoch (and the
-    last), so that each timed epoch has a floor measured under the same machine load."""
-    trainer = train.Trainer(variant.model, protocol, data, len(seeds), unroll=unroll)
+    last), so that each timed epoch has a floor measured under the same machine load.
+
+    ``configs`` (a sweep): configurations that differ only in numbers ({learning_rate, bn_momentum}),
+    each trained for every seed, all of them together in one compiled program; the result then has
+    ``summaries``, one per configuration in order, instead of ``summary``, and each run its ``config``."""
+    runs_of = list(configs) if configs else [None]
+    run_seeds = [seed for _ in runs_of for seed in seeds]
+    trainer = train.Trainer(variant.model, protocol, data, len(run_seeds), unroll=unroll, eval_every=eval_every)
+    hyperparams = None
+    if configs:
+        hyperparams = trainer.hyperparams([c["learning_rate"] for c in configs for _ in seeds],
+                                          [c["bn_momentum"] for c in configs for _ in seeds])
     clock, timed, unavailable = None, [], None
     if measure_floor:
         try:
@@ -51,30 +62,17 @@ def run_variant(variant: Variant, protocol: train.Protocol, data: train.DeviceDa
         if on_epoch is not None:
             on_epoch(i, metrics, seconds)
 
-    result = train.fit(trainer, seeds, epoch_done)
+    result = train.fit(trainer, run_seeds, epoch_done, hyperparams)
     floor_times = dict(zip(timed, clock.times)) if clock is not None else {}
     updates = protocol.updates_per_epoch(int(data.train_labels.shape[0]))
-    runs = []
-    for s, seed in enumerate(seeds):
-        epochs = []
-        for i, (metrics, seconds) in enumerate(zip(result["history"], result["epoch_times"])):
-            record = {"epoch": i + 1, **{k: float(metrics[k][s]) for k in METRICS}, "time_s": seconds}
-            if i + 1 in floor_times:
-                record["floor_time_s"] = floor_times[i + 1]
-            epochs.append(record)
-        runs.append({"variant": variant.name, "seed": int(seed), "epochs": epochs,
-                     "test_loss": float(result["test"]["loss"][s]),
-                     "test_accuracy": float(result["test"]["accuracy"][s]),
-                     "compile_time_s": result["compile_time_s"]})
-    summary = summarize(runs, updates, target)
-    summary["description"] = variant.description
-    summary["model"] = variant.describe()["model"]  # the family and every field: what was trained
-    summary["seed_devices"] = trainer.seed_devices
+    runs = [run_record(variant.name, seed, i, result, floor_times, updates, eval_every, runs_of[i // len(seeds)])
+            for i, seed in enumerate(run_seeds)]
+    floor_summary = None
     if unavailable is not None:
-        summary["floor"] = {"median_ratio": None, "unavailable": unavailable}
+        floor_summary = {"median_ratio": None, "unavailable": unavailable}
     if clock is not None:
         ratios = [result["epoch_times"][i - 1] / floor_times[i] for i in timed]
-        summary["floor"] = {
+        floor_summary = {
             "matmul_flops_per_epoch": floor.total_flops(clock.products) * trainer.seed_devices,
             "median_floor_time_s": float(np.median(clock.times)),
             # Each timed epoch against the floor run right after it, then the median of those ratios.
@@ -83,27 +81,95 @@ def run_variant(variant: Variant, protocol: train.Protocol, data: train.DeviceDa
             "compile_time_s": clock.compile_time_s,
             "unroll": unroll,
         }
-    return {"runs": runs, "summary": summary}
+    summaries = []
+    for k in range(len(runs_of)):
+        summary = summarize(runs[k * len(seeds):(k + 1) * len(seeds)], updates, target)
+        summary["description"] = variant.description
+        summary["model"] = variant.describe()["model"]  # the family and every field: what was trained
+        summary["seed_devices"] = trainer.seed_devices
+        summary["runs_together"] = len(run_seeds)
+        if floor_summary is not None:
+            summary["floor"] = floor_summary
+        summaries.append(summary)
+    if configs:
+        return {"runs": runs, "summaries": summaries}
+    return {"runs": runs, "summary": summaries[0]}
 
 
-def time_to_target(epochs: list[dict], target: float, updates_per_epoch: int) -> dict | None:
-    """Wall time and updates until validation accuracy first reaches ``target``; None if never."""
+def run_record(variant: str, seed: int, index: int, result: dict, floor_times: dict, updates_per_epoch: int,
+               eval_every: int | None, config: dict | None) -> dict:
+    """Run ``index`` of a ``train.fit`` result as the report records it. A run whose loss became NaN
+    or infinite is ``diverged`` at that epoch and update; from that epoch on its records keep only
+    their times, and it has no test metrics: absent, not NaN."""
+    epochs, evals, diverged = [], [], None
+    for i, (metrics, seconds) in enumerate(zip(result["history"], result["epoch_times"])):
+        record = {"epoch": i + 1, "time_s": seconds}
+        if i + 1 in floor_times:
+            record["floor_time_s"] = floor_times[i + 1]
+        first_nonfinite = int(metrics["first_nonfinite"][index])
+        if diverged is None and first_nonfinite >= 0:
+            diverged = {"epoch": i + 1, "update": first_nonfinite}
+        if diverged is None:
+            record.update({k: float(metrics[k][index]) for k in METRICS})
+            if "evals" in metrics:
+                evals += [{"update": i * updates_per_epoch + (j + 1) * eval_every,
+                           "val_loss": float(loss), "val_accuracy": float(accuracy)}
+                          for j, (loss, accuracy) in enumerate(zip(metrics["evals"]["loss"][index],
+                                                                   metrics["evals"]["accuracy"][index]))]
+        epochs.append(dict(sorted(record.items(), key=lambda kv: kv[0] in ("time_s", "floor_time_s"))))
+    run = {"variant": variant, "seed": int(seed)}
+    if config is not None:
+        run["config"] = config
+    run["epochs"] = epochs
+    if eval_every:
+        run["evals"] = evals
+    if diverged is not None:
+        run["diverged"] = diverged
+    else:
+        run["test_loss"] = float(result["test"]["loss"][index])
+        run["test_accuracy"] = float(result["test"]["accuracy"][index])
+    run["compile_time_s"] = result["compile_time_s"]
+    return run
+
+
+def _progress(run: dict, updates_per_epoch: int):
+    """(updates, elapsed seconds, validation accuracy) at every evaluation of a run, in order: each
+    epoch's in-program evaluations, then its end. Within an epoch, one compiled program, time is
+    counted in proportion to the updates done."""
+    by_epoch: dict[int, list] = {}
+    for e in run.get("evals", []):
+        by_epoch.setdefault((e["update"] - 1) // updates_per_epoch + 1, []).append(e)
     elapsed = 0.0
-    for record in epochs:
+    for record in run["epochs"]:
+        if "val_accuracy" not in record:
+            return
+        start = (record["epoch"] - 1) * updates_per_epoch
+        for e in by_epoch.get(record["epoch"], []):
+            yield e["update"], elapsed + record["time_s"] * (e["update"] - start) / updates_per_epoch, e["val_accuracy"]
         elapsed += record["time_s"]
-        if record["val_accuracy"] >= target:
-            return {"epoch": record["epoch"], "time_s": elapsed, "updates": record["epoch"] * updates_per_epoch}
+        yield record["epoch"] * updates_per_epoch, elapsed, record["val_accuracy"]
+
+
+def time_to_target(run: dict, target: float, updates_per_epoch: int) -> dict | None:
+    """Wall time and updates until validation accuracy first reaches ``target``; None if never.
+    At the grain of the run's evaluations: every epoch, or every ``--eval-every`` updates."""
+    for updates, elapsed, accuracy in _progress(run, updates_per_epoch):
+        if accuracy >= target:
+            return {"epoch": -(-updates // updates_per_epoch), "time_s": elapsed, "updates": updates}
     return None
 
 
 def summarize(runs: list[dict], updates_per_epoch: int, target: float | None = None) -> dict:
-    """Mean and 95% CI over seeds of the final metrics; median epoch and update times."""
-    final = {k: [r["epochs"][-1][k] for r in runs] for k in METRICS}
-    final.update({k: [r[k] for r in runs] for k in ("test_loss", "test_accuracy")})
-    epoch_times = [e["time_s"] for e in runs[0]["epochs"]]  # seeds train together: times are shared
+    """Mean and 95% CI over seeds of the final metrics, over the runs that did not diverge (None
+    where all did); median epoch and update times."""
+    finished = [r for r in runs if "diverged" not in r]
+    final = {k: [r["epochs"][-1][k] for r in finished] for k in METRICS}
+    final.update({k: [r[k] for r in finished] for k in ("test_loss", "test_accuracy")})
+    epoch_times = [e["time_s"] for e in runs[0]["epochs"]]  # runs train together: times are shared
     summary = {
         "seeds": len(runs),
-        **{k: stats.mean_ci(v) for k, v in final.items()},
+        **{k: stats.mean_ci(v) if v else None for k, v in final.items()},
+        "diverged_seeds": len(runs) - len(finished),
         "epoch_time_s": stats.spread(epoch_times),
         "median_epoch_time_s": float(np.median(epoch_times)),
         "median_update_time_s": float(np.median(epoch_times)) / updates_per_epoch,
@@ -111,7 +177,7 @@ def summarize(runs: list[dict], updates_per_epoch: int, target: float | None = N
         "compile_time_s": runs[0]["compile_time_s"],
     }
     if target is not None:
-        reached = [time_to_target(r["epochs"], target, updates_per_epoch) for r in runs]
+        reached = [time_to_target(r, target, updates_per_epoch) for r in runs]
         summary["time_to_target"] = {"target_val_accuracy": target, "per_seed": reached,
                                      "seeds_reached": sum(r is not None for r in reached)}
     return summary

@@ -23,6 +23,7 @@ import functools
 # What a report declares itself to be; written by runner.make_report, checked here.
 SCHEMA_VERSION = 1
 REPORT_KIND = "bnbench.run"
+SWEEP_KIND = "bnbench.sweep"
 PYTEST_BENCHMARK = "pytest-benchmark"
 # What must be equal for two reports' accuracies and times to mean the same thing. The one place
 # these are defined: every protocol must hold them, `compare` refuses reports that differ in them
@@ -109,20 +110,38 @@ DEFS = {
                       "minItems": 1, "uniqueItems": True, "description": "a list of seeds (whole numbers)"},
         },
     },
+    # A diverged run's records from its diverging epoch on hold only the times (_check_epochs).
     "epoch": {
         "description": "an epoch's record {epoch, train_accuracy, val_accuracy, time_s, ...}",
-        "type": "object", "required": ["epoch", "train_accuracy", "val_accuracy", "time_s"],
+        "type": "object", "required": ["epoch", "time_s"],
         "properties": {"epoch": _COUNT, "train_loss": _LOSS, "val_loss": _LOSS, "train_accuracy": _FRACTION,
                        "val_accuracy": _FRACTION, "time_s": _TIME, "floor_time_s": _nullable(_TIME)},
     },
     "run": {
-        "description": "a run {variant, seed, epochs, test_accuracy, ...}",
-        "type": "object", "required": ["variant", "seed", "epochs", "test_accuracy"],
+        "description": "a run {variant, seed, epochs, test_accuracy or diverged, ...}",
+        "type": "object", "required": ["variant", "seed", "epochs"],
         "properties": {"variant": _STRING, "seed": {"type": "integer", "description": "a whole number"},
+                       "config": _ref("config"),
                        "epochs": {"type": "array", "items": _ref("epoch"), "minItems": 1,
                                   "description": "a list of epoch records"},
                        "test_loss": _LOSS, "test_accuracy": _FRACTION,
+                       "diverged": {"type": "object", "required": ["epoch", "update"],
+                                    "description": "where the loss first became NaN or infinite {epoch, update}",
+                                    "properties": {"epoch": _COUNT, "update": _COUNT}},
+                       "evals": {"type": "array", "description": "a list of evaluations {update, val_accuracy}",
+                                 "items": {"type": "object", "required": ["update", "val_accuracy"],
+                                           "description": "an evaluation {update, val_accuracy, val_loss}",
+                                           "properties": {"update": _COUNT, "val_accuracy": _FRACTION,
+                                                          "val_loss": _LOSS}}},
                        "compile_time_s": {**_NUMBER, "minimum": 0, "description": "a number >= 0"}},
+    },
+    "config": {
+        "description": "a sweep's configuration {learning_rate, batch_size, bn_momentum, epochs, ...}",
+        "type": "object", "required": ["learning_rate", "batch_size", "bn_momentum", "epochs"],
+        "properties": {"learning_rate": {**_NUMBER, "exclusiveMinimum": 0, "description": "a number > 0"},
+                       "batch_size": _COUNT, "epochs": _COUNT, "updates_per_epoch": _COUNT,
+                       "bn_momentum": {**_NUMBER, "minimum": 0, "exclusiveMaximum": 1,
+                                       "description": "a number from 0 to below 1"}},
     },
     "runs": {"type": "array", "items": _ref("run"), "description": "a list of runs"},
     "time_to_target": {
@@ -163,8 +182,12 @@ DEFS = {
             "seeds": _COUNT, "seed_devices": _COUNT, "description": _STRING,
             "model": {"type": "object", "required": ["family"], "properties": {"family": _STRING},
                       "description": "the model {family, ...its fields}"},
-            **{key: _ref("accuracy") for key in ("train_accuracy", "val_accuracy", "test_accuracy")},
-            **{key: _ref("loss") for key in ("train_loss", "val_loss", "test_loss")},
+            # null where every seed diverged
+            **{key: {"anyOf": [_ref("accuracy"), {"type": "null"}], "description": "an accuracy over seeds {mean, std, ci95, n} or null"}
+               for key in ("train_accuracy", "val_accuracy", "test_accuracy")},
+            "diverged_seeds": _SIZE, "variant": _STRING, "config": _ref("config"),
+            **{key: {"anyOf": [_ref("loss"), {"type": "null"}], "description": "a loss over seeds {mean, std, ci95, n} or null"}
+               for key in ("train_loss", "val_loss", "test_loss")},
             "epoch_time_s": _ref("spread"), "median_epoch_time_s": _TIME, "median_update_time_s": _TIME,
             "updates_per_epoch": _COUNT, "compile_time_s": {**_NUMBER, "minimum": 0, "description": "a number >= 0"},
             "time_to_target": _ref("time_to_target"), "floor": _ref("floor"),
@@ -193,6 +216,31 @@ RUN_SCHEMA = {
                     "description": "an object of variant summaries, one or more"},
     },
     "$defs": DEFS,
+}
+
+
+# A sweep: runs of several configurations. Its protocol holds what they share; each run's `config`
+# and each summary entry's (one per variant and configuration) hold the rest; `sweep` the grid.
+SWEEP_SCHEMA = {
+    **RUN_SCHEMA,
+    "title": f"bnbench report, kind {SWEEP_KIND}",
+    "description": "bnbench's sweep report, from `bnbench sweep`",
+    "required": [*RUN_SCHEMA["required"], "sweep"],
+    "properties": {
+        **RUN_SCHEMA["properties"],
+        "kind": {"const": SWEEP_KIND, "description": SWEEP_KIND},
+        "protocol": {**DEFS["protocol"], "required": [k for k in DEFS["protocol"]["required"]
+                                                      if k not in ("batch_size", "learning_rate", "epochs",
+                                                                   "updates_per_epoch")]},
+        "runs": {"type": "array", "description": "a list of runs, each with its config",
+                 "items": {"allOf": [_ref("run"), {"required": ["config"]}]}},
+        "summary": {"type": "object", "minProperties": 1, "description": "an object of summaries, one per variant "
+                    "and configuration, each with its variant and config",
+                    "additionalProperties": {"allOf": [_ref("variant_summary"), {"required": ["variant", "config"]}]}},
+        "sweep": {"type": "object", "description": "the sweep's grid {variants, learning_rate, ...}",
+                  "required": ["variants", "learning_rate", "batch_size", "bn_momentum", "epochs", "budget",
+                               "lr_scaling"]},
+    },
 }
 
 
@@ -242,7 +290,7 @@ PYTEST_BENCHMARK_SCHEMA = {
 }
 
 # The kinds of bnbench's own reports, by their `kind` field; a future bnbench.sweep slots in here.
-KINDS = {REPORT_KIND: RUN_SCHEMA}
+KINDS = {REPORT_KIND: RUN_SCHEMA, SWEEP_KIND: SWEEP_SCHEMA}
 SCHEMAS = {**KINDS, PYTEST_BENCHMARK: PYTEST_BENCHMARK_SCHEMA}
 
 
@@ -330,17 +378,30 @@ def _valid_text(text: str) -> bool:
 
 
 def _check_epochs(raw: dict, kind: str) -> None:
-    """Every run holds one record per epoch of its protocol (a schema cannot relate two fields)."""
-    if kind == REPORT_KIND:
+    """Every run holds one record per epoch of its protocol (or its config), with its accuracies up
+    to where it diverged, if it did, and its test accuracy if it did not (a schema cannot relate
+    two fields)."""
+    if kind in KINDS:
         groups = [(("runs",), raw["runs"], raw["protocol"])]
     else:
         groups = [(("benchmarks", i, "extra_info", "runs"), b["extra_info"]["runs"], b["extra_info"]["protocol"])
                   for i, b in enumerate(raw["benchmarks"]) if b.get("extra_info", {}).get("bnbench") == "accuracy"]
     for path, runs, protocol in groups:
         for i, run in enumerate(runs):
-            if len(run["epochs"]) != protocol["epochs"]:
-                raise Invalid(f"{json_path((*path, i, 'epochs'))}: expected {protocol['epochs']} epoch records "
-                              f"(protocol.epochs), got {len(run['epochs'])}")
+            where, expected = (*path, i), run.get("config", protocol)["epochs"]
+            source = "config.epochs" if "config" in run else "protocol.epochs"
+            if len(run["epochs"]) != expected:
+                raise Invalid(f"{json_path((*where, 'epochs'))}: expected {expected} epoch records "
+                              f"({source}), got {len(run['epochs'])}")
+            diverged = run.get("diverged", {}).get("epoch", expected + 1)
+            for j, record in enumerate(run["epochs"][:diverged - 1]):
+                for key in ("train_accuracy", "val_accuracy"):
+                    if key not in record:
+                        raise Invalid(f"{json_path((*where, 'epochs', j, key))}: missing; expected an accuracy "
+                                      "between 0 and 1 (absent only from the epoch the run diverged in on)")
+            if "diverged" not in run and "test_accuracy" not in run:
+                raise Invalid(f"{json_path((*where, 'test_accuracy'))}: missing; expected an accuracy between "
+                              "0 and 1 (or the run's `diverged`)")
 
 
 def json_path(path) -> str:

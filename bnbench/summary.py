@@ -8,12 +8,24 @@ from bnbench.table import format_table
 HEADERS = ("variant", "seeds", "train acc", "val acc", "test acc", "epoch s (median)", "vs floor", "compile s")
 
 
+def accuracy_cell(summary: dict | None) -> str:
+    """Mean ± CI half-width, or "diverged" where every seed did."""
+    return format_ci(summary) if summary is not None else "diverged"
+
+
+def seeds_cell(s: dict) -> str:
+    """The seeds, and how many of them diverged (their accuracies are left out of the means)."""
+    diverged = s.get("diverged_seeds", 0)
+    return f"{s['seeds']} ({diverged} diverged)" if diverged else str(s["seeds"])
+
+
 def summary_rows(report: dict) -> list[list]:
     rows = []
     for name, s in report["summary"].items():
         ratio = (s.get("floor") or {}).get("median_ratio")  # no floor, or one that could not be timed
-        rows.append([name, s["seeds"], format_ci(s["train_accuracy"]), format_ci(s["val_accuracy"]),
-                     format_ci(s["test_accuracy"]), f"{s['median_epoch_time_s']:.3f}",
+        rows.append([name, seeds_cell(s), *[accuracy_cell(s[k]) for k in ("train_accuracy", "val_accuracy",
+                                                                          "test_accuracy")],
+                     f"{s['median_epoch_time_s']:.3f}",
                      f"{ratio:.2f}x" if ratio is not None else "-", f"{s['compile_time_s']:.2f}"])
     return rows
 

@@ -49,6 +49,30 @@ class Protocol:
 
 
 @flax.struct.dataclass
+class Hyperparams:
+    """The numbers a run may have of its own, as data: runs that differ only in these (seeds, a
+    learning-rate or momentum sweep) train together in one compiled program. Each is an array with
+    one entry per run; ``bn_momentum_complement`` is 1 - bn_momentum taken in double precision on
+    the host (see ``norms.moving_average``)."""
+
+    learning_rate: jax.Array
+    bn_momentum: jax.Array
+    bn_momentum_complement: jax.Array
+
+    @classmethod
+    def of(cls, learning_rates: Sequence[float], bn_momenta: Sequence[float]) -> "Hyperparams":
+        as_f32 = functools.partial(np.asarray, dtype=np.float32)
+        return cls(learning_rate=as_f32(learning_rates), bn_momentum=as_f32(bn_momenta),
+                   bn_momentum_complement=as_f32([1 - float(m) for m in bn_momenta]))
+
+    def apply(self, model: nn.Module) -> tuple[nn.Module, optax.GradientTransformation]:
+        """One run's model and optimizer with these values (scalars, inside the mapped program)."""
+        if hasattr(model, "bn_momentum"):
+            model = model.clone(bn_momentum=(self.bn_momentum, self.bn_momentum_complement))
+        return model, optax.sgd(self.learning_rate)  # Keras SGD: momentum 0, no Nesterov
+
+
+@flax.struct.dataclass
 class TrainState:
     """Everything that changes during training; passed into each step and returned from it."""
 
@@ -147,35 +171,59 @@ def evaluate(model: nn.Module, state: TrainState, images: jax.Array, labels: jax
 
 
 def train_epoch(model, tx, batch_size: int, state: TrainState, key: jax.Array,
-                images: jax.Array, labels: jax.Array, unroll: int = 1) -> tuple[TrainState, dict]:
+                images: jax.Array, labels: jax.Array, unroll: int = 1, eval_every: int | None = None,
+                val: tuple[jax.Array, jax.Array] | None = None) -> tuple[TrainState, dict]:
     """One pass over a reshuffled training set: full batches under one ``lax.scan``, then the last,
     partial batch (if any) as its own step. No padding, so no padded row reaches BN's statistics, and
-    both shapes are compiled once into the same program."""
+    both shapes are compiled once into the same program.
+
+    ``first_nonfinite``: the update (counted from the start of training) whose batch loss was first
+    NaN or infinite, or -1. With ``eval_every``, validation (``val``) is also evaluated after every
+    ``eval_every``-th update of the epoch, inside the program: the scan runs in chunks of that many
+    updates, each followed by an evaluation (``evals``: their losses and accuracies)."""
     n, image_shape = labels.shape[0], images.shape[1:]
     images = images.reshape(n, -1)  # rows of pixels: a simpler, faster gather per batch
     order = jax.random.permutation(key, n)
     full_batches = n // batch_size
 
     def body(carry, batch):
-        state, loss_sum, correct = carry
+        state, loss_sum, correct, first_nonfinite = carry
         batch_images = images[batch].reshape(batch.shape[0], *image_shape)
+        step = state.step
         state, (batch_loss, batch_correct) = train_step(model, tx, state, batch_images, labels[batch])
-        return (state, loss_sum + batch_loss, correct + batch_correct), None
+        first_nonfinite = jnp.where((first_nonfinite < 0) & ~jnp.isfinite(batch_loss), step + 1, first_nonfinite)
+        return (state, loss_sum + batch_loss, correct + batch_correct, first_nonfinite), None
 
-    carry = (state, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32))
-    carry, _ = jax.lax.scan(body, carry, order[:full_batches * batch_size].reshape(full_batches, batch_size),
-                            unroll=unroll)
+    carry = (state, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32), jnp.full((), -1, jnp.int32))
+    batches = order[:full_batches * batch_size].reshape(full_batches, batch_size)
+    evals = None
+    chunks = full_batches // eval_every if eval_every else 0
+    if chunks:
+
+        def chunk(carry, chunk_batches):
+            carry, _ = jax.lax.scan(body, carry, chunk_batches, unroll=unroll)
+            return carry, evaluate(model, carry[0], *val)
+
+        carry, evals = jax.lax.scan(chunk, carry, batches[:chunks * eval_every].reshape(chunks, eval_every, -1))
+        batches = batches[chunks * eval_every:]
+    carry, _ = jax.lax.scan(body, carry, batches, unroll=unroll)
     if n % batch_size:
         carry, _ = body(carry, order[full_batches * batch_size:])
-    state, loss_sum, correct = carry
+    state, loss_sum, correct, first_nonfinite = carry
     # Keras reports the epoch's running means, weighted by batch size.
-    return state, {"train_loss": loss_sum / n, "train_accuracy": correct / n}
+    metrics = {"train_loss": loss_sum / n, "train_accuracy": correct / n, "first_nonfinite": first_nonfinite}
+    if evals is not None:
+        metrics["evals"] = evals
+    return state, metrics
 
 
-def epoch(model, tx, batch_size: int, state: TrainState, key: jax.Array,
-          train_images, train_labels, val_images, val_labels, unroll: int = 1) -> tuple[TrainState, dict]:
-    """An epoch as Keras' ``fit`` runs it: the updates, then validation."""
-    state, metrics = train_epoch(model, tx, batch_size, state, key, train_images, train_labels, unroll)
+def epoch(model, batch_size: int, state: TrainState, key: jax.Array, hyperparams: Hyperparams,
+          train_images, train_labels, val_images, val_labels, unroll: int = 1,
+          eval_every: int | None = None) -> tuple[TrainState, dict]:
+    """An epoch as Keras' ``fit`` runs it: the updates, then validation; one run's ``hyperparams``."""
+    model, tx = hyperparams.apply(model)
+    state, metrics = train_epoch(model, tx, batch_size, state, key, train_images, train_labels, unroll,
+                                 eval_every, (val_images, val_labels))
     val = evaluate(model, state, val_images, val_labels)
     return state, {**metrics, "val_loss": val["loss"], "val_accuracy": val["accuracy"]}
 
@@ -244,11 +292,11 @@ class Trainer:
     """
 
     def __init__(self, model: nn.Module, protocol: Protocol, data: DeviceData, num_seeds: int,
-                 unroll: int = 1, devices=None):
+                 unroll: int = 1, devices=None, eval_every: int | None = None):
         if num_seeds < 1:
             raise BnbenchError("at least one seed is needed")
         self.model, self.protocol, self.num_seeds = model, protocol, num_seeds
-        self.unroll = unroll
+        self.unroll, self.eval_every = unroll, eval_every
         self.mesh = device_lib.seed_mesh(num_seeds, devices)
         self.seed_devices = self.mesh.size if self.mesh is not None else 1
         self.sequential = device_lib.seeds_one_after_another(self.mesh)
@@ -266,8 +314,8 @@ class Trainer:
             self._init = jax.jit(seeded(functools.partial(create_train_state, model, tx, image_shape=image_shape),
                                         (0,)))
         self.epoch_program = jax.jit(
-            seeded(functools.partial(epoch, model, tx, protocol.batch_size, unroll=unroll),
-                   (0, 0, None, None, None, None)),
+            seeded(functools.partial(epoch, model, protocol.batch_size, unroll=unroll, eval_every=eval_every),
+                   (0, 0, 0, None, None, None, None)),
             donate_argnums=0)
         self._evaluate_program = jax.jit(seeded(functools.partial(evaluate, model), (0, None, None)))
         self._epoch = self._evaluate = None  # compiled on first use, then reused by every fit
@@ -276,20 +324,34 @@ class Trainer:
     def init(self, init_keys: jax.Array) -> TrainState:
         return self._init(init_keys)
 
-    def start(self, seeds: Sequence[int]) -> tuple[TrainState, jax.Array]:
+    def hyperparams(self, learning_rates: Sequence[float] | None = None,
+                    bn_momenta: Sequence[float] | None = None) -> Hyperparams:
+        """Each run's hyperparameters, placed as the runs are; by default the protocol's learning
+        rate and the model's momentum for every run."""
+        n = self.num_seeds
+        default_momentum = getattr(self.model, "bn_momentum", 0.99)
+        hyper = Hyperparams.of(learning_rates if learning_rates is not None else [self.protocol.learning_rate] * n,
+                               bn_momenta if bn_momenta is not None else [default_momentum] * n)
+        if hyper.learning_rate.shape != (n,) or hyper.bn_momentum.shape != (n,):
+            raise BnbenchError(f"the trainer was built for {n} runs: give one learning rate and momentum per run")
+        return hyper
+
+    def start(self, seeds: Sequence[int], hyperparams: Hyperparams | None = None
+              ) -> tuple[TrainState, jax.Array, Hyperparams]:
         """Initial state for ``seeds`` and their shuffle roots, with the programs compiled."""
+        hyperparams = hyperparams if hyperparams is not None else self.hyperparams()
         init_keys, shuffle_roots = seed_keys(seeds)
         state = self.init(init_keys)
-        self.compile(state, epoch_keys(shuffle_roots, 0))
-        return state, shuffle_roots
+        self.compile(state, epoch_keys(shuffle_roots, 0), hyperparams)
+        return state, shuffle_roots, hyperparams
 
-    def compile(self, state: TrainState, epoch_keys: jax.Array) -> None:
+    def compile(self, state: TrainState, epoch_keys: jax.Array, hyperparams: Hyperparams) -> None:
         """Compiles the epoch and evaluation programs ahead of time, once: their time is
         compile_time_s, and later calls (another fit, another start) reuse them."""
         if self._epoch is not None:
             return
         start = time.perf_counter()
-        self._epoch = self.epoch_program.lower(state, epoch_keys, *self._train_val()).compile()
+        self._epoch = self.epoch_program.lower(state, epoch_keys, hyperparams, *self._train_val()).compile()
         self._evaluate = self._evaluate_program.lower(
             state, self.data.test_images, self.data.test_labels).compile()
         self.compile_time_s = time.perf_counter() - start
@@ -298,17 +360,19 @@ class Trainer:
         """Abstract arguments of ``epoch_program`` (shapes and dtypes), for tracing it."""
         keys = jax.ShapeDtypeStruct((self.num_seeds, 2), jnp.uint32)
         state = jax.eval_shape(self._init, keys)
-        return (state, keys, *self._train_val())
+        return (state, keys, self.hyperparams(), *self._train_val())
 
     def _train_val(self):
         d = self.data
         return d.train_images, d.train_labels, d.val_images, d.val_labels
 
-    def run_epoch(self, state: TrainState, epoch_keys: jax.Array) -> tuple[TrainState, dict, float]:
-        """One compiled epoch for all seeds; returns the new state, the metrics and its wall time."""
-        self.compile(state, epoch_keys)  # a no-op once compiled; never inside the timed epoch
+    def run_epoch(self, state: TrainState, epoch_keys: jax.Array, hyperparams: Hyperparams | None = None
+                  ) -> tuple[TrainState, dict, float]:
+        """One compiled epoch for all runs; returns the new state, the metrics and its wall time."""
+        hyperparams = hyperparams if hyperparams is not None else self.hyperparams()
+        self.compile(state, epoch_keys, hyperparams)  # a no-op once compiled; never inside the timed epoch
         start = time.perf_counter()
-        state, metrics = jax.block_until_ready(self._epoch(state, epoch_keys, *self._train_val()))
+        state, metrics = jax.block_until_ready(self._epoch(state, epoch_keys, hyperparams, *self._train_val()))
         return state, metrics, time.perf_counter() - start
 
     def test(self, state: TrainState) -> dict:
@@ -321,15 +385,17 @@ def epoch_keys(shuffle_roots: jax.Array, epoch_index: int) -> jax.Array:
 
 
 def fit(trainer: Trainer, seeds: Sequence[int],
-        on_epoch: Callable[[int, dict, float], None] | None = None) -> dict:
-    """Trains ``trainer``'s model once per seed, all seeds together. Returns per-epoch metrics
-    (arrays over seeds), the epoch times shared by the seeds, test metrics, compile time and state."""
+        on_epoch: Callable[[int, dict, float], None] | None = None, hyperparams: Hyperparams | None = None) -> dict:
+    """Trains ``trainer``'s model once per run, all runs together; run i has seed ``seeds[i]``
+    (several runs may share a seed: a sweep gives each configuration the same seeds) and, if given,
+    its own ``hyperparams``. Returns per-epoch metrics (arrays over runs), the epoch times shared by
+    the runs, test metrics, compile time and state."""
     if len(seeds) != trainer.num_seeds:
         raise BnbenchError(f"the trainer was built for {trainer.num_seeds} seeds, got {len(seeds)}")
-    state, shuffle_roots = trainer.start(seeds)
+    state, shuffle_roots, hyperparams = trainer.start(seeds, hyperparams)
     history, epoch_times = [], []
     for i in range(trainer.protocol.epochs):
-        state, metrics, seconds = trainer.run_epoch(state, epoch_keys(shuffle_roots, i))
+        state, metrics, seconds = trainer.run_epoch(state, epoch_keys(shuffle_roots, i), hyperparams)
         metrics = jax.tree.map(np.asarray, metrics)
         history.append(metrics)
         epoch_times.append(seconds)

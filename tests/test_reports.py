@@ -285,9 +285,25 @@ def test_committed_reports_compare_in_one_table(capsys):
 
 
 def test_time_to_target_counts_updates_and_time():
-    epochs = [{"epoch": 1, "val_accuracy": 0.5, "time_s": 1.0}, {"epoch": 2, "val_accuracy": 0.9, "time_s": 2.0}]
-    assert runner.time_to_target(epochs, 0.8, 10) == {"epoch": 2, "time_s": 3.0, "updates": 20}
-    assert runner.time_to_target(epochs, 0.95, 10) is None
+    run = {"epochs": [{"epoch": 1, "val_accuracy": 0.5, "time_s": 1.0}, {"epoch": 2, "val_accuracy": 0.9, "time_s": 2.0}]}
+    assert runner.time_to_target(run, 0.8, 10) == {"epoch": 2, "time_s": 3.0, "updates": 20}
+    assert runner.time_to_target(run, 0.95, 10) is None
+
+
+def test_time_to_target_at_the_grain_of_evaluations_inside_the_epoch():
+    """Evaluations every 4 updates of 10-update epochs: the target is met at update 14, 40% into
+    the second epoch's 2 seconds."""
+    run = {"epochs": [{"epoch": 1, "val_accuracy": 0.5, "time_s": 1.0}, {"epoch": 2, "val_accuracy": 0.9, "time_s": 2.0}],
+           "evals": [{"update": 4, "val_accuracy": 0.1}, {"update": 8, "val_accuracy": 0.2},
+                     {"update": 14, "val_accuracy": 0.85}, {"update": 18, "val_accuracy": 0.7}]}
+    assert runner.time_to_target(run, 0.8, 10) == {"epoch": 2, "time_s": 1.8, "updates": 14}
+    assert runner.time_to_target(run, 0.4, 10) == {"epoch": 1, "time_s": 1.0, "updates": 10}
+
+
+def test_a_diverged_run_stops_counting_towards_the_target():
+    run = {"epochs": [{"epoch": 1, "val_accuracy": 0.5, "time_s": 1.0}, {"epoch": 2, "time_s": 2.0}],
+           "diverged": {"epoch": 2, "update": 13}}
+    assert runner.time_to_target(run, 0.8, 10) is None
 
 
 def test_merging_a_runs_two_files_keeps_figures_only_the_pytest_file_holds(tmp_path, capsys):

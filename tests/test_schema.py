@@ -84,7 +84,7 @@ def drop(*keys):
 
 @pytest.mark.parametrize("edit, message", [
     (edit_summary("seed_bn", "val_accuracy", 0.86),
-     "summary.seed_bn.val_accuracy: expected an accuracy over seeds {mean, std, ci95, n}, got 0.86"),
+     "summary.seed_bn.val_accuracy: expected an accuracy over seeds {mean, std, ci95, n} or null, got 0.86"),
     (drop("summary", "seed_bn", "val_accuracy", "ci95"),
      "summary.seed_bn.val_accuracy.ci95: missing; expected a 95% interval [low, high] or null"),
     (drop("summary", "seed_bn", "step_time_s", "iqr"),
@@ -93,7 +93,8 @@ def drop(*keys):
     (lambda r: r["summary"]["seed_bn"]["step_time_s"].update(median=0),
      "summary.seed_bn.step_time_s.median: expected a time in seconds from 1e-09 to 1e+09, got 0"),
     (lambda r: r["runs"][0]["epochs"].pop(), "runs[0].epochs: expected 2 epoch records (protocol.epochs), got 1"),
-    (lambda r: r.update(kind="bnbench.sweep"), "kind \"bnbench.sweep\" is not one this bnbench reads (bnbench.run)"),
+    (lambda r: r.update(kind="bnbench.study"), "kind \"bnbench.study\" is not one this bnbench reads (bnbench.run, bnbench.sweep)"),
+    (lambda r: r.update(kind="bnbench.sweep"), "sweep: missing; expected the sweep's grid {variants, learning_rate, ...}"),
     (lambda r: r.update(schema_version=99), "schema_version 99, newer than this bnbench reads (1): upgrade bnbench"),
 ])
 def test_a_report_that_fails_its_schema_is_one_line_naming_the_field(tmp_path, capsys, edit, message):

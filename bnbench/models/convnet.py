@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from bnbench.models.mlp import glorot_uniform
-from bnbench.models.norms import CENTERING, check_common, make_norm, positive_widths, require
+from bnbench.models.norms import KERAS_BN_MOMENTUM, CENTERING, check_common, make_norm, positive_widths, require
 
 
 class Conv(nn.Module):
@@ -54,6 +54,7 @@ class ConvNet(nn.Module):
     num_classes: int = 10
     norm: str | None = None
     groups: int = 4
+    bn_momentum: float = KERAS_BN_MOMENTUM
     eval_batch_size: int | None = None
     im2col: bool = True
 
@@ -75,7 +76,7 @@ class ConvNet(nn.Module):
                 x = nn.Conv(width, (3, 3), padding="SAME", kernel_init=glorot_uniform, use_bias=use_bias)(x)
             if self.norm is not None:
                 x = make_norm(self.norm, train, x, self.groups, f"convolution {i + 1}",
-                              reduction_axes=(-3, -2, -1))(x)
+                              reduction_axes=(-3, -2, -1), momentum=self.bn_momentum)(x)
             x = nn.relu(x)
             x = nn.max_pool(x, (2, 2), strides=(2, 2))
         x = x.reshape((x.shape[0], -1))

@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from bnbench.models.norms import CENTERING, check_common, make_norm, positive_widths, require
+from bnbench.models.norms import KERAS_BN_MOMENTUM, CENTERING, check_common, make_norm, positive_widths, require
 
 KERAS_LEAKY_RELU_SLOPE = 0.3  # Flax: 0.01
 glorot_uniform = nn.initializers.glorot_uniform()  # Keras Dense default; Flax's is lecun_normal
@@ -33,7 +33,8 @@ class MLP(nn.Module):
     ``norm``: None, or a name of ``norms.NORMS``, placed ``after_activation`` (the notebook: Dense,
     activation, norm) or ``before_activation`` (the BN paper: Dense without bias, norm, activation).
     ``norm_inputs``: the notebook's BN model also normalizes the raw pixels. ``groups``: GroupNorm's
-    group count, which must divide every normalized width. ``eval_batch_size``: evaluate in batches
+    group count, which must divide every normalized width. ``bn_momentum``: of BatchNorm's and Batch
+Renorm's moving statistics. ``eval_batch_size``: evaluate in batches
     of this size with each batch's own statistics instead of the moving averages (None: the moving
     averages, as Keras).
     """
@@ -46,6 +47,7 @@ class MLP(nn.Module):
     placement: str = "after_activation"
     norm_inputs: bool = False
     groups: int = 4
+    bn_momentum: float = KERAS_BN_MOMENTUM
     eval_batch_size: int | None = None
 
     def check_fields(self) -> None:
@@ -60,7 +62,7 @@ class MLP(nn.Module):
         self.check_fields()
 
         def normalized(x, where):
-            return make_norm(self.norm, train, x, self.groups, where)(x)
+            return make_norm(self.norm, train, x, self.groups, where, momentum=self.bn_momentum)(x)
 
         activation = ACTIVATIONS[self.activation]
         before = self.norm is not None and self.placement == "before_activation"

@@ -140,6 +140,15 @@ def _updates_statistics(module: nn.Module) -> bool:
     return not module.is_initializing() and module.is_mutable_collection("batch_stats")
 
 
+def moving_average(momentum, moving: jax.Array, batch: jax.Array) -> jax.Array:
+    """``momentum * moving + (1 - momentum) * batch``. ``momentum`` is a number or, where it is
+    data (one per run of a sweep), the pair (momentum, 1 - momentum) with the complement taken in
+    double precision on the host, as Python takes ``1 - 0.99``: so a run whose momentum is data
+    computes what a run whose momentum is a constant does, to the bit."""
+    keep, new = momentum if isinstance(momentum, tuple) else (momentum, 1 - momentum)
+    return keep * moving + new * batch
+
+
 def _batch_norm_variables(module: nn.Module, features: int):
     """The scale, bias and moving mean that BatchNorm and Batch Renorm share, named as flax's."""
     return (module.param("scale", nn.initializers.ones, (features,), jnp.float32),
@@ -162,8 +171,8 @@ class BatchNorm(nn.Module):
             return (x - moving_mean.value) * jax.lax.rsqrt(moving_var.value + self.epsilon) * scale + bias
         y, mean, var = batch_norm_train(x, scale, bias, self.epsilon, _all_but_last(x))
         if _updates_statistics(self):
-            moving_mean.value = self.momentum * moving_mean.value + (1 - self.momentum) * mean
-            moving_var.value = self.momentum * moving_var.value + (1 - self.momentum) * var
+            moving_mean.value = moving_average(self.momentum, moving_mean.value, mean)
+            moving_var.value = moving_average(self.momentum, moving_var.value, var)
         return y
 
 
@@ -215,8 +224,8 @@ class BatchRenorm(nn.Module):
         r = jax.lax.stop_gradient(jnp.clip(std / moving_std.value, 1.0 / r_max, r_max))
         d = jax.lax.stop_gradient(jnp.clip((mean - moving_mean.value) / moving_std.value, -d_max, d_max))
         if _updates_statistics(self):
-            moving_mean.value = self.momentum * moving_mean.value + (1 - self.momentum) * mean
-            moving_std.value = self.momentum * moving_std.value + (1 - self.momentum) * std
+            moving_mean.value = moving_average(self.momentum, moving_mean.value, mean)
+            moving_std.value = moving_average(self.momentum, moving_std.value, std)
             steps.value = steps.value + 1
         return (normalized * r + d) * scale + bias
 
@@ -239,13 +248,16 @@ def require(condition: bool, message: str) -> None:
 
 
 def check_common(model) -> None:
-    """The fields every model family has: the normalization, its groups, the classes, the
-    evaluation batch."""
+    """The fields every model family has: the normalization, its groups and momentum, the classes,
+    the evaluation batch."""
     require(model.norm is None or model.norm in NORMS,
             f"norm={model.norm!r}: choose one of {', '.join(NORMS)}, or None for no normalization")
     require(isinstance(model.groups, int) and model.groups >= 1, f"groups={model.groups!r}: must be 1 or more")
     require(isinstance(model.num_classes, int) and model.num_classes >= 2,
             f"num_classes={model.num_classes!r}: must be 2 or more")
+    momentum = model.bn_momentum
+    require(isinstance(momentum, tuple) or (isinstance(momentum, (int, float)) and 0 <= momentum < 1),
+            f"bn_momentum={momentum!r}: must be a number from 0 to below 1")
     require(model.eval_batch_size is None or (isinstance(model.eval_batch_size, int) and model.eval_batch_size >= 1),
             f"eval_batch_size={model.eval_batch_size!r}: must be 1 or more, or None for the moving averages")
 
@@ -257,20 +269,22 @@ def positive_widths(name: str, widths) -> None:
 
 NORMS = ("batch_norm", "batch_renorm", "layer_norm", "group_norm", "rms_norm")
 CENTERING = {"batch_norm", "batch_renorm", "layer_norm", "group_norm"}  # a bias before them is redundant
+MOVING_STATISTICS = {"batch_norm", "batch_renorm"}  # the layers whose bn_momentum matters
 
 
 def make_norm(kind: str, train: bool, x: jax.Array, groups: int, where: str,
-              reduction_axes: Sequence[int] | None = None) -> nn.Module:
+              reduction_axes: Sequence[int] | None = None, momentum=KERAS_BN_MOMENTUM) -> nn.Module:
     """The normalization ``kind`` for input ``x``, its statistics per example over ``reduction_axes``
     (LayerNorm; the last axis by default) or over the batch (BatchNorm, Batch Renorm).
 
     BatchNorm's placement and axes are the model's; everything else is Keras' defaults: epsilon
-    1e-3 and two-pass variance for every layer that has a variance, momentum 0.99.
+    1e-3 and two-pass variance for every layer that has a variance; ``momentum`` (Keras' 0.99) for the
+    moving statistics of BatchNorm and Batch Renorm (see ``moving_average``).
     """
     if kind == "batch_norm":
-        return BatchNorm(use_running_average=not train)
+        return BatchNorm(use_running_average=not train, momentum=momentum)
     if kind == "batch_renorm":
-        return BatchRenorm(use_running_average=not train)
+        return BatchRenorm(use_running_average=not train, momentum=momentum)
     if kind == "layer_norm":
         return LayerNorm(reduction_axes=tuple(reduction_axes or (-1,)))
     if kind == "group_norm":

@@ -1,0 +1,201 @@
+"""Sweeps: variants trained over a grid of learning rates, batch sizes and BN momenta, for each seed.
+
+Configurations that differ only in numbers (learning rate, momentum) train together with the seeds
+in one compiled program (``runner.run_variant(configs=...)``); each batch size is a program of its
+own. The report is written again, atomically, after each program finishes, so that an interrupted
+sweep keeps every finished program, and ``--resume`` runs only what the report lacks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import math
+from typing import Callable, Sequence
+
+from bnbench import runner, train
+from bnbench.data import Dataset
+from bnbench.errors import BnbenchError
+from bnbench.models.norms import KERAS_BN_MOMENTUM, MOVING_STATISTICS
+from bnbench.schema import SCHEMA_VERSION, SWEEP_KIND
+from bnbench.variants import Variant
+
+BUDGETS = ("epochs", "updates")
+LR_SCALINGS = ("none", "linear")
+
+
+def parse_grid(text: str, option: str, kind: type = float) -> list:
+    """``1e-3,1e-2,0.1`` as a list of numbers; one line naming the bad item otherwise."""
+    items = text.split(",")
+    values = []
+    for item in items:
+        item = item.strip()
+        if not item:
+            raise BnbenchError(f"{option} {text!r}: an empty item; give numbers separated by commas, as in "
+                               f"{option} {'1e-3,1e-2,0.1' if kind is float else '16,32,64'}")
+        try:
+            value = kind(item)
+        except ValueError:
+            raise BnbenchError(f"{option} {text!r}: {item!r} is not a {'number' if kind is float else 'whole number'}"
+                               ) from None
+        if isinstance(value, float) and not math.isfinite(value):
+            raise BnbenchError(f"{option} {text!r}: {item!r} is not a finite number")
+        values.append(value)
+    if len(set(values)) != len(values):
+        raise BnbenchError(f"{option} {text!r}: a value is repeated; give each once")
+    return values
+
+
+@dataclasses.dataclass(frozen=True)
+class Grid:
+    """What a sweep trains: every variant at every combination of the grid's values, for each seed."""
+
+    variants: tuple[str, ...]
+    learning_rates: tuple[float, ...]
+    batch_sizes: tuple[int, ...]
+    bn_momenta: tuple[float, ...]
+    epochs: int
+    seeds: tuple[int, ...]
+    budget: str = "epochs"  # hold epochs fixed, or the number of updates (to the nearest whole epoch)
+    lr_scaling: str = "none"  # or "linear": the learning rate times batch_size / reference_batch_size
+    reference_batch_size: int = 32
+    eval_every: int | None = None
+
+    def check(self, train_examples: int | None = None) -> None:
+        """One line for the first value out of its range; batch sizes against the training set
+        once it is known."""
+        for lr in self.learning_rates:
+            if not lr > 0:
+                raise BnbenchError(f"--learning-rate: {lr:g} is not a learning rate; every rate must be above 0")
+        for b in self.batch_sizes:
+            if b < 1:
+                raise BnbenchError(f"--batch-size: {b} is not a batch size; choose sizes of 1 or more")
+            if train_examples is not None and b > train_examples:
+                raise BnbenchError(f"--batch-size: {b} is not a batch size for {train_examples} training examples; "
+                                   f"choose sizes from 1 to {train_examples}")
+        for m in self.bn_momenta:
+            if not 0 <= m < 1:
+                raise BnbenchError(f"--bn-momentum: {m:g} is not a momentum; choose values from 0 to below 1")
+        if self.budget not in BUDGETS:
+            raise BnbenchError(f"--budget {self.budget!r}: choose one of {', '.join(BUDGETS)}")
+        if self.lr_scaling not in LR_SCALINGS:
+            raise BnbenchError(f"--lr-scaling {self.lr_scaling!r}: choose one of {', '.join(LR_SCALINGS)}")
+
+    def record(self) -> dict:
+        """The grid as the report stores it; ``--resume`` refuses a report whose grid differs."""
+        return {"variants": list(self.variants), "learning_rate": list(self.learning_rates),
+                "batch_size": list(self.batch_sizes), "bn_momentum": list(self.bn_momenta), "epochs": self.epochs,
+                "seeds": list(self.seeds), "budget": self.budget, "lr_scaling": self.lr_scaling,
+                "reference_batch_size": self.reference_batch_size, "eval_every": self.eval_every}
+
+    def epochs_for(self, batch_size: int, train_examples: int) -> int:
+        """Epochs at ``batch_size``: the grid's, or with an updates budget as many as give the updates
+        of ``epochs`` at the reference batch size, to the nearest whole epoch (at least one)."""
+        if self.budget == "epochs":
+            return self.epochs
+        updates = self.epochs * -(-train_examples // self.reference_batch_size)
+        return max(1, round(updates / -(-train_examples // batch_size)))
+
+    def learning_rate_for(self, learning_rate: float, batch_size: int) -> float:
+        if self.lr_scaling == "linear":
+            return learning_rate * batch_size / self.reference_batch_size
+        return learning_rate
+
+
+def uses_momentum(variant: Variant) -> bool:
+    return getattr(variant.model, "norm", None) in MOVING_STATISTICS
+
+
+@dataclasses.dataclass(frozen=True)
+class Program:
+    """One compiled program of a sweep: a variant at one batch size, with its configurations."""
+
+    variant: Variant
+    protocol: train.Protocol
+    configs: tuple[dict, ...]
+
+
+def programs(grid: Grid, chosen: Sequence[Variant], train_examples: int) -> list[Program]:
+    """The sweep's programs in order: per variant, per batch size, every learning rate and momentum."""
+    out = []
+    for variant in chosen:
+        if len(grid.bn_momenta) > 1 and not uses_momentum(variant):
+            raise BnbenchError(f"--bn-momentum: {variant.name} has no moving statistics to sweep the momentum of; "
+                               "sweep it over variants with BatchNorm or Batch Renorm")
+        momenta = grid.bn_momenta if uses_momentum(variant) else (getattr(variant.model, "bn_momentum",
+                                                                          KERAS_BN_MOMENTUM),)
+        for b in grid.batch_sizes:
+            epochs = grid.epochs_for(b, train_examples)
+            protocol = train.Protocol(epochs=epochs, batch_size=b, learning_rate=grid.learning_rates[0])
+            configs = tuple({"learning_rate": grid.learning_rate_for(lr, b), "base_learning_rate": lr,
+                             "batch_size": b, "bn_momentum": float(m), "epochs": epochs,
+                             "updates_per_epoch": protocol.updates_per_epoch(train_examples)}
+                            for lr in grid.learning_rates for m in momenta)
+            out.append(Program(variant, protocol, configs))
+    return out
+
+
+def label(variant: str, config: dict, grid: Grid) -> str:
+    """A summary entry's name: the variant and the values the grid varies (the learning rate always)."""
+    parts = [f"lr={config['base_learning_rate']:g}"]
+    if len(grid.batch_sizes) > 1:
+        parts.append(f"bs={config['batch_size']}")
+    if len(grid.bn_momenta) > 1:
+        parts.append(f"m={config['bn_momentum']:g}")
+    return f"{variant} {' '.join(parts)}"
+
+
+def sweep_protocol(dataset: Dataset, grid: Grid) -> dict:
+    """What every configuration shares; each run's ``config`` holds the rest."""
+    return {**dataset.describe(), "optimizer": "sgd", "momentum": 0.0, "seeds": list(grid.seeds)}
+
+
+def make_sweep_report(dataset: Dataset, grid: Grid, runs: list[dict], summary: dict, command: str | None,
+                      run_id: str, created: str) -> dict:
+    from bnbench.environment import environment
+
+    return {"schema_version": SCHEMA_VERSION, "kind": SWEEP_KIND, "run_id": run_id, "created": created,
+            "command": command, "environment": environment(), "protocol": sweep_protocol(dataset, grid),
+            "sweep": grid.record(), "runs": runs, "summary": summary}
+
+
+def check_resumable(previous: dict, dataset: Dataset, grid: Grid) -> None:
+    """A report can be resumed only by the sweep that wrote it: the same grid, data and seeds."""
+    if previous.get("kind") != SWEEP_KIND:
+        raise BnbenchError("--resume: the report at --out is not a sweep report; name a new --out")
+    if previous["sweep"] != grid.record():
+        differ = [k for k, v in grid.record().items() if previous["sweep"].get(k) != v]
+        raise BnbenchError(f"--resume: the report at --out was made with other arguments ({', '.join(differ)} "
+                           "differ); rerun with its arguments, or name a new --out")
+    mine = sweep_protocol(dataset, grid)
+    differ = [k for k in ("dataset", "order", "train_examples", "validation_examples", "test_examples")
+              if previous["protocol"].get(k) != mine.get(k)]
+    if differ:
+        raise BnbenchError(f"--resume: the report at --out was trained on other data ({', '.join(differ)} differ); "
+                           "use its --dataset and --data-dir, or name a new --out")
+
+
+def run_sweep(grid: Grid, chosen: Sequence[Variant], dataset: Dataset, data: train.DeviceData,
+              write: Callable[[dict], None], previous: dict | None = None, command: str | None = None,
+              target: float | None = None, on_program: Callable[[Program, int, int], None] | None = None) -> dict:
+    """Trains every program the report lacks, writing the report after each; returns the report."""
+    train_examples = len(dataset.train_labels)
+    runs = list(previous["runs"]) if previous else []
+    summary = dict(previous["summary"]) if previous else {}
+    run_id = previous["run_id"] if previous else runner.new_run_id()
+    created = previous["created"] if previous else datetime.datetime.now(datetime.timezone.utc).isoformat(
+        timespec="seconds")
+    todo = [p for p in programs(grid, chosen, train_examples)
+            if any(label(p.variant.name, c, grid) not in summary for c in p.configs)]
+    for i, program in enumerate(todo):
+        if on_program is not None:
+            on_program(program, i, len(todo))
+        result = runner.run_variant(program.variant, program.protocol, data, list(grid.seeds), target=target,
+                                    configs=program.configs, eval_every=grid.eval_every)
+        names = [label(program.variant.name, c, grid) for c in program.configs]
+        runs = [r for r in runs if not (r["variant"] == program.variant.name and r.get("config") in program.configs)]
+        runs += result["runs"]
+        for name, config, entry in zip(names, program.configs, result["summaries"]):
+            summary[name] = {"variant": program.variant.name, "config": config, **entry}
+        write(make_sweep_report(dataset, grid, list(runs), dict(summary), command, run_id, created))
+    return make_sweep_report(dataset, grid, runs, summary, command, run_id, created)
