@@ -44,53 +44,43 @@ def test_accuracy(benchmark, bnbench_session, variant_name):
         "protocol": runner.protocol_record(s.dataset, s.protocol, s.seeds)})
 
 
-def test_seed_scaling(benchmark, bnbench_session, variant_name):
-    """An epoch of --scaling-seeds seeds trained together against an epoch of one seed.
+def _alternating(benchmark, session, variant_name: str, tag: str, base, timed, info) -> None:
+    """Each round trains one epoch of ``base`` (pytest-benchmark's untimed setup) and then one of
+    ``timed`` (the benchmark's time), so that both see the same machine load; ``info`` turns the
+    two programs' times into the figures the report keeps under ``tag``."""
+    for program in (base, timed):
+        program()  # the first epoch pays for page faults
+        program.times.clear()
+    benchmark.group = tag.replace("_", " ")
+    benchmark.extra_info.update({"bnbench": tag, "variant": variant_name})
+    benchmark.pedantic(timed, setup=base, rounds=session.scaling_rounds, iterations=1)
+    if benchmark.disabled:
+        return
+    figures = info(base, timed)
+    benchmark.extra_info.update(figures)
+    session.summary_extras[variant_name][tag] = figures
 
-    Each round trains one epoch of the single seed (pytest-benchmark's untimed setup) and then one
-    of the K seeds (the benchmark's time), so that both see the same machine load.
-    """
+
+def test_seed_scaling(benchmark, bnbench_session, variant_name):
+    """An epoch of --scaling-seeds seeds trained together against an epoch of one seed."""
     s = bnbench_session
     if not s.scaling_seeds:
         pytest.skip("opt in with --scaling-seeds K (for instance 8)")
     variant = variants.get(variant_name)
-    one_seed = bench.EpochProgram(variant, s.protocol, s.data, 1)
-    seeds = bench.EpochProgram(variant, s.protocol, s.data, s.scaling_seeds)
-    for program in (one_seed, seeds):
-        program()  # the first epoch pays for page faults
-        program.times.clear()
-    benchmark.group = "seed scaling"
-    benchmark.extra_info.update({"bnbench": "seed_scaling", "variant": variant_name})
-    benchmark.pedantic(seeds, setup=one_seed, rounds=s.scaling_rounds, iterations=1)
-    if benchmark.disabled:
-        return
-    info = bench.seed_scaling_info(one_seed, seeds)
-    benchmark.extra_info.update(info)
-    s.summary_extras[variant_name]["seed_scaling"] = info
+    _alternating(benchmark, s, variant_name, "seed_scaling", bench.EpochProgram(variant, s.protocol, s.data, 1),
+                 bench.EpochProgram(variant, s.protocol, s.data, s.scaling_seeds), bench.seed_scaling_info)
 
 
 def test_sweep_cost(benchmark, bnbench_session, variant_name):
     """An epoch of a sweep's program, N learning rates of one seed, against an epoch of N seeds at one
-    rate (``bnbench run --seeds N``), timed in alternation: what a configuration costs next to a seed."""
+    rate (``bnbench run --seeds N``): what a configuration costs next to a seed."""
     s = bnbench_session
     if not s.sweep_configs:
         pytest.skip("opt in with --sweep-configs N (for instance 6)")
-    variant = variants.get(variant_name)
-    n = s.sweep_configs
-    seeds = bench.EpochProgram(variant, s.protocol, s.data, n)
-    configs = bench.EpochProgram(variant, s.protocol, s.data, n,
-                                 learning_rates=[float(lr) for lr in np.geomspace(1e-3, 3e-2, n)])
-    for program in (seeds, configs):
-        program()  # the first epoch pays for page faults
-        program.times.clear()
-    benchmark.group = "sweep cost"
-    benchmark.extra_info.update({"bnbench": "sweep_cost", "variant": variant_name})
-    benchmark.pedantic(configs, setup=seeds, rounds=s.scaling_rounds, iterations=1)
-    if benchmark.disabled:
-        return
-    info = bench.sweep_cost_info(seeds, configs)
-    benchmark.extra_info.update(info)
-    s.summary_extras[variant_name]["sweep_cost"] = info
+    variant, n = variants.get(variant_name), s.sweep_configs
+    rates = [float(lr) for lr in np.geomspace(1e-3, 3e-2, n)]
+    _alternating(benchmark, s, variant_name, "sweep_cost", bench.EpochProgram(variant, s.protocol, s.data, n),
+                 bench.EpochProgram(variant, s.protocol, s.data, n, learning_rates=rates), bench.sweep_cost_info)
 
 
 SCALING = [("seed_plain", 32), ("seed_plain", 64), ("seed_plain_deep", 32)]

@@ -227,6 +227,11 @@ def _gate_time(g: Gate, name: str, kind: str, b: dict | None, o: dict | None, ot
 def _gate_accuracies(g: Gate, name: str, b: dict, o: dict, other: dict) -> str | None:
     """An accuracy regresses when its mean is below the lower end of the baseline's 95% CI."""
     keys = [key for key in ACCURACIES if b.get(key)]
+    diverged = o.get("diverged_seeds", 0)
+    if diverged > b.get("diverged_seeds", 0):  # a run that diverges where the baseline's did not
+        g.regressions.append(f"{name}: {diverged} of {o['seeds']} seeds diverged in {other['path']} "
+                             f"(the baseline: {b.get('diverged_seeds', 0)})")
+        keys = [key for key in keys if o.get(key)]  # what all seeds diverging left absent is counted above
     missing = [key for key in keys if not o.get(key)]
     if missing:
         g.not_compared.append(f"{name}: {', '.join(missing)}: the baseline has them, {other['path']} has none")

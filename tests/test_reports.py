@@ -70,6 +70,42 @@ def test_fail_on_regression_gates_on_accuracy_below_the_interval(report_file, tm
     assert "seed_bn: val_accuracy" in capsys.readouterr().out
 
 
+def diverged(report, variant="seed_bn"):
+    """``variant`` as if every seed's loss had turned NaN in its second epoch."""
+    for run in report["runs"]:
+        if run["variant"] == variant:
+            run["diverged"] = {"epoch": 2, "update": 2}
+            run.pop("test_accuracy"), run.pop("test_loss")
+            run["epochs"][1] = {"epoch": 2, "time_s": run["epochs"][1]["time_s"]}
+    summary = report["summary"][variant]
+    for key in ("train_accuracy", "val_accuracy", "test_accuracy", "train_loss", "val_loss", "test_loss"):
+        summary[key] = None
+    summary["diverged_seeds"] = summary["seeds"]
+
+
+def test_a_variant_that_diverged_in_the_later_report_fails_the_gate_as_a_regression(report_file, tmp_path, capsys):
+    other = edited(tmp_path, report_file, "diverged.json", diverged)
+    assert cli.main(["compare", str(report_file), str(other), "--fail-on-regression", "50"]) == 1
+    out = capsys.readouterr().out
+    assert "regression: seed_bn: 3 of 3 seeds diverged in" in out
+    assert "seed_bn (3/3 diverged)" in out and "diverged" in out.split("seed_bn (3/3 diverged)")[1].splitlines()[0]
+
+
+def test_a_diverged_run_that_keeps_its_metrics_or_loses_them_too_early_is_refused(report_file, tmp_path, capsys):
+    def early(report):
+        diverged(report)
+        report["runs"][-1]["epochs"][0].pop("val_accuracy")  # before the epoch it diverged in
+    bad = edited(tmp_path, report_file, "early.json", early)
+    assert cli.main(["compare", str(bad)]) == 2
+    assert "runs[5].epochs[0].val_accuracy: missing; expected an accuracy" in capsys.readouterr().err
+    def finished_without_test(report):
+        report["runs"][0].pop("test_accuracy")
+    bad = edited(tmp_path, report_file, "untested.json", finished_without_test)
+    assert cli.main(["compare", str(bad)]) == 2
+    assert "runs[0].test_accuracy: missing; expected an accuracy between 0 and 1 (or the run's `diverged`)" in \
+        capsys.readouterr().err
+
+
 # A. Step times are compared only with their own kind.
 
 def without_lone_step(report):
