@@ -231,9 +231,11 @@ def markdown(loaded: list[dict], baselines=(), extra: list[str] = ()) -> str:
     for members in groups.values():
         sections += [f"## {protocol_title(members[0]['protocol'])}", "",
                      compare_loaded(members, markdown=True, standalone=False, baselines=baselines)[0], ""]
-    sections += [*(f"- {line}" for line in KEY.splitlines()), "", "## Plots", "",
-                 "![validation accuracy per epoch](val_accuracy.png)", "",
-                 "![time per training update, by kind](step_time.png)", "", *extra]
+    sections += [*(f"- {line}" for line in KEY.splitlines()), ""]
+    if any("sweep" not in r for r in loaded):  # a sweep's plots are its study's
+        sections += ["## Plots", "", "![validation accuracy per epoch](val_accuracy.png)", "",
+                     "![time per training update, by kind](step_time.png)", ""]
+    sections += extra
     return "\n".join(sections)
 
 
@@ -246,9 +248,12 @@ def write_citable(paths: list[str], out: str | Path, baselines=()) -> list[Path]
         extra, studied = study(loaded, out)
         text = markdown(loaded, baselines, extra)
         atomic_write(readme, lambda f: f.write(text))
-        _plot_curves(loaded, out / "val_accuracy.png")
-        _plot_step_times(loaded, out / "step_time.png")
+        plots = []
+        if any("sweep" not in r for r in loaded):
+            plots = [out / "val_accuracy.png", out / "step_time.png"]
+            _plot_curves(loaded, plots[0])
+            _plot_step_times(loaded, plots[1])
     except OSError as e:  # a read-only folder, or a folder where a file should go
         raise reports.ReportError(f"cannot write the report into {out} ({e.strerror or e}: "
                                   f"{e.filename or out}): choose a writable --out folder") from None
-    return [readme, out / "val_accuracy.png", out / "step_time.png", *studied]
+    return [readme, *plots, *studied]

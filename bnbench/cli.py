@@ -120,12 +120,13 @@ def cmd_sweep(args) -> int:
         variants=tuple(args.variant or variants.NOTEBOOK_VARIANTS),
         learning_rates=tuple(sweep.parse_grid(args.learning_rate, "--learning-rate")),
         batch_sizes=tuple(sweep.parse_grid(args.batch_size, "--batch-size", int)),
-        bn_momenta=tuple(sweep.parse_grid(args.bn_momentum, "--bn-momentum")),
+        bn_momenta=tuple(sweep.parse_grid(args.bn_momentum, "--bn-momentum")) if args.bn_momentum else (),
         epochs=args.epochs, seeds=tuple(range(args.seed, args.seed + args.seeds)), budget=args.budget,
-        lr_scaling=args.lr_scaling, reference_batch_size=args.reference_batch_size, eval_every=args.eval_every)
+        lr_scaling=args.lr_scaling, reference_batch_size=args.reference_batch_size, eval_every=args.eval_every,
+        target=args.target)
     grid.check()  # now, and the batch sizes against the training set once the data is loaded
     chosen = [variants.get(name) for name in grid.variants]
-    runs_per_program = len(grid.learning_rates) * len(grid.bn_momenta) * len(grid.seeds)
+    runs_per_program = len(grid.learning_rates) * max(1, len(grid.bn_momenta)) * len(grid.seeds)
     cpu_devices = args.cpu_devices or devices.cpu_devices_for([runs_per_program, len(grid.seeds) * len(grid.learning_rates)])
     if cpu_devices > 1:
         devices.expose_cpu_devices(cpu_devices)
@@ -157,8 +158,7 @@ def cmd_sweep(args) -> int:
     from bnbench.summary import summary_table
 
     report = sweep.run_sweep(grid, chosen, dataset, device_data, write, previous=previous,
-                             command=shlex.join(["bnbench", *sys.argv[1:]]), target=args.target,
-                             on_program=on_program)
+                             command=shlex.join(["bnbench", *sys.argv[1:]]), on_program=on_program)
     print(summary_table(report))
     print(f"report written to {out}", file=sys.stderr)
     return 0
@@ -229,9 +229,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="SGD learning rates, comma-separated (default 1e-3); trained together in one program")
     sweep.add_argument("--batch-size", default="32", metavar="B,B,...",
                        help="batch sizes, comma-separated (default 32); one program each")
-    sweep.add_argument("--bn-momentum", default="0.99", metavar="M,M,...",
-                       help="momenta of BatchNorm's moving statistics, comma-separated (default Keras' 0.99); "
-                            "trained together in one program")
+    sweep.add_argument("--bn-momentum", default=None, metavar="M,M,...",
+                       help="momenta of BatchNorm's moving statistics, comma-separated, trained together in one "
+                            "program (default: each variant's own, Keras' 0.99 unless its bn_momentum field says "
+                            "otherwise)")
     sweep.add_argument("--budget", choices=("epochs", "updates"), default="epochs",
                        help="what a batch-size sweep holds fixed: the epochs (default), or the updates of --epochs "
                             "at --reference-batch-size (to the nearest whole epoch)")

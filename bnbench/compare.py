@@ -33,12 +33,18 @@ def differences(base: dict, other: dict) -> list[str]:
     """Protocol fields that differ between two loaded reports (fields one of them lacks are skipped:
     pytest-benchmark's JSON without its accuracy benchmark records no protocol)."""
     a, b = base["protocol"], other["protocol"]
-    return [f"{key} {a[key]} vs {b[key]}" for key in PROTOCOL_KEYS if key in a and key in b and a[key] != b[key]]
+    if ("sweep" in base) != ("sweep" in other):
+        return ["a sweep against a run's report (compare sweeps with sweeps)"]
+    grids = [f"sweep {key} {base['sweep'].get(key)} vs {other['sweep'].get(key)}" for key in
+             dict.fromkeys([*base.get("sweep", {}), *other.get("sweep", {})])
+             if key not in ("variants", "target") and base["sweep"].get(key) != other["sweep"].get(key)]
+    return grids + [f"{key} {a[key]} vs {b[key]}" for key in PROTOCOL_KEYS if key in a and key in b and a[key] != b[key]]
 
 
 def protocol_key(report: dict) -> tuple:
-    """The values of PROTOCOL_KEYS: reports with equal keys are comparable."""
-    return tuple(json.dumps(report["protocol"].get(key)) for key in PROTOCOL_KEYS)
+    """The values of PROTOCOL_KEYS (and a sweep's grid): reports with equal keys are comparable."""
+    grid = {k: v for k, v in report.get("sweep", {}).items() if k not in ("variants", "target")}
+    return (*(json.dumps(report["protocol"].get(key)) for key in PROTOCOL_KEYS), json.dumps(grid, sort_keys=True))
 
 
 def check_comparable(loaded: list[dict]) -> None:
@@ -57,11 +63,16 @@ def _seeds(n: int) -> str:
     return f"{n} seed{'s' * (n != 1)}"
 
 
+def _runs(n: int) -> str:
+    """Runs sharing an epoch: a run's seeds, or a sweep's configurations x seeds."""
+    return f"{n} run{'s' * (n != 1)} together" if n > 1 else "1 run"
+
+
 def _time_cells(kind: str, figure: dict | None, base: dict | None) -> list[str]:
     """A time and its ratio to the baseline's time of the same kind (and, inside epochs, seeds)."""
     if figure is None:
         return ["-", "-"]
-    text = _ms(figure) + (f", {_seeds(figure['seeds'])}" if kind == "epoch_per_update" else "")
+    text = _ms(figure) + (f", {_runs(figure['seeds'])}" if kind == "epoch_per_update" else "")
     same = base is not None and reports.same_layout(base, figure)
     return [text, f"{figure['median'] / base['median']:.2f}x" if same else "-"]
 

@@ -102,13 +102,20 @@ def run_record(variant: str, seed: int, index: int, result: dict, floor_times: d
     or infinite is ``diverged`` at that epoch and update; from that epoch on its records keep only
     their times, and it has no test metrics: absent, not NaN."""
     epochs, evals, diverged = [], [], None
-    for i, (metrics, seconds) in enumerate(zip(result["history"], result["epoch_times"])):
+    history = result["history"]
+    test_finite = bool(np.isfinite(result["test"]["loss"][index]))
+    for i, (metrics, seconds) in enumerate(zip(history, result["epoch_times"])):
         record = {"epoch": i + 1, "time_s": seconds}
         if i + 1 in floor_times:
             record["floor_time_s"] = floor_times[i + 1]
         first_nonfinite = int(metrics["first_nonfinite"][index])
         if diverged is None and first_nonfinite >= 0:
             diverged = {"epoch": i + 1, "update": first_nonfinite}
+        # An epoch's last update can make the weights NaN after a finite batch loss: then only the
+        # validation (or, at the end, the test) loss shows it, and that update is where it happened.
+        last = i + 1 == len(history)
+        if diverged is None and not (np.isfinite(metrics["val_loss"][index]) and (test_finite or not last)):
+            diverged = {"epoch": i + 1, "update": (i + 1) * updates_per_epoch}
         if diverged is None:
             record.update({k: float(metrics[k][index]) for k in METRICS})
             if "evals" in metrics:

@@ -137,8 +137,10 @@ DEFS = {
     },
     "config": {
         "description": "a sweep's configuration {learning_rate, batch_size, bn_momentum, epochs, ...}",
-        "type": "object", "required": ["learning_rate", "batch_size", "bn_momentum", "epochs"],
+        "type": "object", "required": ["learning_rate", "base_learning_rate", "batch_size", "bn_momentum", "epochs",
+                                       "updates_per_epoch"],
         "properties": {"learning_rate": {**_NUMBER, "exclusiveMinimum": 0, "description": "a number > 0"},
+                       "base_learning_rate": {**_NUMBER, "exclusiveMinimum": 0, "description": "a number > 0"},
                        "batch_size": _COUNT, "epochs": _COUNT, "updates_per_epoch": _COUNT,
                        "bn_momentum": {**_NUMBER, "minimum": 0, "exclusiveMaximum": 1,
                                        "description": "a number from 0 to below 1"}},
@@ -238,8 +240,23 @@ SWEEP_SCHEMA = {
                     "and configuration, each with its variant and config",
                     "additionalProperties": {"allOf": [_ref("variant_summary"), {"required": ["variant", "config"]}]}},
         "sweep": {"type": "object", "description": "the sweep's grid {variants, learning_rate, ...}",
-                  "required": ["variants", "learning_rate", "batch_size", "bn_momentum", "epochs", "budget",
-                               "lr_scaling"]},
+                  "required": ["variants", "learning_rate", "batch_size", "bn_momentum", "epochs", "seeds", "budget",
+                               "lr_scaling", "reference_batch_size"],
+                  "properties": {
+                      "variants": {"type": "array", "items": _STRING, "minItems": 1, "description": "a list of names"},
+                      "learning_rate": {"type": "array", "minItems": 1, "description": "a list of numbers > 0",
+                                        "items": {**_NUMBER, "exclusiveMinimum": 0, "description": "a number > 0"}},
+                      "batch_size": {"type": "array", "items": _COUNT, "minItems": 1,
+                                     "description": "a list of whole numbers >= 1"},
+                      "bn_momentum": {"type": "array", "description": "a list of momenta from 0 to below 1",
+                                      "items": {**_NUMBER, "minimum": 0, "exclusiveMaximum": 1,
+                                                "description": "a number from 0 to below 1"}},
+                      "epochs": _COUNT, "reference_batch_size": _COUNT, "eval_every": _nullable(_COUNT),
+                      "seeds": {"type": "array", "items": {"type": "integer", "description": "a whole number"},
+                                "minItems": 1, "description": "a list of seeds"},
+                      "budget": {"enum": ["epochs", "updates"], "description": "epochs or updates"},
+                      "lr_scaling": {"enum": ["none", "linear"], "description": "none or linear"},
+                      "target": _nullable(_FRACTION)}},
     },
 }
 
@@ -399,6 +416,9 @@ def _check_epochs(raw: dict, kind: str) -> None:
                     if key not in record:
                         raise Invalid(f"{json_path((*where, 'epochs', j, key))}: missing; expected an accuracy "
                                       "between 0 and 1 (absent only from the epoch the run diverged in on)")
+            if "diverged" in run and "test_accuracy" in run:
+                raise Invalid(f"{json_path((*where, 'test_accuracy'))}: a diverged run has no test accuracy "
+                              "(remove it, or the run's `diverged`)")
             if "diverged" not in run and "test_accuracy" not in run:
                 raise Invalid(f"{json_path((*where, 'test_accuracy'))}: missing; expected an accuracy between "
                               "0 and 1 (or the run's `diverged`)")

@@ -126,7 +126,8 @@ def _curve(run: dict, updates_per_epoch: int) -> tuple[list[int], list[float]]:
 
 def plot_curves(plt, report: dict, path: Path, save) -> None:
     """Validation accuracy against updates, one panel per variant, one line per configuration:
-    mean over seeds, band min to max; a diverged seed's curve ends where it diverged."""
+    mean over the seeds that did not diverge, band min to max (configurations where every seed
+    diverged have no line; the accuracy plots mark them)."""
     by_variant: dict[str, list[tuple[str, dict]]] = {}
     for name, entry in report["variants"].items():
         if "config" in entry:
@@ -136,7 +137,7 @@ def plot_curves(plt, report: dict, path: Path, save) -> None:
         cmap = plt.get_cmap("viridis")
         for i, (name, entry) in enumerate(entries):
             upe = entry["config"]["updates_per_epoch"]
-            curves = [_curve(run, upe) for run in entry["runs"]]
+            curves = [_curve(run, upe) for run in entry["runs"] if "diverged" not in run]
             length = min(len(c[0]) for c in curves) if curves else 0
             if not length:
                 continue
@@ -185,10 +186,12 @@ def grid_text(report: dict) -> str:
               f"updates fixed at those of {g['epochs']} epochs at batch {g['reference_batch_size']} (whole epochs)")
     scaling = (f"learning rate scaled linearly with the batch size from batch {g['reference_batch_size']}"
                if g["lr_scaling"] == "linear" else "the same learning rate at every batch size")
-    every = f", validation every {g['eval_every']} updates" if g.get("eval_every") else ""
+    every = f", validation also every {g['eval_every']} updates of each epoch" if g.get("eval_every") else ""
+    own = "each variant's own"
     return (f"{', '.join(g['variants'])}; learning rates {', '.join(f'{v:g}' for v in g['learning_rate'])}; "
             f"batch sizes {', '.join(map(str, g['batch_size']))}; BN momenta "
-            f"{', '.join(f'{v:g}' for v in g['bn_momentum'])}; {g['epochs']} epochs, {len(g['seeds'])} seeds "
+            f"{', '.join(f'{v:g}' for v in g['bn_momentum']) or own}; {g['epochs']} epochs, "
+            f"{len(g['seeds'])} seeds "
             f"({', '.join(map(str, g['seeds']))}); budget: {budget}; {scaling}{every}")
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import math
+
+import numpy as np
 from typing import Callable, Sequence
 
 from bnbench import runner, train
@@ -60,13 +62,20 @@ class Grid:
     lr_scaling: str = "none"  # or "linear": the learning rate times batch_size / reference_batch_size
     reference_batch_size: int = 32
     eval_every: int | None = None
+    target: float | None = None  # the validation accuracy whose time and updates to reach are reported
 
     def check(self, train_examples: int | None = None) -> None:
         """One line for the first value out of its range; batch sizes against the training set
         once it is known."""
+        repeated = sorted({v for v in self.variants if self.variants.count(v) > 1})
+        if repeated:
+            raise BnbenchError(f"--variant {repeated[0]} is given twice: name each variant once")
         for lr in self.learning_rates:
             if not lr > 0:
                 raise BnbenchError(f"--learning-rate: {lr:g} is not a learning rate; every rate must be above 0")
+            if not np.float32(lr) > 0 or not np.isfinite(np.float32(lr)):
+                raise BnbenchError(f"--learning-rate: {lr:g} is not a float32 number (training computes in float32); "
+                                   "choose rates from 1e-30 to 1e30")
         for b in self.batch_sizes:
             if b < 1:
                 raise BnbenchError(f"--batch-size: {b} is not a batch size; choose sizes of 1 or more")
@@ -78,6 +87,12 @@ class Grid:
                 raise BnbenchError(f"--bn-momentum: {m:g} is not a momentum; choose values from 0 to below 1")
         if self.budget not in BUDGETS:
             raise BnbenchError(f"--budget {self.budget!r}: choose one of {', '.join(BUDGETS)}")
+        if self.eval_every is not None and train_examples is not None:
+            fewest = min(-(-train_examples // b) for b in self.batch_sizes)
+            if self.eval_every >= fewest:
+                raise BnbenchError(f"--eval-every {self.eval_every}: an epoch has only {fewest} updates at batch "
+                                   f"{max(self.batch_sizes)}, and evaluations are every N updates of each epoch; "
+                                   f"choose N below {fewest}")
         if self.lr_scaling not in LR_SCALINGS:
             raise BnbenchError(f"--lr-scaling {self.lr_scaling!r}: choose one of {', '.join(LR_SCALINGS)}")
 
@@ -86,7 +101,8 @@ class Grid:
         return {"variants": list(self.variants), "learning_rate": list(self.learning_rates),
                 "batch_size": list(self.batch_sizes), "bn_momentum": list(self.bn_momenta), "epochs": self.epochs,
                 "seeds": list(self.seeds), "budget": self.budget, "lr_scaling": self.lr_scaling,
-                "reference_batch_size": self.reference_batch_size, "eval_every": self.eval_every}
+                "reference_batch_size": self.reference_batch_size, "eval_every": self.eval_every,
+                "target": self.target}
 
     def epochs_for(self, batch_size: int, train_examples: int) -> int:
         """Epochs at ``batch_size``: the grid's, or with an updates budget as many as give the updates
@@ -94,7 +110,7 @@ class Grid:
         if self.budget == "epochs":
             return self.epochs
         updates = self.epochs * -(-train_examples // self.reference_batch_size)
-        return max(1, round(updates / -(-train_examples // batch_size)))
+        return max(1, math.floor(updates / -(-train_examples // batch_size) + 0.5))  # halves up, not to even
 
     def learning_rate_for(self, learning_rate: float, batch_size: int) -> float:
         if self.lr_scaling == "linear":
@@ -122,8 +138,10 @@ def programs(grid: Grid, chosen: Sequence[Variant], train_examples: int) -> list
         if len(grid.bn_momenta) > 1 and not uses_momentum(variant):
             raise BnbenchError(f"--bn-momentum: {variant.name} has no moving statistics to sweep the momentum of; "
                                "sweep it over variants with BatchNorm or Batch Renorm")
-        momenta = grid.bn_momenta if uses_momentum(variant) else (getattr(variant.model, "bn_momentum",
-                                                                          KERAS_BN_MOMENTUM),)
+        # Without --bn-momentum (or for a variant without moving statistics), the variant's own:
+        # Keras' 0.99 unless its bn_momentum field says otherwise.
+        own = (getattr(variant.model, "bn_momentum", KERAS_BN_MOMENTUM),)
+        momenta = grid.bn_momenta if grid.bn_momenta and uses_momentum(variant) else own
         for b in grid.batch_sizes:
             epochs = grid.epochs_for(b, train_examples)
             protocol = train.Protocol(epochs=epochs, batch_size=b, learning_rate=grid.learning_rates[0])
@@ -135,13 +153,19 @@ def programs(grid: Grid, chosen: Sequence[Variant], train_examples: int) -> list
     return out
 
 
+def number(value: float) -> str:
+    """``0.01``, ``1e-05``: short, unless that would make two different values read the same."""
+    short = f"{value:g}"
+    return short if float(short) == value else repr(value)
+
+
 def label(variant: str, config: dict, grid: Grid) -> str:
     """A summary entry's name: the variant and the values the grid varies (the learning rate always)."""
-    parts = [f"lr={config['base_learning_rate']:g}"]
+    parts = [f"lr={number(config['base_learning_rate'])}"]
     if len(grid.batch_sizes) > 1:
         parts.append(f"bs={config['batch_size']}")
     if len(grid.bn_momenta) > 1:
-        parts.append(f"m={config['bn_momentum']:g}")
+        parts.append(f"m={number(config['bn_momentum'])}")
     return f"{variant} {' '.join(parts)}"
 
 
@@ -177,7 +201,7 @@ def check_resumable(previous: dict, dataset: Dataset, grid: Grid) -> None:
 
 def run_sweep(grid: Grid, chosen: Sequence[Variant], dataset: Dataset, data: train.DeviceData,
               write: Callable[[dict], None], previous: dict | None = None, command: str | None = None,
-              target: float | None = None, on_program: Callable[[Program, int, int], None] | None = None) -> dict:
+              on_program: Callable[[Program, int, int], None] | None = None) -> dict:
     """Trains every program the report lacks, writing the report after each; returns the report."""
     train_examples = len(dataset.train_labels)
     runs = list(previous["runs"]) if previous else []
@@ -190,12 +214,14 @@ def run_sweep(grid: Grid, chosen: Sequence[Variant], dataset: Dataset, data: tra
     for i, program in enumerate(todo):
         if on_program is not None:
             on_program(program, i, len(todo))
-        result = runner.run_variant(program.variant, program.protocol, data, list(grid.seeds), target=target,
+        result = runner.run_variant(program.variant, program.protocol, data, list(grid.seeds), target=grid.target,
                                     configs=program.configs, eval_every=grid.eval_every)
         names = [label(program.variant.name, c, grid) for c in program.configs]
         runs = [r for r in runs if not (r["variant"] == program.variant.name and r.get("config") in program.configs)]
         runs += result["runs"]
         for name, config, entry in zip(names, program.configs, result["summaries"]):
+            if "bn_momentum" in entry["model"]:  # the model as trained: the configuration's momentum
+                entry["model"] = {**entry["model"], "bn_momentum": config["bn_momentum"]}
             summary[name] = {"variant": program.variant.name, "config": config, **entry}
         write(make_sweep_report(dataset, grid, list(runs), dict(summary), command, run_id, created))
     return make_sweep_report(dataset, grid, runs, summary, command, run_id, created)

@@ -27,8 +27,8 @@ def small(tmp_path_factory):
 
 
 def grid(**changes):
-    values = dict(variants=("seed_bn",), learning_rates=(0.01, 0.05), batch_sizes=(32,), bn_momenta=(0.99,),
-                  epochs=2, seeds=(0, 1))
+    values = dict(variants=("seed_bn",), learning_rates=(0.01, 0.05), batch_sizes=(32,), bn_momenta=(),
+                  epochs=2, seeds=(0, 1), target=0.5)
     return sweep.Grid(**{**values, **changes})
 
 
@@ -36,7 +36,7 @@ def sweep_report(small, g, previous=None):
     _, dataset, data = small
     written = []
     report = sweep.run_sweep(g, [variants.get(v) for v in g.variants], dataset, data, written.append,
-                             previous=previous, target=0.5)
+                             previous=previous)
     return report, written
 
 
@@ -133,6 +133,68 @@ def test_batch_size_budgets_and_linear_scaling():
     programs = sweep.programs(g, [variants.get("seed_bn")], 55000)
     assert [(p.protocol.batch_size, p.protocol.epochs, [c["learning_rate"] for c in p.configs])
             for p in programs] == [(16, 5, [0.005, 0.025]), (32, 10, [0.01, 0.05]), (128, 40, [0.04, 0.2])]
+
+
+def test_a_last_update_that_blows_up_the_weights_is_a_divergence_at_that_update():
+    """The batch loss was finite, the update made the weights NaN: only validation shows it."""
+    nan, history = float("nan"), []
+    for val_loss in (0.5, nan):
+        history.append({"first_nonfinite": np.array([-1]), "train_loss": np.array([0.4]),
+                        "train_accuracy": np.array([0.9]), "val_loss": np.array([val_loss]),
+                        "val_accuracy": np.array([0.1 if val_loss != val_loss else 0.9])})
+    result = {"history": history, "epoch_times": [1.0, 1.0], "compile_time_s": 1.0,
+              "test": {"loss": np.array([nan]), "accuracy": np.array([0.1])}}
+    run = runner.run_record("seed_plain", 0, 0, result, {}, 19, None, None)
+    assert run["diverged"] == {"epoch": 2, "update": 38} and "test_accuracy" not in run
+    assert set(run["epochs"][1]) == {"epoch", "time_s"} and run["epochs"][0]["val_loss"] == 0.5
+    history[1]["val_loss"] = np.array([0.5])  # only the test loss, after the very last update
+    run = runner.run_record("seed_plain", 0, 0, result, {}, 19, None, None)
+    assert run["diverged"] == {"epoch": 2, "update": 38}
+
+
+def test_a_variants_own_momentum_is_what_it_trains_with_unless_swept(small):
+    report, _ = sweep_report(small, grid(variants=("seed_bn:bn_momentum=0.9",), learning_rates=(0.01,), bn_momenta=()))
+    assert report["runs"][0]["config"]["bn_momentum"] == 0.9
+    assert same(histories(report, "seed_bn:bn_momentum=0.9"), as_run(small, "seed_bn:bn_momentum=0.9"))
+    swept = sweep.programs(grid(variants=("seed_bn:bn_momentum=0.9",), bn_momenta=(0.5, 0.99)),
+                           [variants.get("seed_bn:bn_momentum=0.9")], 1000)
+    assert [c["bn_momentum"] for c in swept[0].configs] == [0.5, 0.99, 0.5, 0.99]
+
+
+def test_labels_tell_every_configuration_apart():
+    g = grid(learning_rates=(0.01, 0.01000001))
+    configs = sweep.programs(g, [variants.get("seed_bn")], 1000)[0].configs
+    assert [sweep.label("seed_bn", c, g) for c in configs] == ["seed_bn lr=0.01", "seed_bn lr=0.01000001"]
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(variants=("seed_bn", "seed_bn")), "--variant seed_bn is given twice"),
+    (dict(eval_every=19), "--eval-every 19: an epoch has only 19 updates at batch 32"),
+    (dict(learning_rates=(1e-50,)), "--learning-rate: 1e-50 is not a float32 number"),
+])
+def test_grids_that_cannot_mean_what_they_say_are_refused(changes, message):
+    with pytest.raises(BnbenchError, match=re.escape(message)):
+        grid(**changes).check(600)
+
+
+def test_sweeps_compare_only_with_sweeps_of_the_same_grid(small, tmp_path, capsys):
+    from bnbench import cli
+    from bnbench.io import write_json
+
+    report, _ = sweep_report(small, grid(learning_rates=(0.01,), epochs=1))
+    write_json(tmp_path / "a.json", report)
+    write_json(tmp_path / "b.json", {**report, "sweep": {**report["sweep"], "epochs": 2}})
+    assert cli.main(["compare", str(tmp_path / "a.json"), str(tmp_path / "b.json")]) == 2
+    assert "sweep epochs 1 vs 2" in capsys.readouterr().err
+    _, dataset, data = small
+    run = runner.make_report(dataset, train.Protocol(epochs=1), [0, 1],
+                             {"seed_bn": runner.run_variant(variants.get("seed_bn"), train.Protocol(epochs=1),
+                                                            data, [0, 1])})
+    write_json(tmp_path / "run.json", run)
+    assert cli.main(["compare", str(tmp_path / "run.json"), str(tmp_path / "a.json")]) == 2
+    assert "a sweep against a run's report" in capsys.readouterr().err
+    with pytest.raises(BnbenchError, match=r"target differ"):
+        sweep.check_resumable(report, dataset, grid(learning_rates=(0.01,), epochs=1, target=0.7))
 
 
 def test_momentum_sweeps_need_moving_statistics():
