@@ -144,7 +144,7 @@ def test_a_table_shows_each_kind_of_step_time_in_its_own_column(tmp_path, capsys
     assert status == 0 and "one update (median ± IQR)" in header and "per update in epochs (median ± IQR)" in header
     row = next(line for line in out.splitlines() if line.startswith("seed_bn"))
     lone_ms, epoch_ms = 0.01 / 10 * 1.46 * 1e3, 0.01 / 10 * 1e3
-    assert f"{lone_ms:.3f} ±" in row and f"{epoch_ms:.3f} ±" in row and "3 seeds" in row
+    assert f"{lone_ms:.3f} ±" in row and f"{epoch_ms:.3f} ±" in row and "3 runs together" in row
 
 
 # B. The gate fails closed.
