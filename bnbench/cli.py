@@ -281,8 +281,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+GRID_OPTIONS = ("--learning-rate", "--batch-size", "--bn-momentum")
+
+
+def _negative_values_attached(argv: list[str]) -> list[str]:
+    """``--learning-rate -1e-3`` as ``--learning-rate=-1e-3``: argparse takes a value that starts with
+    a dash and is not a plain decimal for an option, and would answer with its usage instead of
+    saying what is wrong with the value."""
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] in GRID_OPTIONS and i + 1 < len(argv) and argv[i + 1].startswith("-") and \
+                argv[i + 1][1:2].replace(".", "").isdigit():
+            out.append(f"{argv[i]}={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_negative_values_attached(sys.argv[1:] if argv is None else argv))
     if getattr(args, "unroll", 0) is None:
         from bnbench.runner import DEFAULT_UNROLL
         args.unroll = DEFAULT_UNROLL

@@ -206,6 +206,7 @@ def test_momentum_sweeps_need_moving_statistics():
     (["--learning-rate", "1e-3,,x"], "--learning-rate '1e-3,,x': an empty item"),
     (["--learning-rate", "1e-3,x"], "--learning-rate '1e-3,x': 'x' is not a number"),
     (["--learning-rate", "-0.1"], "--learning-rate: -0.1 is not a learning rate"),
+    (["--learning-rate", "-1e-3,1e-2"], "--learning-rate: -0.001 is not a learning rate"),
     (["--learning-rate", "0.1,0.1"], "a value is repeated"),
     (["--batch-size", "0"], "--batch-size: 0 is not a batch size; choose sizes of 1 or more"),
     (["--batch-size", "32,301"], "--batch-size: 301 is not a batch size for 300 training examples"),
