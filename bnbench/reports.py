@@ -158,13 +158,18 @@ def _from_pytest_benchmark(raw: dict) -> dict:
         elif tag == "seed_scaling":
             scaling = {key: value for key, value in info.items() if key not in ("bnbench", "variant")}
             found.setdefault(info["variant"], {})["seed_scaling"] = scaling
+        elif tag == "sweep_cost":  # a sweep's epoch against a run's of as many seeds (--sweep-configs)
+            found.setdefault(info["variant"], {})["sweep_cost"] = {
+                key: value for key, value in info.items() if key not in ("bnbench", "variant")}
         elif tag == "accuracy":
             protocol = info["protocol"]
             all_runs += info["runs"]
             found.setdefault(info["variant"], {}).update(summary=info["summary"], runs=info["runs"])
     if not found:
-        raise schema.Invalid("holds no bnbench benchmark results (no step, accuracy or seed_scaling benchmark)")
-    variants = {name: _variant(f.get("summary"), f.get("runs", []), f.get("lone_step"), f.get("seed_scaling"))
+        raise schema.Invalid("holds no bnbench benchmark results (no step, accuracy, seed_scaling or sweep_cost "
+                             "benchmark)")
+    variants = {name: {**_variant(f.get("summary"), f.get("runs", []), f.get("lone_step"), f.get("seed_scaling")),
+                       "sweep_cost": f.get("sweep_cost")}
                 for name, f in found.items()}
     return {"run_id": raw["machine_info"].get("bnbench_run_id"), "fingerprint": _fingerprint(all_runs),
             "environment": raw["machine_info"]["bnbench"], "protocol": protocol, "variants": variants}
