@@ -33,9 +33,8 @@ class ReportError(BnbenchError):
 
 def load(path: str | Path) -> dict:
     path = Path(path)
-    raw = _read_json(path)
+    raw, kind = _read_checked(path)
     try:
-        kind = schema.validate(raw)
         loaded = READERS[kind](raw)
     except schema.Invalid as e:
         raise ReportError(f"{path}: {e}") from None
@@ -44,13 +43,16 @@ def load(path: str | Path) -> dict:
 
 def read_valid(path: str | Path) -> dict:
     """A report as written, checked against its schema (``bnbench sweep --resume`` reads it so)."""
-    path = Path(path)
+    return _read_checked(Path(path))[0]
+
+
+def _read_checked(path: Path) -> tuple:
+    """The parsed file and its kind, checked once against its schema; one line naming the file if not."""
     raw = _read_json(path)
     try:
-        schema.validate(raw)
+        return raw, schema.validate(raw)
     except schema.Invalid as e:
         raise ReportError(f"{path}: {e}") from None
-    return raw
 
 
 def load_all(paths) -> list[dict]:
@@ -155,12 +157,9 @@ def _from_pytest_benchmark(raw: dict) -> dict:
             s = bench["stats"]
             found.setdefault(info["variant"], {})["lone_step"] = {"median": s["median"], "iqr": s["iqr"],
                                                                   "n": s["rounds"]}
-        elif tag == "seed_scaling":
-            scaling = {key: value for key, value in info.items() if key not in ("bnbench", "variant")}
-            found.setdefault(info["variant"], {})["seed_scaling"] = scaling
-        elif tag == "sweep_cost":  # a sweep's epoch against a run's of as many seeds (--sweep-configs)
-            found.setdefault(info["variant"], {})["sweep_cost"] = {
-                key: value for key, value in info.items() if key not in ("bnbench", "variant")}
+        elif tag in ("seed_scaling", "sweep_cost"):  # sweep_cost: --sweep-configs' epochs against --seeds'
+            found.setdefault(info["variant"], {})[tag] = {key: value for key, value in info.items()
+                                                          if key not in ("bnbench", "variant")}
         elif tag == "accuracy":
             protocol = info["protocol"]
             all_runs += info["runs"]
