@@ -16,7 +16,7 @@ import jax
 import pytest
 
 from bnbench import data as data_lib
-from bnbench import environment, runner, train, variants
+from bnbench import devices, distributed, environment, runner, train, variants
 from bnbench.errors import BnbenchError
 from bnbench.io import check_writable, finite, write_json
 
@@ -34,6 +34,22 @@ def pytest_addoption(parser):
     group.addoption("--sweep-configs", type=int, default=0,
                     help="run the sweep-cost benchmark: an epoch of N learning rates of one seed against one "
                          "of N seeds (off by default; about a minute per variant on 2 cores for N=6)")
+    group.addoption("--data-parallel", type=int, default=1, metavar="N",
+                    help="split each batch of the accuracy benchmark over N devices (1); on a CPU, --cpu-devices "
+                         "defaults to at least N")
+    group.addoption("--batch-stats", choices=("sync", "local"), default="sync",
+                    help="with --data-parallel: BatchNorm's statistics over the whole batch (sync) or each device's "
+                         "shard (local)")
+    group.addoption("--scaling-devices", default="", metavar="N,N,...",
+                    help="run the data-parallel scaling benchmark: an epoch's time and examples per second at each "
+                         "device count (for instance 1,2,4), for sync BN, local BN and LayerNorm (off by default)")
+    group.addoption("--coordinator", default=None, metavar="HOST:PORT",
+                    help="one process of several (jax.distributed): process 0's address; with --num-processes and "
+                         "--process-id (under SLURM, found from the job); only process 0 writes reports")
+    group.addoption("--num-processes", type=int, default=None, metavar="P", help="processes in the job")
+    group.addoption("--process-id", type=int, default=None, metavar="I", help="this process's number, 0 to P-1")
+    group.addoption("--peer-timeout", type=int, default=60, metavar="S",
+                    help="seconds to wait for every process to join, and for a silent one (60)")
     group.addoption("--cpu-devices", default="auto",
                     help="on a CPU, spread the seeds over N JAX devices to use all cores (auto: one per "
                          "core, or fewer where the seeds split evenly over fewer); more devices than "
@@ -67,9 +83,27 @@ def variant_names(config) -> list[str]:
     return variants.names(config.getoption("--variants"))
 
 
+# What the scaling benchmark compares: BatchNorm with each kind of statistics, and LayerNorm, which needs none.
+SCALING_CASES = (("seed_bn", "sync"), ("seed_bn", "local"), ("layer_norm", "sync"))
+
+
+def scaling_devices(config) -> list[int]:
+    text = config.getoption("--scaling-devices")
+    try:
+        counts = [int(x) for x in text.split(",")] if text else []
+    except ValueError:
+        raise pytest.UsageError(f"--scaling-devices {text!r}: give device counts separated by commas, as 1,2,4") from None
+    if any(n < 1 for n in counts) or len(set(counts)) != len(counts):
+        raise pytest.UsageError(f"--scaling-devices {text!r}: each count must be 1 or more, and given once")
+    return counts
+
+
 def pytest_generate_tests(metafunc):
     if "variant_name" in metafunc.fixturenames:
         metafunc.parametrize("variant_name", variant_names(metafunc.config))
+    if "scaling_case" in metafunc.fixturenames:
+        cases = [(v, b, n) for v, b in SCALING_CASES for n in scaling_devices(metafunc.config)] or [None]
+        metafunc.parametrize("scaling_case", cases, ids=lambda c: "-".join(map(str, c)) if c else "off")
 
 
 class Session:
@@ -85,6 +119,8 @@ class Session:
         self.scaling_seeds = opt("--scaling-seeds")
         self.sweep_configs = opt("--sweep-configs")
         self.target = opt("--target")
+        self.parallel = devices.DataParallel(opt("--data-parallel"), opt("--batch-stats"))
+        self.main_process = config._bnbench_main_process
         self.floor_every = opt("--floor-every")
         if self.quick:
             from bnbench.synthetic import synthetic_dataset
@@ -102,6 +138,7 @@ class Session:
         self.step_programs: dict[tuple, object] = {}  # compiled steps, shared by the step-time and scaling benchmarks
         # Per variant, what the step and seed-scaling benchmarks add to the report's summary.
         self.summary_extras: dict[str, dict] = collections.defaultdict(dict)
+        self.scaling: list[dict] = []  # the data-parallel scaling benchmark's points
         self.report_path = config._bnbench_report_path
         self.run_id = config._bnbench_run_id
 
@@ -124,7 +161,6 @@ def _report_path(config) -> Path:
 
 
 def pytest_configure(config):
-    from bnbench import devices
     from bnbench.cli import cpu_devices_option
 
     seed_counts = [_at_least(config, "--seeds", 1), _at_least(config, "--scaling-seeds", 0) or 1,
@@ -137,8 +173,18 @@ def pytest_configure(config):
     # No more devices than cores by default: more would slow the one-seed step times, the
     # harness's headline figures (a 2-core CPU split into 8 devices: up to 1.5x per step).
     cpu_devices = cpu_devices or min(devices.cpu_devices_for(seed_counts), devices.usable_cores())
-    if cpu_devices > 1:
-        devices.expose_cpu_devices(cpu_devices)  # before JAX starts its backends
+    # Data-parallel runs need their devices whatever the cores (on a CPU: simulated devices).
+    processes = config.getoption("--num-processes") or 1
+    wanted = max([_at_least(config, "--data-parallel", 1), *scaling_devices(config)])
+    cpu_devices = max(cpu_devices, -(-wanted // processes))
+    try:
+        if cpu_devices > 1:
+            devices.expose_cpu_devices(cpu_devices)  # before JAX starts its backends
+        joined = distributed.initialize(config.getoption("--coordinator"), config.getoption("--num-processes"),
+                                        config.getoption("--process-id"), config.getoption("--peer-timeout"))
+    except BnbenchError as e:
+        raise pytest.UsageError(str(e)) from None
+    config._bnbench_main_process = not joined or distributed.is_main_process()
     config.addinivalue_line("markers", "bnbench: a bnbench benchmark")
     config._bnbench_report_path = _report_path(config)
     config._bnbench_run_id = runner.new_run_id()  # the same in both files this session writes
@@ -169,13 +215,15 @@ def pytest_benchmark_update_json(config, benchmarks, output_json):
 
 def pytest_sessionfinish(session, exitstatus):
     state = getattr(session.config, "_bnbench_session", None)
-    if state is None or not state.results:
+    if state is None or not state.main_process or not state.results:
         return
     report = runner.make_report(state.dataset, state.protocol, state.seeds, state.results,
-                                command="pytest benchmarks/", run_id=state.run_id)
+                                command="pytest benchmarks/", run_id=state.run_id, parallel=state.parallel)
     for name, figures in state.summary_extras.items():
         if name in report["summary"]:
             report["summary"][name].update(figures)
+    if state.scaling:
+        report["data_parallel_scaling"] = state.scaling
     write_json(state.report_path, report)
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None:

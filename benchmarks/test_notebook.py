@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bnbench import bench, runner, variants
+from bnbench import bench, devices, runner, variants
 
 
 def step_program(session, variant_name: str, batch_size: int) -> bench.StepProgram:
@@ -37,11 +37,12 @@ def test_accuracy(benchmark, bnbench_session, variant_name):
     benchmark.group = "training"
     result = benchmark.pedantic(
         runner.run_variant, args=(variants.get(variant_name), s.protocol, s.data, s.seeds),
-        kwargs={"measure_floor": True, "floor_every": s.floor_every, "target": s.target}, rounds=1, iterations=1)
+        kwargs={"measure_floor": True, "floor_every": s.floor_every, "target": s.target, "parallel": s.parallel},
+        rounds=1, iterations=1)
     s.results[variant_name] = result
     benchmark.extra_info.update({
         "bnbench": "accuracy", "variant": variant_name, "summary": result["summary"], "runs": result["runs"],
-        "protocol": runner.protocol_record(s.dataset, s.protocol, s.seeds)})
+        "protocol": runner.protocol_record(s.dataset, s.protocol, s.seeds, s.parallel)})
 
 
 def _alternating(benchmark, session, variant_name: str, tag: str, base, timed, info) -> None:
@@ -81,6 +82,27 @@ def test_sweep_cost(benchmark, bnbench_session, variant_name):
     rates = [float(lr) for lr in np.geomspace(1e-3, 3e-2, n)]
     _alternating(benchmark, s, variant_name, "sweep_cost", bench.EpochProgram(variant, s.protocol, s.data, n),
                  bench.EpochProgram(variant, s.protocol, s.data, n, learning_rates=rates), bench.sweep_cost_info)
+
+
+def test_data_parallel_scaling(benchmark, bnbench_session, scaling_case):
+    """An epoch of one seed with each batch split over N devices (``--scaling-devices``): its time
+    and the examples per second it trains, for sync BN, local BN and LayerNorm."""
+    s = bnbench_session
+    if scaling_case is None:
+        pytest.skip("opt in with --scaling-devices N,N,... (for instance 1,2,4)")
+    variant_name, batch_stats, count = scaling_case
+    program = bench.EpochProgram(variants.get(variant_name), s.protocol, s.data, 1,
+                                 parallel=devices.DataParallel(count, batch_stats))
+    program()  # the first epoch pays for page faults
+    program.times.clear()
+    benchmark.group = "data-parallel scaling"
+    benchmark.extra_info.update({"bnbench": "data_parallel_scaling", "variant": variant_name})
+    benchmark.pedantic(program, rounds=s.scaling_rounds, iterations=1)
+    if benchmark.disabled:
+        return
+    point = {"variant": variant_name, **bench.data_parallel_point(program)}
+    benchmark.extra_info.update(point)
+    s.scaling.append(point)
 
 
 SCALING = [("seed_plain", 32), ("seed_plain", 64), ("seed_plain_deep", 32)]

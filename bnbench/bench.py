@@ -14,6 +14,7 @@ import jax
 import numpy as np
 
 from bnbench import floor, stats, train
+from bnbench.devices import SINGLE_DEVICE, DataParallel
 from bnbench.variants import Variant
 
 FLOOR_REPEATS = 200  # floor steps per timing: long enough to swamp the dispatch of one program
@@ -57,10 +58,10 @@ class EpochProgram:
     laid out over the devices as ``bnbench run`` would; each call trains the next epoch, synchronised."""
 
     def __init__(self, variant: Variant, protocol: train.Protocol, data: train.DeviceData, num_seeds: int,
-                 learning_rates: list[float] | None = None):
+                 learning_rates: list[float] | None = None, parallel: DataParallel = SINGLE_DEVICE):
         """``num_seeds`` seeds at the protocol's learning rate or, with ``learning_rates``, one run of
-        seed 0 per rate: a sweep's program."""
-        self.trainer = train.Trainer(variant.model, protocol, data, num_seeds)
+        seed 0 per rate: a sweep's program; ``parallel``: each batch split over devices."""
+        self.trainer = train.Trainer(variant.model, protocol, data, num_seeds, parallel=parallel)
         seeds = [0] * num_seeds if learning_rates else range(num_seeds)
         self.state, self._shuffle_roots, self.hyperparams = self.trainer.start(
             seeds, self.trainer.hyperparams(learning_rates) if learning_rates else None)
@@ -107,6 +108,18 @@ def sweep_cost_info(seeds: EpochProgram, configs: EpochProgram) -> dict:
     return {"runs": seeds.trainer.num_seeds, "seed_devices": seeds.trainer.seed_devices,
             "seeds_epoch_s": stats.spread(seeds.times), "configs_epoch_s": stats.spread(configs.times),
             "ratio": float(np.median(ratios)), "ratios": ratios}
+
+
+def data_parallel_point(program: EpochProgram) -> dict:
+    """One point of the data-parallel scaling curve: an epoch's time (median and spread of the
+    timed epochs), per update, and the training examples per second it gives."""
+    trainer = program.trainer
+    updates = trainer.protocol.updates_per_epoch(int(trainer.data.train_labels.shape[0]))
+    epoch = stats.spread(program.times)
+    return {"devices": trainer.parallel.devices, "batch_stats": trainer.parallel.batch_stats,
+            "norm": getattr(trainer.model, "norm", None),
+            "batch_size": trainer.protocol.batch_size, "epoch_s": epoch, "update_s": epoch["median"] / updates,
+            "examples_per_s": int(trainer.data.train_labels.shape[0]) / epoch["median"]}
 
 
 def interleaved_times(programs: dict[str, StepProgram], rounds: int) -> dict[str, list[float]]:

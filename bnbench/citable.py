@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bnbench import reports
+from bnbench import reports, scaling
 from bnbench.compare import KEY, check_baselines, compare_loaded, protocol_key
 from bnbench.io import atomic_write, make_folder
 from bnbench.reports import STEP_KINDS
@@ -227,12 +227,13 @@ def markdown(loaded: list[dict], baselines=(), extra: list[str] = ()) -> str:
     sections = ["# bnbench results", "", *_where_they_ran(loaded)]
     groups: dict[tuple, list[dict]] = {}
     for r in loaded:
-        groups.setdefault(protocol_key(r), []).append(r)
+        if r["variants"]:  # not a file of scaling points alone: they have their own section
+            groups.setdefault(protocol_key(r), []).append(r)
     for members in groups.values():
         sections += [f"## {protocol_title(members[0]['protocol'])}", "",
                      compare_loaded(members, markdown=True, standalone=False, baselines=baselines)[0], ""]
     sections += [*(f"- {line}" for line in KEY.splitlines()), ""]
-    if any("sweep" not in r for r in loaded):  # a sweep's plots are its study's
+    if any("sweep" not in r and r["variants"] for r in loaded):  # a sweep's plots are its study's
         sections += ["## Plots", "", "![validation accuracy per epoch](val_accuracy.png)", "",
                      "![time per training update, by kind](step_time.png)", ""]
     sections += extra
@@ -246,14 +247,15 @@ def write_citable(paths: list[str], out: str | Path, baselines=()) -> list[Path]
     readme = out / "README.md"
     try:
         extra, studied = study(loaded, out)
-        text = markdown(loaded, baselines, extra)
+        scaling_text, scaling_plots = scaling.sections(_pyplot(), loaded, out, _save)
+        text = markdown(loaded, baselines, extra + scaling_text)
         atomic_write(readme, lambda f: f.write(text))
         plots = []
-        if any("sweep" not in r for r in loaded):
+        if any("sweep" not in r and r["variants"] for r in loaded):
             plots = [out / "val_accuracy.png", out / "step_time.png"]
             _plot_curves(loaded, plots[0])
             _plot_step_times(loaded, plots[1])
     except OSError as e:  # a read-only folder, or a folder where a file should go
         raise reports.ReportError(f"cannot write the report into {out} ({e.strerror or e}: "
                                   f"{e.filename or out}): choose a writable --out folder") from None
-    return [readme, *plots, *studied]
+    return [readme, *plots, *studied, *scaling_plots]

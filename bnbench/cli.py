@@ -60,16 +60,30 @@ def cmd_variants(args) -> int:
     return 0
 
 
-def cmd_run(args) -> int:
-    from bnbench import devices, variants
+def start_devices(args, run_counts) -> tuple:
+    """The devices, before JAX starts its backends: on a CPU as many JAX devices as the runs (or
+    ``--data-parallel``) want, then this process's place in a job of several, if it is one.
+    Returns the data-parallel layout and whether this process writes (process 0)."""
+    from bnbench import devices, distributed
 
-    cpu_devices = args.cpu_devices or devices.cpu_devices_for([args.seeds])
+    parallel = devices.DataParallel(args.data_parallel, args.batch_stats)
+    processes = args.num_processes or 1
+    cpu_devices = args.cpu_devices or (-(-parallel.devices // processes) if parallel.devices > 1
+                                       else devices.cpu_devices_for(run_counts))
     if cpu_devices > 1:
-        devices.expose_cpu_devices(cpu_devices)  # before JAX starts its backends
+        devices.expose_cpu_devices(cpu_devices)
+    joined = distributed.initialize(args.coordinator, args.num_processes, args.process_id, args.peer_timeout)
+    return parallel, not joined or distributed.is_main_process()
+
+
+def cmd_run(args) -> int:
+    from bnbench import variants
+
+    parallel, main_process = start_devices(args, [args.seeds])
     from bnbench.io import check_writable, write_json
 
     chosen = [variants.get(name) for name in (args.variant or list(variants.NOTEBOOK_VARIANTS))]
-    out = check_writable(args.out) if args.out else None
+    out = check_writable(args.out) if args.out and main_process else None
 
     from tqdm import tqdm
 
@@ -77,12 +91,12 @@ def cmd_run(args) -> int:
     from bnbench.summary import summary_table
 
     protocol = train.Protocol(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate)
-    dataset, device_data = _load_data(args, chosen)
+    dataset, device_data = _load_data(args, chosen, quiet=not main_process)
     seeds = list(range(args.seed, args.seed + args.seeds))
     results = {}
     for variant in chosen:
         with tqdm(total=protocol.epochs, desc=f"{variant.name} ({len(seeds)} seed{'s' * (len(seeds) > 1)})",
-                  unit="epoch", file=sys.stderr, disable=args.quiet) as bar:
+                  unit="epoch", file=sys.stderr, disable=args.quiet or not main_process) as bar:
             def on_epoch(i, metrics, seconds):
                 bar.set_postfix(loss=f"{metrics['train_loss'].mean():.4f}",
                                 acc=f"{metrics['train_accuracy'].mean():.4f}",
@@ -91,8 +105,11 @@ def cmd_run(args) -> int:
 
             results[variant.name] = runner.run_variant(
                 variant, protocol, device_data, seeds, measure_floor=args.floor, unroll=args.unroll,
-                target=args.target, on_epoch=on_epoch)
-    report = runner.make_report(dataset, protocol, seeds, results, command=shlex.join(["bnbench", *sys.argv[1:]]))
+                target=args.target, on_epoch=on_epoch, parallel=parallel)
+    if not main_process:
+        return 0
+    report = runner.make_report(dataset, protocol, seeds, results, command=shlex.join(["bnbench", *sys.argv[1:]]),
+                                parallel=parallel)
     print(summary_table(report))
     if out is not None:
         write_json(out, report)
@@ -100,21 +117,22 @@ def cmd_run(args) -> int:
     return 0
 
 
-def _load_data(args, chosen):
+def _load_data(args, chosen, quiet: bool = False):
     """The dataset, checked against every chosen variant before any training, and on the device."""
     from bnbench import data as data_lib, train
 
     dataset = data_lib.load(args.dataset, args.data_dir, download_url=args.download_url)
     for variant in chosen:  # a model that cannot be built for these images stops here, before any training
         variant.check(dataset.train_images.shape[1:], dataset.num_classes)
-    print(f"{dataset.name} from {dataset.location} ({dataset.source}, {dataset.order} order): "
-          f"{len(dataset.train_labels)} train, {len(dataset.val_labels)} validation, "
-          f"{len(dataset.test_labels)} test", file=sys.stderr)
+    if not quiet:
+        print(f"{dataset.name} from {dataset.location} ({dataset.source}, {dataset.order} order): "
+              f"{len(dataset.train_labels)} train, {len(dataset.val_labels)} validation, "
+              f"{len(dataset.test_labels)} test", file=sys.stderr)
     return dataset, train.DeviceData.from_dataset(dataset)
 
 
 def cmd_sweep(args) -> int:
-    from bnbench import devices, sweep, variants
+    from bnbench import sweep, variants
 
     grid = sweep.Grid(
         variants=tuple(args.variant or variants.NOTEBOOK_VARIANTS),
@@ -127,38 +145,42 @@ def cmd_sweep(args) -> int:
     grid.check()  # now, and the batch sizes against the training set once the data is loaded
     chosen = [variants.get(name) for name in grid.variants]
     runs_per_program = len(grid.learning_rates) * max(1, len(grid.bn_momenta)) * len(grid.seeds)
-    cpu_devices = args.cpu_devices or devices.cpu_devices_for([runs_per_program, len(grid.seeds) * len(grid.learning_rates)])
-    if cpu_devices > 1:
-        devices.expose_cpu_devices(cpu_devices)
+    parallel, main_process = start_devices(args, [runs_per_program, len(grid.seeds) * len(grid.learning_rates)])
     from bnbench import reports
     from bnbench.io import check_writable, write_json
 
-    out = check_writable(args.out)
+    out = check_writable(args.out) if main_process else None
     previous = None
-    if args.resume and out.exists():
+    if main_process and args.resume and out.exists():
         previous = reports.read_valid(out)
-    elif out.exists() and not args.resume:
+    elif main_process and out.exists() and not args.resume:
         raise BnbenchError(f"--out {out} exists: pass --resume to finish that sweep, or name a new file")
-    dataset, device_data = _load_data(args, chosen)
+    if not main_process and args.resume:
+        raise BnbenchError("--resume in a job of several processes: resume with one process, or rerun the sweep")
+    dataset, device_data = _load_data(args, chosen, quiet=not main_process)
     grid.check(train_examples=len(dataset.train_labels))
     if previous is not None:
-        sweep.check_resumable(previous, dataset, grid)
+        sweep.check_resumable(previous, dataset, grid, parallel)
     sweep.programs(grid, chosen, len(dataset.train_labels))  # a grid a variant cannot take fails now
 
     def on_program(program, i, total):
-        if not args.quiet:
+        if not args.quiet and main_process:
             print(f"[{i + 1}/{total}] {program.variant.name}, batch {program.protocol.batch_size}: "
                   f"{len(program.configs)} configuration{'s' * (len(program.configs) > 1)} x "
                   f"{len(grid.seeds)} seed{'s' * (len(grid.seeds) > 1)}, {program.protocol.epochs} epochs",
                   file=sys.stderr)
 
     def write(report):
-        write_json(out, report)
+        if main_process:
+            write_json(out, report)
 
     from bnbench.summary import summary_table
 
     report = sweep.run_sweep(grid, chosen, dataset, device_data, write, previous=previous,
-                             command=shlex.join(["bnbench", *sys.argv[1:]]), on_program=on_program)
+                             command=shlex.join(["bnbench", *sys.argv[1:]]), on_program=on_program,
+                             parallel=parallel)
+    if not main_process:
+        return 0
     print(summary_table(report))
     print(f"report written to {out}", file=sys.stderr)
     return 0
@@ -179,6 +201,26 @@ def cmd_report(args) -> int:
     for path in write_citable(args.reports, args.out, baselines=args.baseline or ()):
         print(path)
     return 0
+
+
+def add_scale_out_options(parser) -> None:
+    """Data-parallel training and several processes: the same options for run and sweep."""
+    group = parser.add_argument_group("data-parallel training (see Scale out in the README)")
+    group.add_argument("--data-parallel", type=_positive_int, default=1, metavar="N",
+                       help="split each batch over N devices, parameters replicated (default 1); on a CPU, "
+                            "--cpu-devices defaults to N (per process: N over --num-processes)")
+    group.add_argument("--batch-stats", choices=("sync", "local"), default="sync",
+                       help="with --data-parallel: BatchNorm's statistics over the whole batch (sync, default: "
+                            "what one device computes) or over each device's shard (local, 'ghost' BatchNorm; "
+                            "moving statistics averaged over the devices)")
+    group.add_argument("--coordinator", metavar="HOST:PORT",
+                       help="one process of several: process 0's address, the same for every process "
+                            "(with --num-processes and --process-id; under SLURM, found from the job)")
+    group.add_argument("--num-processes", type=_positive_int, metavar="P", help="processes in the job")
+    group.add_argument("--process-id", type=int, metavar="I", help="this process's number, 0 to P-1")
+    group.add_argument("--peer-timeout", type=_positive_int, default=60, metavar="S",
+                       help="seconds to wait for every process to join, and for a silent one before the "
+                            "job stops (default 60)")
 
 
 BASELINE_HELP = ("also set every variant of each report against this variant of the same report: difference of "
@@ -218,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="also time each variant's matmul floor after every epoch and report the ratio")
     run.add_argument("--target", type=_fraction, default=0.84,
                      help="validation accuracy whose time to reach is reported (default 0.84)")
+    add_scale_out_options(run)
     run.add_argument("--unroll", type=_positive_int, default=None, help=argparse.SUPPRESS)
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.set_defaults(func=cmd_run)
@@ -258,6 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the report, rewritten as each program finishes")
     sweep.add_argument("--resume", action="store_true",
                        help="finish the sweep whose report is at --out: run only what it lacks (same arguments)")
+    add_scale_out_options(sweep)
     sweep.add_argument("--quiet", action="store_true", help="no progress lines")
     sweep.set_defaults(func=cmd_sweep)
 
@@ -307,15 +351,21 @@ def main(argv: list[str] | None = None) -> int:
         args.unroll = DEFAULT_UNROLL
     try:
         return args.func(args)
-    except BnbenchError as e:
-        print(f"bnbench: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("bnbench: interrupted; reports written before this point are intact", file=sys.stderr)
-        return 130
-    except BrokenPipeError:  # `bnbench variants | head`: the reader left; nothing is wrong
-        sys.stderr.close()
-        return 0
+    except BaseException as e:  # noqa: BLE001 - each kind is answered below, the rest re-raised
+        from bnbench import distributed
+
+        if distributed.joined and not isinstance(e, SystemExit):
+            distributed.stop_after(e)  # one line, and no exit barrier that a lost peer would hang
+        if isinstance(e, BnbenchError):
+            print(f"bnbench: error: {e}", file=sys.stderr)
+            return 2
+        if isinstance(e, KeyboardInterrupt):
+            print("bnbench: interrupted; reports written before this point are intact", file=sys.stderr)
+            return 130
+        if isinstance(e, BrokenPipeError):  # `bnbench variants | head`: the reader left; nothing is wrong
+            sys.stderr.close()
+            return 0
+        raise
 
 
 if __name__ == "__main__":

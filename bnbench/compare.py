@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from bnbench import reports
+from bnbench import reports, scaling
 from bnbench.reports import ACCURACIES, STEP_KINDS
 from bnbench.schema import PROTOCOL_KEYS
 from bnbench.stats import difference, format_ci, format_difference
@@ -38,13 +38,30 @@ def differences(base: dict, other: dict) -> list[str]:
     grids = [f"sweep {key} {base['sweep'].get(key)} vs {other['sweep'].get(key)}" for key in
              dict.fromkeys([*base.get("sweep", {}), *other.get("sweep", {})])
              if key not in ("variants", "target") and base["sweep"].get(key) != other["sweep"].get(key)]
-    return grids + [f"{key} {a[key]} vs {b[key]}" for key in PROTOCOL_KEYS if key in a and key in b and a[key] != b[key]]
+    fields = [f"{key} {a[key]} vs {b[key]}" for key in PROTOCOL_KEYS if key in a and key in b and a[key] != b[key]]
+    return grids + fields + _batch_stats_differ(a, b)
+
+
+def batch_stats(protocol: dict) -> str:
+    """How BatchNorm's statistics were taken: over the whole batch (``sync``; one device's always
+    are), or over each device's shard (``local``)."""
+    return protocol.get("batch_stats", "sync") if protocol.get("data_parallel", 1) > 1 else "sync"
+
+
+def _batch_stats_differ(a: dict, b: dict) -> list[str]:
+    """Batch statistics of the whole batch against each device's shard compute different models
+    (the number of devices alone does not: sync BN on N devices is one device's BatchNorm)."""
+    if "dataset" not in a or "dataset" not in b or batch_stats(a) == batch_stats(b):
+        return []
+    return [f"batch statistics {batch_stats(a)} over {a.get('data_parallel', 1)} device(s) vs "
+            f"{batch_stats(b)} over {b.get('data_parallel', 1)}"]
 
 
 def protocol_key(report: dict) -> tuple:
     """The values of PROTOCOL_KEYS (and a sweep's grid): reports with equal keys are comparable."""
     grid = {k: v for k, v in report.get("sweep", {}).items() if k not in ("variants", "target")}
-    return (*(json.dumps(report["protocol"].get(key)) for key in PROTOCOL_KEYS), json.dumps(grid, sort_keys=True))
+    return (*(json.dumps(report["protocol"].get(key)) for key in PROTOCOL_KEYS), json.dumps(grid, sort_keys=True),
+            batch_stats(report["protocol"]))
 
 
 def check_comparable(loaded: list[dict]) -> None:
@@ -212,8 +229,9 @@ class Gate:
 
 
 def _layout(figure: dict) -> str:
-    devices = figure.get("seed_devices")
-    return _seeds(figure["seeds"]) + (f" over {devices} device{'s' * (devices > 1)}" if devices else "")
+    devices, data = figure.get("seed_devices"), figure.get("data_devices", 1)
+    return (_seeds(figure["seeds"]) + (f" over {devices} device{'s' * (devices > 1)}" if devices else "")
+            + (f", each batch over {data} devices" if data > 1 else ""))
 
 
 def _gate_time(g: Gate, name: str, kind: str, b: dict | None, o: dict | None, other: dict) -> str | None:
@@ -302,10 +320,11 @@ def compare_loaded(loaded: list[dict], markdown: bool = False, fail_on_regressio
     check_comparable(loaded)
     if standalone:
         check_baselines(loaded, baselines)
-    parts = [table(loaded, markdown)]
+    parts = [table(loaded, markdown)] if any(r["variants"] for r in loaded) else []
     parts += [text for text in (across_reports(loaded, markdown), against_baselines(loaded, baselines, markdown))
               if text]
     if standalone:
+        parts += scaling.tables(loaded, markdown)
         parts += [legend(loaded), KEY]
     failed = False
     if fail_on_regression is not None:

@@ -13,6 +13,7 @@ at one device per core, which cost a single seed nothing measurable. GPUs are le
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import jax
@@ -23,6 +24,8 @@ from bnbench.environment import usable_cores
 from bnbench.errors import BnbenchError
 
 SEED_AXIS = "seed"
+DATA_AXIS = "data"
+BATCH_STATS = ("sync", "local")
 _XLA_FLAG = "--xla_force_host_platform_device_count"
 
 
@@ -59,11 +62,65 @@ def seed_shares(num_seeds: int, num_devices: int) -> int:
     return max(d for d in range(1, min(num_devices, num_seeds) + 1) if num_seeds % d == 0)
 
 
-def seed_mesh(num_seeds: int, devices=None) -> Mesh | None:
-    """A mesh over ``seed_shares`` of the devices, or None when that is one device."""
+@dataclasses.dataclass(frozen=True)
+class DataParallel:
+    """Each global batch split over ``devices`` devices along the mesh's data axis.
+
+    ``batch_stats``: ``sync``, BatchNorm's statistics over the whole global batch (a collective
+    mean and variance, so N devices compute what one device does on the same batch), or ``local``
+    ("ghost" BatchNorm: each device normalizes its own shard; the moving statistics are averaged
+    over the devices after every update). Layers without batch statistics ignore it.
+    """
+
+    devices: int = 1
+    batch_stats: str = "sync"
+
+    def __post_init__(self):
+        if not isinstance(self.devices, int) or self.devices < 1:
+            raise BnbenchError(f"--data-parallel must be a whole number of devices, at least 1, got {self.devices!r}")
+        if self.batch_stats not in BATCH_STATS:
+            raise BnbenchError(f"--batch-stats {self.batch_stats!r}: choose sync or local")
+
+    @property
+    def axis(self) -> str | None:
+        """The mesh axis that splits the batch, None on one device (nothing to split)."""
+        return DATA_AXIS if self.devices > 1 else None
+
+    def check_batches(self, batch_size: int, train_examples: int) -> None:
+        """Every batch of an epoch, the last, partial one too, must split evenly over the devices:
+        one line naming the batch that does not, and what would."""
+        tail = train_examples % batch_size
+        for size, what in ((batch_size, f"the batch size {batch_size}"),
+                           (tail, f"the last batch of each epoch ({train_examples} examples in batches of "
+                                  f"{batch_size} leave {tail})")):
+            if size and size % self.devices:
+                fits = [d for d in range(1, batch_size + 1) if batch_size % d == 0 and tail % d == 0]
+                raise BnbenchError(f"--data-parallel {self.devices}: {what} does not split evenly over "
+                                   f"{self.devices} devices; choose a device count that divides every batch "
+                                   f"({', '.join(map(str, fits))}), or another --batch-size")
+
+    def describe(self) -> dict:
+        return {"devices": self.devices, "batch_stats": self.batch_stats}
+
+
+SINGLE_DEVICE = DataParallel()
+
+
+def seed_mesh(num_seeds: int, devices=None, data_parallel: int = 1) -> Mesh | None:
+    """A mesh over ``seed_shares`` of the devices, or None when that is one device. With
+    ``data_parallel`` N > 1, a mesh of seeds x data: each share of seeds on N devices that split its
+    batches, as many shares as the devices allow and split the seeds evenly."""
     devices = list(devices if devices is not None else jax.devices())
-    shares = seed_shares(num_seeds, len(devices))
-    return Mesh(np.array(devices[:shares]), (SEED_AXIS,)) if shares > 1 else None
+    if data_parallel == 1:
+        shares = seed_shares(num_seeds, len(devices))
+        return Mesh(np.array(devices[:shares]), (SEED_AXIS,)) if shares > 1 else None
+    if len(devices) < data_parallel:
+        raise BnbenchError(f"--data-parallel {data_parallel} needs {data_parallel} devices, but JAX has "
+                           f"{len(devices)} ({devices[0].platform}): on a CPU pass --cpu-devices {data_parallel} "
+                           "(or more); elsewhere use at most the devices there are")
+    shares = seed_shares(num_seeds, len(devices) // data_parallel)
+    grid = np.array(devices[:shares * data_parallel]).reshape(shares, data_parallel)
+    return Mesh(grid, (SEED_AXIS, DATA_AXIS))
 
 
 def seeds_one_after_another(mesh: Mesh | None) -> bool:
@@ -78,6 +135,11 @@ def seeds_one_after_another(mesh: Mesh | None) -> bool:
     on a GPU batching is what makes seeds cheap.
     """
     return mesh is not None and all(d.platform == "cpu" for d in mesh.devices.flat)
+
+
+def seed_devices(mesh: Mesh | None) -> int:
+    """How many shares the seeds are split into: the mesh's seed axis."""
+    return mesh.shape[SEED_AXIS] if mesh is not None else 1
 
 
 def over_mesh(fn, mesh: Mesh | None, in_axes, out_axis: int | None = 0):
@@ -95,6 +157,32 @@ def over_mesh(fn, mesh: Mesh | None, in_axes, out_axis: int | None = 0):
 
 def replicate(tree, mesh: Mesh | None):
     """``tree`` placed whole on every device of ``mesh`` once, so epochs do not copy it again."""
+    return place(tree, mesh, PartitionSpec())
+
+
+def place(tree, mesh: Mesh | None, spec: PartitionSpec):
+    """``tree`` laid out over ``mesh`` as ``spec`` says. Where the mesh spans several processes,
+    each process holds the whole value (the same on every process: data each loaded, keys from
+    the same seeds) and gives its devices their parts."""
     if mesh is None:
         return tree
-    return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
+    sharding = NamedSharding(mesh, spec)
+    if all(d.process_index == jax.process_index() for d in mesh.devices.flat):
+        return jax.device_put(tree, sharding)
+
+    def global_array(x):
+        host = np.asarray(x)
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+    return jax.tree.map(global_array, tree)
+
+
+def fetch(tree):
+    """``tree``'s arrays as NumPy arrays on this process, gathered from every process where the
+    arrays span several."""
+    leaves = jax.tree.leaves(tree)
+    if all(getattr(x, "is_fully_addressable", True) or getattr(x, "is_fully_replicated", False) for x in leaves):
+        return jax.tree.map(np.asarray, tree)
+    from jax.experimental import multihost_utils
+
+    return jax.tree.map(lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True)), tree)

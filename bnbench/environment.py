@@ -90,6 +90,7 @@ def environment() -> dict:
         "backend": jax.default_backend(),
         "device_kind": devices[0].device_kind,
         "device_count": len(devices),
+        "process_count": jax.process_count(),  # processes of a jax.distributed job (1 otherwise)
         "platform": platform.platform(),
         "cpu_model": cpu_model(),
         "cpu_flags": cpu_flags(),

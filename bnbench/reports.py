@@ -106,13 +106,16 @@ def _epoch_per_update(summary: dict) -> dict:
     updates, epoch = summary["updates_per_epoch"], summary["epoch_time_s"]
     return {"median": epoch["median"] / updates, "iqr": epoch["iqr"] / updates, "n": epoch["n"],
             # Runs trained together share the epoch: a sweep's configurations too, not only its seeds.
-            "seeds": summary.get("runs_together", summary["seeds"]), "seed_devices": summary.get("seed_devices")}
+            "seeds": summary.get("runs_together", summary["seeds"]), "seed_devices": summary.get("seed_devices"),
+            "data_devices": summary.get("data_devices", 1)}
 
 
 def same_layout(a: dict, b: dict) -> bool:
     """Whether two epoch-per-update figures come from the same number of seeds laid out over the
-    same number of devices (5 seeds vmapped on one device cost about twice 5 over 5 devices)."""
-    return (a.get("seeds"), a.get("seed_devices")) == (b.get("seeds"), b.get("seed_devices"))
+    same number of devices (5 seeds vmapped on one device cost about twice 5 over 5 devices), each
+    batch split over as many (data-parallel)."""
+    return all(a.get(k, 1 if k == "data_devices" else None) == b.get(k, 1 if k == "data_devices" else None)
+               for k in ("seeds", "seed_devices", "data_devices"))
 
 
 def _variant(summary: dict | None, runs: list[dict], lone_step: dict | None = None,
@@ -143,13 +146,14 @@ def _from_run(raw: dict) -> dict:
         runs.setdefault(run["variant"], []).append(run)
     return {"run_id": raw.get("run_id"), "fingerprint": _fingerprint(raw["runs"]),
             "environment": raw["environment"], "protocol": raw["protocol"],
-            "variants": {name: _variant(summary, runs.get(name, [])) for name, summary in raw["summary"].items()}}
+            "variants": {name: _variant(summary, runs.get(name, [])) for name, summary in raw["summary"].items()},
+            "data_parallel_scaling": raw.get("data_parallel_scaling", [])}
 
 
 def _from_pytest_benchmark(raw: dict) -> dict:
     """Rebuilds a report from the extra_info bnbench's benchmarks store in pytest-benchmark's JSON."""
     found: dict[str, dict] = {}
-    protocol, all_runs = {}, []
+    protocol, all_runs, scaling = {}, [], []
     for bench in raw["benchmarks"]:
         info = bench.get("extra_info", {})
         tag = info.get("bnbench")
@@ -160,18 +164,21 @@ def _from_pytest_benchmark(raw: dict) -> dict:
         elif tag in ("seed_scaling", "sweep_cost"):  # sweep_cost: --sweep-configs' epochs against --seeds'
             found.setdefault(info["variant"], {})[tag] = {key: value for key, value in info.items()
                                                           if key not in ("bnbench", "variant")}
+        elif tag == "data_parallel_scaling":
+            scaling.append({key: value for key, value in info.items() if key != "bnbench"})
         elif tag == "accuracy":
             protocol = info["protocol"]
             all_runs += info["runs"]
             found.setdefault(info["variant"], {}).update(summary=info["summary"], runs=info["runs"])
-    if not found:
-        raise schema.Invalid("holds no bnbench benchmark results (no step, accuracy, seed_scaling or sweep_cost "
-                             "benchmark)")
+    if not found and not scaling:
+        raise schema.Invalid("holds no bnbench benchmark results (no step, accuracy, seed_scaling, sweep_cost or "
+                             "data_parallel_scaling benchmark)")
     variants = {name: {**_variant(f.get("summary"), f.get("runs", []), f.get("lone_step"), f.get("seed_scaling")),
                        "sweep_cost": f.get("sweep_cost")}
                 for name, f in found.items()}
     return {"run_id": raw["machine_info"].get("bnbench_run_id"), "fingerprint": _fingerprint(all_runs),
-            "environment": raw["machine_info"]["bnbench"], "protocol": protocol, "variants": variants}
+            "environment": raw["machine_info"]["bnbench"], "protocol": protocol, "variants": variants,
+            "data_parallel_scaling": scaling}
 
 
 def _from_sweep(raw: dict) -> dict:
@@ -222,6 +229,7 @@ def merge_duplicates(loaded: list[dict]) -> list[dict]:
             continue
         keep, drop = (r, twin) if r["kind"] == schema.REPORT_KIND else (twin, r)
         _fill_from(keep, drop)
+        keep["data_parallel_scaling"] = keep.get("data_parallel_scaling") or drop.get("data_parallel_scaling", [])
         kept[kept.index(twin)] = keep
         how = "its run_id" if keep["run_id"] and drop["run_id"] else "identical epoch timings"
         keep.setdefault("merged", []).append({"path": drop["path"], "how": how})

@@ -13,6 +13,7 @@ import numpy as np
 
 from bnbench import floor, stats, train
 from bnbench.data import Dataset
+from bnbench.devices import SINGLE_DEVICE, DataParallel
 from bnbench.environment import environment
 from bnbench.schema import REPORT_KIND, SCHEMA_VERSION
 from bnbench.variants import Variant
@@ -31,17 +32,20 @@ def floor_epochs(epochs: int, every: int) -> list[int]:
 def run_variant(variant: Variant, protocol: train.Protocol, data: train.DeviceData, seeds: Sequence[int],
                 measure_floor: bool = False, unroll: int = DEFAULT_UNROLL, target: float | None = None,
                 on_epoch: Callable[[int, dict, float], None] | None = None, floor_every: int = 1,
-                configs: Sequence[dict] | None = None, eval_every: int | None = None) -> dict:
+                configs: Sequence[dict] | None = None, eval_every: int | None = None,
+                parallel: DataParallel = SINGLE_DEVICE) -> dict:
     """Trains one variant for all seeds together; returns its runs and its summary. With
     ``measure_floor``, the matmul floor is timed right after every ``floor_every``-th epoch (and the
     last), so that each timed epoch has a floor measured under the same machine load.
 
     ``configs`` (a sweep): configurations that differ only in numbers ({learning_rate, bn_momentum}),
     each trained for every seed, all of them together in one compiled program; the result then has
-    ``summaries``, one per configuration in order, instead of ``summary``, and each run its ``config``."""
+    ``summaries``, one per configuration in order, instead of ``summary``, and each run its ``config``.
+    ``parallel``: each batch split over that many devices (see ``devices.DataParallel``)."""
     runs_of = list(configs) if configs else [None]
     run_seeds = [seed for _ in runs_of for seed in seeds]
-    trainer = train.Trainer(variant.model, protocol, data, len(run_seeds), unroll=unroll, eval_every=eval_every)
+    trainer = train.Trainer(variant.model, protocol, data, len(run_seeds), unroll=unroll, eval_every=eval_every,
+                            parallel=parallel)
     hyperparams = None
     if configs:
         hyperparams = trainer.hyperparams([c["learning_rate"] for c in configs for _ in seeds],
@@ -73,7 +77,7 @@ def run_variant(variant: Variant, protocol: train.Protocol, data: train.DeviceDa
     if clock is not None:
         ratios = [result["epoch_times"][i - 1] / floor_times[i] for i in timed]
         floor_summary = {
-            "matmul_flops_per_epoch": floor.total_flops(clock.products) * trainer.seed_devices,
+            "matmul_flops_per_epoch": floor.total_flops(clock.products) * trainer.mesh_devices,
             "median_floor_time_s": float(np.median(clock.times)),
             # Each timed epoch against the floor run right after it, then the median of those ratios.
             "median_ratio": float(np.median(ratios)),
@@ -87,6 +91,8 @@ def run_variant(variant: Variant, protocol: train.Protocol, data: train.DeviceDa
         summary["description"] = variant.description
         summary["model"] = variant.describe()["model"]  # the family and every field: what was trained
         summary["seed_devices"] = trainer.seed_devices
+        if parallel.devices > 1:
+            summary["data_devices"] = parallel.devices
         summary["runs_together"] = len(run_seeds)
         if floor_summary is not None:
             summary["floor"] = floor_summary
@@ -190,7 +196,8 @@ def summarize(runs: list[dict], updates_per_epoch: int, target: float | None = N
     return summary
 
 
-def protocol_record(dataset: Dataset, protocol: train.Protocol, seeds: Sequence[int]) -> dict:
+def protocol_record(dataset: Dataset, protocol: train.Protocol, seeds: Sequence[int],
+                    parallel: DataParallel = SINGLE_DEVICE) -> dict:
     """What a run trained on and how: the fields ``bnbench compare`` checks before comparing."""
     return {
         **dataset.describe(),
@@ -201,6 +208,8 @@ def protocol_record(dataset: Dataset, protocol: train.Protocol, seeds: Sequence[
         "epochs": protocol.epochs,
         "updates_per_epoch": protocol.updates_per_epoch(len(dataset.train_labels)),
         "seeds": [int(s) for s in seeds],
+        "data_parallel": parallel.devices,
+        "batch_stats": parallel.batch_stats,
     }
 
 
@@ -211,7 +220,8 @@ def new_run_id() -> str:
 
 
 def make_report(dataset: Dataset, protocol: train.Protocol, seeds: Sequence[int],
-                results: dict[str, dict], command: str | None = None, run_id: str | None = None) -> dict:
+                results: dict[str, dict], command: str | None = None, run_id: str | None = None,
+                parallel: DataParallel = SINGLE_DEVICE) -> dict:
     return {
         "schema_version": SCHEMA_VERSION,
         "kind": REPORT_KIND,
@@ -219,7 +229,7 @@ def make_report(dataset: Dataset, protocol: train.Protocol, seeds: Sequence[int]
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": command,
         "environment": environment(),
-        "protocol": protocol_record(dataset, protocol, seeds),
+        "protocol": protocol_record(dataset, protocol, seeds, parallel),
         "runs": [run for result in results.values() for run in result["runs"]],
         "summary": {name: result["summary"] for name, result in results.items()},
     }

@@ -82,7 +82,7 @@ DEFS = {
         "description": "the environment {backend, device_kind, device_count, cpu_model, ...}",
         "type": "object", "required": ["backend"],
         "properties": {
-            "backend": _STRING, "device_kind": _STRING, "device_count": _COUNT,
+            "backend": _STRING, "device_kind": _STRING, "device_count": _COUNT, "process_count": _COUNT,
             "cpu_model": _nullable(_STRING), "cpu_count": _nullable(_COUNT), "usable_cores": _nullable(_COUNT),
             "cpu_flags": {"type": "array", "items": _STRING, "description": "a list of strings"},
             **{key: _nullable(_STRING) for key in ("python", "jax", "jaxlib", "flax", "optax", "bnbench",
@@ -108,6 +108,9 @@ DEFS = {
                             "description": "an image shape [height, width] or [height, width, channels]"},
             "seeds": {"type": "array", "items": {"type": "integer", "description": "a whole number"},
                       "minItems": 1, "uniqueItems": True, "description": "a list of seeds (whole numbers)"},
+            # Absent in reports from before data-parallel training: one device.
+            "data_parallel": {**_COUNT, "description": "the devices each batch was split over (a whole number >= 1)"},
+            "batch_stats": {"enum": ["sync", "local"], "description": "sync or local"},
         },
     },
     # A diverged run's records from its diverging epoch on hold only the times (_check_epochs).
@@ -166,6 +169,14 @@ DEFS = {
                        "unavailable": _STRING,
                        "epochs_timed": {"type": "array", "items": _COUNT, "description": "a list of epochs"}},
     },
+    "scaling_point": {
+        "description": "a data-parallel scaling point {variant, devices, batch_stats, epoch_s, examples_per_s, ...}",
+        "type": "object", "required": ["variant", "devices", "batch_stats", "epoch_s", "update_s", "examples_per_s"],
+        "properties": {"variant": _STRING, "devices": _COUNT, "batch_stats": {"enum": ["sync", "local"],
+                                                                              "description": "sync or local"},
+                       "norm": _nullable(_STRING), "batch_size": _COUNT, "epoch_s": _ref("spread"), "update_s": _TIME,
+                       "examples_per_s": {**_NUMBER, "exclusiveMinimum": 0, "description": "a number > 0"}},
+    },
     "seed_scaling": {
         "description": "seed scaling {seeds, ratio, ...}",
         "type": "object", "required": ["seeds", "ratio"],
@@ -181,7 +192,7 @@ DEFS = {
         "required": ["seeds", "train_accuracy", "val_accuracy", "test_accuracy", "epoch_time_s",
                      "updates_per_epoch"],
         "properties": {
-            "seeds": _COUNT, "seed_devices": _COUNT, "description": _STRING,
+            "seeds": _COUNT, "seed_devices": _COUNT, "data_devices": _COUNT, "description": _STRING,
             "model": {"type": "object", "required": ["family"], "properties": {"family": _STRING},
                       "description": "the model {family, ...its fields}"},
             # null where every seed diverged
@@ -216,6 +227,8 @@ RUN_SCHEMA = {
         "environment": _ref("environment"), "protocol": _ref("protocol"), "runs": _ref("runs"),
         "summary": {"type": "object", "minProperties": 1, "additionalProperties": _ref("variant_summary"),
                     "description": "an object of variant summaries, one or more"},
+        "data_parallel_scaling": {"type": "array", "items": _ref("scaling_point"),
+                                  "description": "a list of data-parallel scaling points"},
     },
     "$defs": DEFS,
 }
@@ -300,6 +313,7 @@ PYTEST_BENCHMARK_SCHEMA = {
                                      "properties": {"summary": _ref("variant_summary"), "runs": _ref("runs"),
                                                     "protocol": _ref("protocol")}}),
                 _tagged("seed_scaling", {"allOf": [_ref("seed_scaling")]}),
+                _tagged("data_parallel_scaling", {"allOf": [_ref("scaling_point")]}),
                 _tagged("sweep_cost", {"required": ["ratio", "runs"],
                                        "properties": {"ratio": {**_NUMBER, "exclusiveMinimum": 0,
                                                                 "description": "a number > 0"},

@@ -31,5 +31,13 @@ def summary_rows(report: dict) -> list[list]:
 
 
 def summary_table(report: dict, markdown: bool = False) -> str:
-    """Final accuracies as mean ± 95% CI half-width over seeds, and the median epoch time."""
-    return format_table(HEADERS, summary_rows(report), markdown=markdown)
+    """Final accuracies as mean ± 95% CI half-width over seeds, and the median epoch time; under
+    it, how each batch was split, where it was."""
+    table = format_table(HEADERS, summary_rows(report), markdown=markdown)
+    return table + (f"\n{layout_line(report['protocol'])}" if report["protocol"].get("data_parallel", 1) > 1 else "")
+
+
+def layout_line(protocol: dict) -> str:
+    statistics = {"sync": "BatchNorm statistics synchronized over the whole batch",
+                  "local": "BatchNorm statistics of each device's shard (local)"}[protocol.get("batch_stats", "sync")]
+    return f"data-parallel: each batch of {protocol['batch_size']} split over {protocol['data_parallel']} devices; {statistics}"

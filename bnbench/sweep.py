@@ -17,6 +17,7 @@ from typing import Callable, Sequence
 
 from bnbench import runner, train
 from bnbench.data import Dataset
+from bnbench.devices import SINGLE_DEVICE, DataParallel
 from bnbench.errors import BnbenchError
 from bnbench.models.norms import KERAS_BN_MOMENTUM, MOVING_STATISTICS
 from bnbench.schema import SCHEMA_VERSION, SWEEP_KIND
@@ -169,21 +170,22 @@ def label(variant: str, config: dict, grid: Grid) -> str:
     return f"{variant} {' '.join(parts)}"
 
 
-def sweep_protocol(dataset: Dataset, grid: Grid) -> dict:
+def sweep_protocol(dataset: Dataset, grid: Grid, parallel: DataParallel = SINGLE_DEVICE) -> dict:
     """What every configuration shares; each run's ``config`` holds the rest."""
-    return {**dataset.describe(), "optimizer": "sgd", "momentum": 0.0, "seeds": list(grid.seeds)}
+    return {**dataset.describe(), "optimizer": "sgd", "momentum": 0.0, "seeds": list(grid.seeds),
+            "data_parallel": parallel.devices, "batch_stats": parallel.batch_stats}
 
 
 def make_sweep_report(dataset: Dataset, grid: Grid, runs: list[dict], summary: dict, command: str | None,
-                      run_id: str, created: str) -> dict:
+                      run_id: str, created: str, parallel: DataParallel = SINGLE_DEVICE) -> dict:
     from bnbench.environment import environment
 
     return {"schema_version": SCHEMA_VERSION, "kind": SWEEP_KIND, "run_id": run_id, "created": created,
-            "command": command, "environment": environment(), "protocol": sweep_protocol(dataset, grid),
+            "command": command, "environment": environment(), "protocol": sweep_protocol(dataset, grid, parallel),
             "sweep": grid.record(), "runs": runs, "summary": summary}
 
 
-def check_resumable(previous: dict, dataset: Dataset, grid: Grid) -> None:
+def check_resumable(previous: dict, dataset: Dataset, grid: Grid, parallel: DataParallel = SINGLE_DEVICE) -> None:
     """A report can be resumed only by the sweep that wrote it: the same grid, data and seeds."""
     if previous.get("kind") != SWEEP_KIND:
         raise BnbenchError("--resume: the report at --out is not a sweep report; name a new --out")
@@ -191,17 +193,22 @@ def check_resumable(previous: dict, dataset: Dataset, grid: Grid) -> None:
         differ = [k for k, v in grid.record().items() if previous["sweep"].get(k) != v]
         raise BnbenchError(f"--resume: the report at --out was made with other arguments ({', '.join(differ)} "
                            "differ); rerun with its arguments, or name a new --out")
-    mine = sweep_protocol(dataset, grid)
+    mine = sweep_protocol(dataset, grid, parallel)
     differ = [k for k in ("dataset", "order", "train_examples", "validation_examples", "test_examples")
               if previous["protocol"].get(k) != mine.get(k)]
     if differ:
         raise BnbenchError(f"--resume: the report at --out was trained on other data ({', '.join(differ)} differ); "
                            "use its --dataset and --data-dir, or name a new --out")
+    theirs = (previous["protocol"].get("data_parallel", 1), previous["protocol"].get("batch_stats", "sync"))
+    if theirs != (parallel.devices, parallel.batch_stats):
+        raise BnbenchError(f"--resume: the report at --out was trained with --data-parallel {theirs[0]} "
+                           f"--batch-stats {theirs[1]}; rerun with those, or name a new --out")
 
 
 def run_sweep(grid: Grid, chosen: Sequence[Variant], dataset: Dataset, data: train.DeviceData,
               write: Callable[[dict], None], previous: dict | None = None, command: str | None = None,
-              on_program: Callable[[Program, int, int], None] | None = None) -> dict:
+              on_program: Callable[[Program, int, int], None] | None = None,
+              parallel: DataParallel = SINGLE_DEVICE) -> dict:
     """Trains every program the report lacks, writing the report after each; returns the report."""
     train_examples = len(dataset.train_labels)
     runs = list(previous["runs"]) if previous else []
@@ -215,7 +222,7 @@ def run_sweep(grid: Grid, chosen: Sequence[Variant], dataset: Dataset, data: tra
         if on_program is not None:
             on_program(program, i, len(todo))
         result = runner.run_variant(program.variant, program.protocol, data, list(grid.seeds), target=grid.target,
-                                    configs=program.configs, eval_every=grid.eval_every)
+                                    configs=program.configs, eval_every=grid.eval_every, parallel=parallel)
         names = [label(program.variant.name, c, grid) for c in program.configs]
         runs = [r for r in runs if not (r["variant"] == program.variant.name and r.get("config") in program.configs)]
         runs += result["runs"]
@@ -223,5 +230,5 @@ def run_sweep(grid: Grid, chosen: Sequence[Variant], dataset: Dataset, data: tra
             if "bn_momentum" in entry["model"]:  # the model as trained: the configuration's momentum
                 entry["model"] = {**entry["model"], "bn_momentum": config["bn_momentum"]}
             summary[name] = {"variant": program.variant.name, "config": config, **entry}
-        write(make_sweep_report(dataset, grid, list(runs), dict(summary), command, run_id, created))
-    return make_sweep_report(dataset, grid, runs, summary, command, run_id, created)
+        write(make_sweep_report(dataset, grid, list(runs), dict(summary), command, run_id, created, parallel))
+    return make_sweep_report(dataset, grid, runs, summary, command, run_id, created, parallel)

@@ -22,6 +22,7 @@ import optax
 
 from bnbench import devices as device_lib
 from bnbench.data import Dataset
+from bnbench.devices import SINGLE_DEVICE, DataParallel
 from bnbench.errors import BnbenchError
 from bnbench.models import normalize
 
@@ -126,9 +127,18 @@ def _after_all(grads):
 
 
 def train_step(model: nn.Module, tx: optax.GradientTransformation, state: TrainState,
-               images: jax.Array, labels: jax.Array) -> tuple[TrainState, tuple[jax.Array, jax.Array]]:
+               images: jax.Array, labels: jax.Array, parallel: DataParallel = SINGLE_DEVICE
+               ) -> tuple[TrainState, tuple[jax.Array, jax.Array]]:
     """One SGD update on a batch of uint8 images; returns the new state, the batch's summed loss
-    and its number of correct predictions (both taken before the update, as Keras reports)."""
+    and its number of correct predictions (both taken before the update, as Keras reports).
+
+    Data-parallel (``parallel.axis``, inside ``shard_map``): ``images`` are this device's shard of
+    the global batch. The gradients are averaged over the devices (equal shards: the global batch's
+    mean gradient), loss and correct summed; BatchNorm reduces its statistics over the devices
+    (``sync``) or keeps its shard's, its moving statistics then averaged (``local``)."""
+    axis = parallel.axis
+    if axis is not None and parallel.batch_stats == "sync" and hasattr(model, "bn_axis_name"):
+        model = model.clone(bn_axis_name=axis)
 
     def loss_fn(params):
         logits, updates = model.apply({"params": params, "batch_stats": state.batch_stats},
@@ -137,6 +147,10 @@ def train_step(model: nn.Module, tx: optax.GradientTransformation, state: TrainS
         return jnp.mean(losses), (updates.get("batch_stats", {}), jnp.sum(losses), correct)
 
     grads, (batch_stats, loss_sum, correct) = jax.grad(loss_fn, has_aux=True)(state.params)
+    if axis is not None:
+        grads, (loss_sum, correct) = jax.lax.pmean(grads, axis), jax.lax.psum((loss_sum, correct), axis)
+        if parallel.batch_stats == "local":
+            batch_stats = jax.lax.pmean(batch_stats, axis)
     grads = _after_all(grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     state = TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates),
@@ -172,7 +186,8 @@ def evaluate(model: nn.Module, state: TrainState, images: jax.Array, labels: jax
 
 def train_epoch(model, tx, batch_size: int, state: TrainState, key: jax.Array,
                 images: jax.Array, labels: jax.Array, unroll: int = 1, eval_every: int | None = None,
-                val: tuple[jax.Array, jax.Array] | None = None) -> tuple[TrainState, dict]:
+                val: tuple[jax.Array, jax.Array] | None = None, parallel: DataParallel = SINGLE_DEVICE
+                ) -> tuple[TrainState, dict]:
     """One pass over a reshuffled training set: full batches under one ``lax.scan``, then the last,
     partial batch (if any) as its own step. No padding, so no padded row reaches BN's statistics, and
     both shapes are compiled once into the same program.
@@ -180,7 +195,10 @@ def train_epoch(model, tx, batch_size: int, state: TrainState, key: jax.Array,
     ``first_nonfinite``: the update (counted from the start of training) whose batch loss was first
     NaN or infinite, or -1. With ``eval_every``, validation (``val``) is also evaluated after every
     ``eval_every``-th update of the epoch, inside the program: the scan runs in chunks of that many
-    updates, each followed by an evaluation (``evals``: their losses and accuracies)."""
+    updates, each followed by an evaluation (``evals``: their losses and accuracies).
+
+    Data-parallel, every device draws the same shuffle (the key is the same) and trains on its
+    consecutive part of each global batch; evaluation is not split."""
     n, image_shape = labels.shape[0], images.shape[1:]
     images = images.reshape(n, -1)  # rows of pixels: a simpler, faster gather per batch
     order = jax.random.permutation(key, n)
@@ -188,9 +206,10 @@ def train_epoch(model, tx, batch_size: int, state: TrainState, key: jax.Array,
 
     def body(carry, batch):
         state, loss_sum, correct, first_nonfinite = carry
+        batch = _shard(batch, parallel)
         batch_images = images[batch].reshape(batch.shape[0], *image_shape)
         step = state.step
-        state, (batch_loss, batch_correct) = train_step(model, tx, state, batch_images, labels[batch])
+        state, (batch_loss, batch_correct) = train_step(model, tx, state, batch_images, labels[batch], parallel)
         first_nonfinite = jnp.where((first_nonfinite < 0) & ~jnp.isfinite(batch_loss), step + 1, first_nonfinite)
         return (state, loss_sum + batch_loss, correct + batch_correct, first_nonfinite), None
 
@@ -217,13 +236,21 @@ def train_epoch(model, tx, batch_size: int, state: TrainState, key: jax.Array,
     return state, metrics
 
 
+def _shard(batch: jax.Array, parallel: DataParallel) -> jax.Array:
+    """This device's consecutive part of a global batch (of example indices)."""
+    if parallel.axis is None:
+        return batch
+    size = batch.shape[0] // parallel.devices
+    return jax.lax.dynamic_slice_in_dim(batch, jax.lax.axis_index(parallel.axis) * size, size)
+
+
 def epoch(model, batch_size: int, state: TrainState, key: jax.Array, hyperparams: Hyperparams,
           train_images, train_labels, val_images, val_labels, unroll: int = 1,
-          eval_every: int | None = None) -> tuple[TrainState, dict]:
+          eval_every: int | None = None, parallel: DataParallel = SINGLE_DEVICE) -> tuple[TrainState, dict]:
     """An epoch as Keras' ``fit`` runs it: the updates, then validation; one run's ``hyperparams``."""
     model, tx = hyperparams.apply(model)
     state, metrics = train_epoch(model, tx, batch_size, state, key, train_images, train_labels, unroll,
-                                 eval_every, (val_images, val_labels))
+                                 eval_every, (val_images, val_labels), parallel)
     val = evaluate(model, state, val_images, val_labels)
     return state, {**metrics, "val_loss": val["loss"], "val_accuracy": val["accuracy"]}
 
@@ -289,16 +316,21 @@ class Trainer:
     The seeds are split over as many devices as divide them evenly (``devices.seed_mesh``). Each
     device trains its share with ``jax.vmap``, except where the devices are parts of one CPU
     (``devices.seeds_one_after_another``): there each device trains its seeds one after another.
+    With ``parallel`` over N devices, each share of seeds is trained data-parallel on N devices: a
+    mesh of seeds x data.
     """
 
     def __init__(self, model: nn.Module, protocol: Protocol, data: DeviceData, num_seeds: int,
-                 unroll: int = 1, devices=None, eval_every: int | None = None):
+                 unroll: int = 1, devices=None, eval_every: int | None = None,
+                 parallel: DataParallel = SINGLE_DEVICE):
         if num_seeds < 1:
             raise BnbenchError("at least one seed is needed")
-        self.model, self.protocol, self.num_seeds = model, protocol, num_seeds
+        parallel.check_batches(protocol.batch_size, int(data.train_labels.shape[0]))
+        self.model, self.protocol, self.num_seeds, self.parallel = model, protocol, num_seeds, parallel
         self.unroll, self.eval_every = unroll, eval_every
-        self.mesh = device_lib.seed_mesh(num_seeds, devices)
-        self.seed_devices = self.mesh.size if self.mesh is not None else 1
+        self.mesh = device_lib.seed_mesh(num_seeds, devices, parallel.devices)
+        self.seed_devices = device_lib.seed_devices(self.mesh)
+        self.mesh_devices = self.mesh.size if self.mesh is not None else 1
         self.sequential = device_lib.seeds_one_after_another(self.mesh)
         self.data = device_lib.replicate(data, self.mesh)
         share = num_seeds // self.seed_devices
@@ -314,7 +346,8 @@ class Trainer:
             self._init = jax.jit(seeded(functools.partial(create_train_state, model, tx, image_shape=image_shape),
                                         (0,)))
         self.epoch_program = jax.jit(
-            seeded(functools.partial(epoch, model, protocol.batch_size, unroll=unroll, eval_every=eval_every),
+            seeded(functools.partial(epoch, model, protocol.batch_size, unroll=unroll, eval_every=eval_every,
+                                     parallel=parallel),
                    (0, 0, 0, None, None, None, None)),
             donate_argnums=0)
         self._evaluate_program = jax.jit(seeded(functools.partial(evaluate, model), (0, None, None)))
@@ -322,7 +355,11 @@ class Trainer:
         self.compile_time_s = 0.0
 
     def init(self, init_keys: jax.Array) -> TrainState:
-        return self._init(init_keys)
+        return self._init(self.per_run(init_keys))
+
+    def per_run(self, tree):
+        """``tree`` (one entry per run along its leading axis) split over the mesh as the runs are."""
+        return device_lib.place(tree, self.mesh, device_lib.PartitionSpec(device_lib.SEED_AXIS))
 
     def hyperparams(self, learning_rates: Sequence[float] | None = None,
                     bn_momenta: Sequence[float] | None = None) -> Hyperparams:
@@ -334,14 +371,14 @@ class Trainer:
                                bn_momenta if bn_momenta is not None else [default_momentum] * n)
         if hyper.learning_rate.shape != (n,) or hyper.bn_momentum.shape != (n,):
             raise BnbenchError(f"the trainer was built for {n} runs: give one learning rate and momentum per run")
-        return hyper
+        return self.per_run(hyper)
 
     def start(self, seeds: Sequence[int], hyperparams: Hyperparams | None = None
               ) -> tuple[TrainState, jax.Array, Hyperparams]:
         """Initial state for ``seeds`` and their shuffle roots, with the programs compiled."""
         hyperparams = hyperparams if hyperparams is not None else self.hyperparams()
         init_keys, shuffle_roots = seed_keys(seeds)
-        state = self.init(init_keys)
+        state, shuffle_roots = self.init(init_keys), self.per_run(shuffle_roots)
         self.compile(state, epoch_keys(shuffle_roots, 0), hyperparams)
         return state, shuffle_roots, hyperparams
 
@@ -396,12 +433,12 @@ def fit(trainer: Trainer, seeds: Sequence[int],
     history, epoch_times = [], []
     for i in range(trainer.protocol.epochs):
         state, metrics, seconds = trainer.run_epoch(state, epoch_keys(shuffle_roots, i), hyperparams)
-        metrics = jax.tree.map(np.asarray, metrics)
+        metrics = device_lib.fetch(metrics)
         history.append(metrics)
         epoch_times.append(seconds)
         if on_epoch is not None:
             on_epoch(i, metrics, seconds)
-    test = jax.tree.map(np.asarray, trainer.test(state))
+    test = device_lib.fetch(trainer.test(state))
     return {"history": history, "epoch_times": epoch_times, "test": test,
             "compile_time_s": trainer.compile_time_s, "state": state}
 

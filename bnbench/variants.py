@@ -26,7 +26,7 @@ class Variant:
     def fields(self) -> dict:
         """The model's declared fields and their values, as a report records them."""
         values = {f.name: getattr(self.model, f.name) for f in dataclasses.fields(self.model)
-                  if f.name not in ("parent", "name")}
+                  if f.name not in ("parent", "name", "bn_axis_name")}
         return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
 
     def describe(self) -> dict:

@@ -57,6 +57,7 @@ class ConvNet(nn.Module):
     bn_momentum: float = KERAS_BN_MOMENTUM
     eval_batch_size: int | None = None
     im2col: bool = True
+    bn_axis_name: str | None = None  # as MLP's
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -76,7 +77,8 @@ class ConvNet(nn.Module):
                 x = nn.Conv(width, (3, 3), padding="SAME", kernel_init=glorot_uniform, use_bias=use_bias)(x)
             if self.norm is not None:
                 x = make_norm(self.norm, train, x, self.groups, f"convolution {i + 1}",
-                              reduction_axes=(-3, -2, -1), momentum=self.bn_momentum)(x)
+                              reduction_axes=(-3, -2, -1), momentum=self.bn_momentum,
+                              axis_name=self.bn_axis_name)(x)
             x = nn.relu(x)
             x = nn.max_pool(x, (2, 2), strides=(2, 2))
         x = x.reshape((x.shape[0], -1))

@@ -36,7 +36,8 @@ class MLP(nn.Module):
     group count, which must divide every normalized width. ``bn_momentum``: of BatchNorm's and Batch
 Renorm's moving statistics. ``eval_batch_size``: evaluate in batches
     of this size with each batch's own statistics instead of the moving averages (None: the moving
-    averages, as Keras).
+    averages, as Keras). ``bn_axis_name``: set by data-parallel training with synchronized batch
+    statistics, the mesh axis their statistics are reduced over (a layout, not part of the variant).
     """
 
     hidden: Sequence[int] = (300, 100)
@@ -49,6 +50,7 @@ Renorm's moving statistics. ``eval_batch_size``: evaluate in batches
     groups: int = 4
     bn_momentum: float = KERAS_BN_MOMENTUM
     eval_batch_size: int | None = None
+    bn_axis_name: str | None = None
 
     def check_fields(self) -> None:
         check_common(self)
@@ -62,7 +64,8 @@ Renorm's moving statistics. ``eval_batch_size``: evaluate in batches
         self.check_fields()
 
         def normalized(x, where):
-            return make_norm(self.norm, train, x, self.groups, where, momentum=self.bn_momentum)(x)
+            return make_norm(self.norm, train, x, self.groups, where, momentum=self.bn_momentum,
+                             axis_name=self.bn_axis_name)(x)
 
         activation = ACTIVATIONS[self.activation]
         before = self.norm is not None and self.placement == "before_activation"

@@ -33,28 +33,39 @@ KERAS_BN_MOMENTUM = 0.99
 KERAS_EPSILON = 1e-3  # Keras' BatchNormalization, LayerNormalization, GroupNormalization; Flax: 1e-5, 1e-6
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def batch_norm_train(x, scale, bias, epsilon, axes=(0,)):
-    """Normalizes ``x`` over ``axes`` with its own statistics; returns y, mean and variance."""
-    y, mean, var, _ = _forward(x, scale, bias, epsilon, axes)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def batch_norm_train(x, scale, bias, epsilon, axes=(0,), axis_name=None):
+    """Normalizes ``x`` over ``axes`` with its own statistics; returns y, mean and variance.
+
+    With ``axis_name`` (a mesh axis over which the batch is split, inside ``shard_map``), the
+    statistics are those of the whole batch, every shard's together ("synchronized" BatchNorm):
+    the shards' means and then their mean squared deviations from the global mean, averaged over
+    the axis (shards are of equal size), and the backward pass sums its two reductions over the
+    axis too."""
+    y, mean, var, _ = _forward(x, scale, bias, epsilon, axes, axis_name)
     return y, mean, var
 
 
-def _forward(x, scale, bias, epsilon, axes):
+def _mean(x, axes, axis_name):
     mean = jnp.mean(x, axis=axes)
+    return mean if axis_name is None else jax.lax.pmean(mean, axis_name)
+
+
+def _forward(x, scale, bias, epsilon, axes, axis_name):
+    mean = _mean(x, axes, axis_name)
     centered = x - mean
-    var = jnp.mean(jnp.square(centered), axis=axes)  # two-pass, as Keras
+    var = _mean(jnp.square(centered), axes, axis_name)  # two-pass, as Keras
     inv = jax.lax.rsqrt(var + epsilon)
     normalized = centered * inv
     return normalized * scale + bias, mean, var, (normalized, inv, scale)
 
 
-def _fwd(x, scale, bias, epsilon, axes):
-    y, mean, var, residuals = _forward(x, scale, bias, epsilon, axes)
+def _fwd(x, scale, bias, epsilon, axes, axis_name):
+    y, mean, var, residuals = _forward(x, scale, bias, epsilon, axes, axis_name)
     return (y, mean, var), residuals
 
 
-def _bwd(epsilon, axes, residuals, cotangents):
+def _bwd(epsilon, axes, axis_name, residuals, cotangents):
     # The batch statistics only feed the moving averages (and Batch Renorm's corrections), which
     # are not differentiated, so their cotangents are ignored.
     normalized, inv, scale = residuals
@@ -64,7 +75,15 @@ def _bwd(epsilon, axes, residuals, cotangents):
         n *= dy.shape[axis]
     dbias = jnp.sum(dy, axis=axes)
     dscale = jnp.sum(dy * normalized, axis=axes)
-    dx = (scale * inv) * (dy - (dbias + normalized * dscale) / n)
+    if axis_name is None:
+        dx = (scale * inv) * (dy - (dbias + normalized * dscale) / n)
+    else:
+        # Every shard's output depends on every shard's input through the statistics. Each shard
+        # differentiates its own loss; the training step then averages the parameters' gradients
+        # over the axis, so scale and bias keep this shard's sums, and dx takes all shards'.
+        total_bias, total_scale = jax.lax.psum((dbias, dscale), axis_name)
+        n = n * jax.lax.psum(1, axis_name)
+        dx = (scale * inv) * (dy - (total_bias + normalized * total_scale) / n)
     return dx, dscale, dbias
 
 
@@ -162,6 +181,7 @@ class BatchNorm(nn.Module):
     use_running_average: bool
     momentum: float = KERAS_BN_MOMENTUM
     epsilon: float = KERAS_EPSILON
+    axis_name: str | None = None  # synchronized statistics over this mesh axis (see batch_norm_train)
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -169,7 +189,7 @@ class BatchNorm(nn.Module):
         moving_var = self.variable("batch_stats", "var", jnp.ones, (x.shape[-1],), jnp.float32)
         if self.use_running_average:
             return (x - moving_mean.value) * jax.lax.rsqrt(moving_var.value + self.epsilon) * scale + bias
-        y, mean, var = batch_norm_train(x, scale, bias, self.epsilon, _all_but_last(x))
+        y, mean, var = batch_norm_train(x, scale, bias, self.epsilon, _all_but_last(x), self.axis_name)
         if _updates_statistics(self):
             moving_mean.value = moving_average(self.momentum, moving_mean.value, mean)
             moving_var.value = moving_average(self.momentum, moving_var.value, var)
@@ -206,6 +226,7 @@ class BatchRenorm(nn.Module):
     warmup_steps: int = 1000
     r_ramp_steps: int = 8000
     d_ramp_steps: int = 5000
+    axis_name: str | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -217,7 +238,7 @@ class BatchRenorm(nn.Module):
         # y = scale * (r * x_hat + d) + bias, x_hat the batch-normalized input: the closed-form
         # backward of BatchNorm gives x_hat's gradient, and r, d are constants to it.
         ones, zeros = jnp.ones_like(scale), jnp.zeros_like(bias)
-        normalized, mean, var = batch_norm_train(x, ones, zeros, self.epsilon, _all_but_last(x))
+        normalized, mean, var = batch_norm_train(x, ones, zeros, self.epsilon, _all_but_last(x), self.axis_name)
         std = jnp.sqrt(var + self.epsilon)
         r_max, d_max = renorm_limits(steps.value, self.r_max, self.d_max, self.warmup_steps,
                                      self.r_ramp_steps, self.d_ramp_steps)
@@ -273,18 +294,20 @@ MOVING_STATISTICS = {"batch_norm", "batch_renorm"}  # the layers whose bn_moment
 
 
 def make_norm(kind: str, train: bool, x: jax.Array, groups: int, where: str,
-              reduction_axes: Sequence[int] | None = None, momentum=KERAS_BN_MOMENTUM) -> nn.Module:
+              reduction_axes: Sequence[int] | None = None, momentum=KERAS_BN_MOMENTUM,
+              axis_name: str | None = None) -> nn.Module:
     """The normalization ``kind`` for input ``x``, its statistics per example over ``reduction_axes``
     (LayerNorm; the last axis by default) or over the batch (BatchNorm, Batch Renorm).
 
     BatchNorm's placement and axes are the model's; everything else is Keras' defaults: epsilon
     1e-3 and two-pass variance for every layer that has a variance; ``momentum`` (Keras' 0.99) for the
-    moving statistics of BatchNorm and Batch Renorm (see ``moving_average``).
+    moving statistics of BatchNorm and Batch Renorm (see ``moving_average``). ``axis_name``: the
+    mesh axis over which their statistics are synchronized (data-parallel training), if any.
     """
     if kind == "batch_norm":
-        return BatchNorm(use_running_average=not train, momentum=momentum)
+        return BatchNorm(use_running_average=not train, momentum=momentum, axis_name=axis_name)
     if kind == "batch_renorm":
-        return BatchRenorm(use_running_average=not train, momentum=momentum)
+        return BatchRenorm(use_running_average=not train, momentum=momentum, axis_name=axis_name)
     if kind == "layer_norm":
         return LayerNorm(reduction_axes=tuple(reduction_axes or (-1,)))
     if kind == "group_norm":

@@ -1,0 +1,92 @@
+"""Checks of data-parallel training that need their own number of CPU devices, run as a script in
+a subprocess by tests/test_data_parallel.py: ``python data_parallel_worker.py CHECK DEVICES``. Each
+check prints one JSON line of the largest differences it found."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import jax
+
+jax.config.update("jax_num_cpu_devices", int(sys.argv[2]))
+
+import numpy as np  # noqa: E402
+from jax.sharding import Mesh, PartitionSpec  # noqa: E402
+
+from bnbench import devices, train, variants  # noqa: E402
+from bnbench.synthetic import synthetic_dataset  # noqa: E402
+
+
+def largest_difference(a, b) -> float:
+    return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in
+               zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def data():
+    # 1,000 training examples: 31 full batches and a last one of 8, which splits over 2 and 4 too.
+    return train.DeviceData.from_dataset(synthetic_dataset(train=1000, validation=200, test=200))
+
+
+def sync_equals_one_device(variant: str, num_seeds: int, data_parallel: int) -> dict:
+    """An epoch (32 updates) of ``variant`` on one device and data-parallel with synchronized
+    statistics, the same global batches: the largest differences of losses, weights and moving
+    statistics."""
+    d, protocol = data(), train.Protocol(epochs=1, batch_size=32)
+    seeds = list(range(num_seeds))
+    model = variants.get(variant).model
+    one = train.fit(train.Trainer(model, protocol, d, num_seeds, devices=jax.devices()[:1]), seeds)
+    parallel = devices.DataParallel(data_parallel, "sync")
+    many_trainer = train.Trainer(model, protocol, d, num_seeds, parallel=parallel)
+    many = train.fit(many_trainer, seeds)
+    return {"mesh": dict(many_trainer.mesh.shape),
+            "loss": largest_difference([h["train_loss"] for h in one["history"]],
+                                       [h["train_loss"] for h in many["history"]]),
+            "val_loss": largest_difference([h["val_loss"] for h in one["history"]],
+                                           [h["val_loss"] for h in many["history"]]),
+            "params": largest_difference(one["state"].params, many["state"].params),
+            "batch_stats": largest_difference(one["state"].batch_stats, many["state"].batch_stats)}
+
+
+def local_equals_shards(variant: str, data_parallel: int, steps: int = 3) -> dict:
+    """``steps`` data-parallel updates with local statistics against the same updates computed
+    directly: each shard's own one-device step from the shared state, then the shards' new weights
+    and moving statistics averaged (for SGD, averaging the weights is averaging the gradients)."""
+    d = data()
+    model = variants.get(variant).model
+    tx = train.Protocol().optimizer()
+    state = train.initializer(model, tuple(d.train_images.shape[1:]))(jax.random.PRNGKey(0))
+    parallel = devices.DataParallel(data_parallel, "local")
+    mesh = Mesh(np.array(jax.devices()[:data_parallel]), (devices.DATA_AXIS,))
+    shard, whole = PartitionSpec(devices.DATA_AXIS), PartitionSpec()
+    step = jax.jit(jax.shard_map(lambda s, x, y: train.train_step(model, tx, s, x, y, parallel), mesh=mesh,
+                                 in_specs=(whole, shard, shard), out_specs=whole, check_vma=False))
+    single = jax.jit(lambda s, x, y: train.train_step(model, tx, s, x, y))
+    expected, found = state, state
+    worst = {"params": 0.0, "batch_stats": 0.0, "loss": 0.0, "correct": 0}
+    for i in range(steps):
+        images, labels = d.train_images[32 * i:32 * (i + 1)], d.train_labels[32 * i:32 * (i + 1)]
+        found, (loss, correct) = step(found, images, labels)
+        shards = [single(expected, x, y) for x, y in zip(np.split(np.asarray(images), data_parallel),
+                                                         np.split(np.asarray(labels), data_parallel))]
+        expected = jax.tree.map(lambda *xs: np.mean(np.stack(xs), axis=0), *[s for s, _ in shards])
+        expected = expected.replace(step=shards[0][0].step)
+        worst["params"] = max(worst["params"], largest_difference(expected.params, found.params))
+        worst["batch_stats"] = max(worst["batch_stats"], largest_difference(expected.batch_stats, found.batch_stats))
+        worst["loss"] = max(worst["loss"], abs(float(loss) - sum(float(l) for _, (l, _) in shards)))
+        worst["correct"] = max(worst["correct"], abs(int(correct) - sum(int(c) for _, (_, c) in shards)))
+    # How far local statistics are from one device's: that the shards' statistics really differ.
+    one_device, _ = single(state, d.train_images[:32], d.train_labels[:32])
+    first, _ = step(state, d.train_images[:32], d.train_labels[:32])
+    worst["vs_one_device"] = largest_difference(one_device.batch_stats, first.batch_stats)
+    return worst
+
+
+if __name__ == "__main__":
+    check, args = sys.argv[1], sys.argv[3:]
+    if check == "sync":
+        print(json.dumps(sync_equals_one_device(args[0], int(args[1]), int(args[2]))))
+    elif check == "local":
+        print(json.dumps(local_equals_shards(args[0], int(args[1]))))
+    else:
+        raise SystemExit(f"unknown check {check!r}")

@@ -1,0 +1,174 @@
+"""Data-parallel training: synchronized and local batch statistics against direct computations,
+the command line's reports, and several processes on localhost with jax.distributed (gloo).
+
+Each check runs in a subprocess, which gets the number of CPU devices it needs."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bnbench import compare, devices
+from bnbench.errors import BnbenchError
+
+WORKER = Path(__file__).with_name("data_parallel_worker.py")
+TOLERANCE = 1e-5  # float32 sums in another order: the shards' means, then their mean
+
+
+def worker(*args) -> dict:
+    done = subprocess.run([sys.executable, str(WORKER), *map(str, args)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("variant, seeds, data_parallel", [("seed_bn", 1, 4), ("seed_bn", 2, 2), ("conv_bn", 1, 2)])
+def test_sync_batch_norm_on_several_devices_trains_as_one_device_does(variant, seeds, data_parallel):
+    found = worker("sync", 4, variant, seeds, data_parallel)
+    assert found["mesh"] == {"seed": seeds, "data": data_parallel}
+    for key in ("loss", "val_loss", "params", "batch_stats"):
+        assert found[key] < TOLERANCE, (key, found)
+
+
+def test_local_batch_norm_is_each_shards_own_step_averaged():
+    found = worker("local", 4, "seed_bn", 4)
+    for key in ("params", "batch_stats"):
+        assert found[key] < TOLERANCE, (key, found)
+    assert found["loss"] < 1e-4 and found["correct"] == 0
+    assert found["vs_one_device"] > 1e-3  # shards of 8 have statistics of their own: not one device's
+
+
+def test_a_batch_that_does_not_split_over_the_devices_is_refused_in_one_line():
+    devices.DataParallel(4).check_batches(32, 5300 - 5000)  # 300 = 9 x 32 + 12: both split over 4
+    with pytest.raises(BnbenchError, match=r"the batch size 32 does not split evenly over 3 devices.*\(1, 2, 4\)"):
+        devices.DataParallel(3).check_batches(32, 300)
+    with pytest.raises(BnbenchError, match=r"the last batch of each epoch \(300 examples in batches of 32 leave 12\)"):
+        devices.DataParallel(8).check_batches(32, 300)
+    with pytest.raises(BnbenchError, match="choose sync or local"):
+        devices.DataParallel(2, "ghost")
+
+
+def run_cli(*args, **kwargs):
+    return subprocess.Popen([sys.executable, "-m", "bnbench.cli", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def finished(process, timeout=300):
+    out, err = process.communicate(timeout=timeout)
+    return process.returncode, out, err
+
+
+@pytest.fixture(scope="module")
+def one_process_reports(idx_dir, tmp_path_factory):
+    """One process: one device, and 2 devices with sync and with local statistics (2 epochs)."""
+    folder = tmp_path_factory.mktemp("dp")
+    common = ["run", "--variant", "seed_bn", "--epochs", "2", "--data-dir", idx_dir, "--quiet"]
+    layouts = {"one": ["--cpu-devices", "1"], "sync": ["--data-parallel", "2"],
+               "local": ["--data-parallel", "2", "--batch-stats", "local"]}
+    processes = {k: run_cli(*common, *extra, "--out", folder / f"{k}.json") for k, extra in layouts.items()}
+    out = {}
+    for k, p in processes.items():
+        rc, stdout, err = finished(p)
+        assert rc == 0, err[-3000:]
+        out[k] = json.loads((folder / f"{k}.json").read_text()), stdout
+    return out
+
+
+def test_the_report_says_how_each_batch_was_split_and_sync_matches_one_device(one_process_reports):
+    one, _ = one_process_reports["one"]
+    sync, table = one_process_reports["sync"]
+    assert (sync["protocol"]["data_parallel"], sync["protocol"]["batch_stats"]) == (2, "sync")
+    assert (one["protocol"]["data_parallel"], one["protocol"]["batch_stats"]) == (1, "sync")
+    assert sync["summary"]["seed_bn"]["data_devices"] == 2
+    assert "split over 2 devices; BatchNorm statistics synchronized" in table
+    for a, b in zip(one["runs"][0]["epochs"], sync["runs"][0]["epochs"]):
+        assert abs(a["train_loss"] - b["train_loss"]) < 1e-4 and abs(a["val_loss"] - b["val_loss"]) < 1e-4
+    assert abs(one["runs"][0]["test_accuracy"] - sync["runs"][0]["test_accuracy"]) < 0.01
+
+
+def test_compare_refuses_sync_against_local_but_compares_sync_with_one_device(one_process_reports, tmp_path):
+    paths = {}
+    for k, (report, _) in one_process_reports.items():
+        paths[k] = tmp_path / f"{k}.json"
+        paths[k].write_text(json.dumps(report))
+    local, _ = one_process_reports["local"]
+    assert local["protocol"]["batch_stats"] == "local"
+    local_epochs, sync_epochs = local["runs"][0]["epochs"], one_process_reports["sync"][0]["runs"][0]["epochs"]
+    assert local_epochs[1]["train_loss"] < local_epochs[0]["train_loss"] - 0.3  # it trains,
+    assert abs(local_epochs[0]["train_loss"] - sync_epochs[0]["train_loss"]) > 1e-3  # with statistics of its own
+    with pytest.raises(BnbenchError, match="batch statistics sync over 2 device.* vs local over 2"):
+        compare.compare([str(paths["sync"]), str(paths["local"])])
+    with pytest.raises(BnbenchError, match="batch statistics sync over 1 device.* vs local over 2"):
+        compare.compare([str(paths["one"]), str(paths["local"])])
+    text, _ = compare.compare([str(paths["one"]), str(paths["sync"])])  # same model, same batches: comparable
+    assert str(paths["one"]) in text and str(paths["sync"]) in text
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def processes(count, *args, out_dir: Path, port: int):
+    return [run_cli(*args, "--coordinator", f"127.0.0.1:{port}", "--num-processes", count, "--process-id", i,
+                    "--out", out_dir / f"process-{i}.json", "--peer-timeout", 20) for i in range(count)]
+
+
+def test_two_processes_on_localhost_train_as_one_process_of_two_devices(one_process_reports, idx_dir, tmp_path):
+    job = processes(2, "run", "--variant", "seed_bn", "--epochs", "2", "--data-dir", idx_dir, "--quiet",
+                    "--data-parallel", 2, out_dir=tmp_path, port=free_port())
+    results = [finished(p) for p in job]
+    for rc, _, err in results:
+        assert rc == 0, err[-3000:]
+    assert [p.name for p in tmp_path.iterdir()] == ["process-0.json"]  # exactly one report, from process 0
+    assert "seed_bn" in results[0][1] and "seed_bn" not in results[1][1]  # one table, from process 0
+    report = json.loads((tmp_path / "process-0.json").read_text())
+    assert report["environment"]["process_count"] == 2 and report["protocol"]["data_parallel"] == 2
+    sync, _ = one_process_reports["sync"]
+    for a, b in zip(sync["runs"][0]["epochs"], report["runs"][0]["epochs"]):
+        for key in ("train_loss", "val_loss", "train_accuracy", "val_accuracy"):
+            assert abs(a[key] - b[key]) < TOLERANCE, (key, a, b)
+    assert abs(sync["runs"][0]["test_loss"] - report["runs"][0]["test_loss"]) < TOLERANCE
+
+
+def test_a_process_killed_mid_run_stops_the_other_with_a_clear_error(idx_dir, tmp_path):
+    survivor, victim = processes(2, "run", "--variant", "seed_bn", "--epochs", 500, "--data-dir", idx_dir,
+                                 "--data-parallel", 2, out_dir=tmp_path, port=free_port())
+    try:
+        # Process 0's progress bar shows a finished epoch: both are training, inside collectives.
+        seen = ""
+        while "1/500" not in seen:
+            chunk = os.read(survivor.stderr.fileno(), 4096).decode(errors="replace")
+            assert chunk, f"process 0 ended before training: {seen[-2000:]}"
+            seen = (seen + chunk)[-5000:]
+        victim.kill()
+        killed_at = time.monotonic()
+        out, err = survivor.communicate(timeout=120)
+    finally:
+        for p in (survivor, victim):
+            p.kill()
+    assert time.monotonic() - killed_at < 60
+    assert survivor.returncode == 3, err[-2000:]
+    assert "process 0 of 2: another process of the job stopped or became unreachable" in err
+    assert not (tmp_path / "process-0.json").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--coordinator", "127.0.0.1:1"], "--num-processes, --process-id missing"),
+    (["--coordinator", "127.0.0.1:1", "--num-processes", "2", "--process-id", "2"], "--process-id 2: must be from 0 to 1"),
+    (["--coordinator", "localhost", "--num-processes", "2", "--process-id", "0"], "give HOST:PORT"),
+    (["--data-parallel", "3", "--cpu-devices", "3"], "the batch size 32 does not split evenly over 3 devices"),
+    (["--data-parallel", "4", "--cpu-devices", "2"], "--data-parallel 4 needs 4 devices, but JAX has 2"),
+])
+def test_bad_scale_out_options_get_one_line(idx_dir, args, message):
+    rc, _, err = finished(run_cli("run", "--epochs", 1, "--data-dir", idx_dir, *args), timeout=120)
+    last = err.strip().splitlines()[-1]
+    assert rc == 2 and last.startswith("bnbench: error: ") and message in last, err
+    assert "Traceback" not in err
