@@ -40,4 +40,5 @@ def summary_table(report: dict, markdown: bool = False) -> str:
 def layout_line(protocol: dict) -> str:
     statistics = {"sync": "BatchNorm statistics synchronized over the whole batch",
                   "local": "BatchNorm statistics of each device's shard (local)"}[protocol.get("batch_stats", "sync")]
-    return f"data-parallel: each batch of {protocol['batch_size']} split over {protocol['data_parallel']} devices; {statistics}"
+    batch = f" of {protocol['batch_size']}" if "batch_size" in protocol else ""  # a sweep's batch sizes vary
+    return f"data-parallel: each batch{batch} split over {protocol['data_parallel']} devices; {statistics}"

@@ -66,12 +66,15 @@ def finished(process, timeout=300):
 
 @pytest.fixture(scope="module")
 def one_process_reports(idx_dir, tmp_path_factory):
-    """One process: one device, and 2 devices with sync and with local statistics (2 epochs)."""
+    """One process: one device, and 2 devices with sync and with local statistics (2 epochs); a
+    sweep of two learning rates on 2 devices."""
     folder = tmp_path_factory.mktemp("dp")
     common = ["run", "--variant", "seed_bn", "--epochs", "2", "--data-dir", idx_dir, "--quiet"]
     layouts = {"one": ["--cpu-devices", "1"], "sync": ["--data-parallel", "2"],
                "local": ["--data-parallel", "2", "--batch-stats", "local"]}
     processes = {k: run_cli(*common, *extra, "--out", folder / f"{k}.json") for k, extra in layouts.items()}
+    processes["sweep"] = run_cli("sweep", "--variant", "seed_bn", "--learning-rate", "1e-3,1e-2", "--epochs", "2",
+                                 "--data-dir", idx_dir, "--quiet", "--data-parallel", "2", "--out", folder / "sweep.json")
     out = {}
     for k, p in processes.items():
         rc, stdout, err = finished(p)
@@ -92,9 +95,20 @@ def test_the_report_says_how_each_batch_was_split_and_sync_matches_one_device(on
     assert abs(one["runs"][0]["test_accuracy"] - sync["runs"][0]["test_accuracy"]) < 0.01
 
 
+def test_a_sweep_trains_data_parallel_as_run_does(one_process_reports):
+    sweep, _ = one_process_reports["sweep"]
+    sync, _ = one_process_reports["sync"]
+    assert (sweep["protocol"]["data_parallel"], sweep["protocol"]["batch_stats"]) == (2, "sync")
+    at_1e3 = next(r for r in sweep["runs"] if r["config"]["learning_rate"] == 1e-3)
+    for a, b in zip(sync["runs"][0]["epochs"], at_1e3["epochs"]):
+        assert abs(a["train_loss"] - b["train_loss"]) < TOLERANCE and a["val_accuracy"] == b["val_accuracy"]
+
+
 def test_compare_refuses_sync_against_local_but_compares_sync_with_one_device(one_process_reports, tmp_path):
     paths = {}
     for k, (report, _) in one_process_reports.items():
+        if k == "sweep":
+            continue
         paths[k] = tmp_path / f"{k}.json"
         paths[k].write_text(json.dumps(report))
     local, _ = one_process_reports["local"]

@@ -41,3 +41,25 @@ def test_harness_files_of_one_session_share_a_run_id(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     run_id = json.loads(report.read_text())["run_id"]
     assert len(run_id) == 32 and json.loads(pb.read_text())["machine_info"]["bnbench_run_id"] == run_id
+
+
+def test_data_parallel_accuracy_and_scaling_benchmarks_reach_both_files_and_the_report(tmp_path):
+    report, pb, page = tmp_path / "r.json", tmp_path / "pb.json", tmp_path / "page"
+    result = run_harness("--quick", "--variants", "seed_bn", "--data-parallel", 2, "--scaling-devices", "1,2",
+                         "-k", "test_accuracy or test_data_parallel_scaling and seed_bn-sync",
+                         "--bnbench-report", report, "--benchmark-json", pb)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    written = json.loads(report.read_text())
+    assert (written["protocol"]["data_parallel"], written["summary"]["seed_bn"]["data_devices"]) == (2, 2)
+    points = {p["devices"]: p for p in written["data_parallel_scaling"]}
+    assert sorted(points) == [1, 2] and all(p["batch_stats"] == "sync" and p["examples_per_s"] > 0
+                                            for p in points.values())
+    tagged = [b["extra_info"] for b in json.loads(pb.read_text())["benchmarks"]
+              if b["extra_info"].get("bnbench") == "data_parallel_scaling"]
+    assert sorted(p["devices"] for p in tagged) == [1, 2]
+    done = subprocess.run([sys.executable, "-m", "bnbench.cli", "report", pb, "--out", page], capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stderr
+    text = (page / "README.md").read_text()
+    assert "## Data-parallel scaling [1]" in text and "seed_bn, sync statistics | 2" in text.replace("  ", " ")
+    assert (page / "data_parallel_scaling_1.png").stat().st_size > 10_000
