@@ -129,6 +129,12 @@ class Session:
             self.dataset = data_lib.load(opt("--dataset"), opt("--data-dir"), download_url=opt("--download-url"))
         for name in variant_names(config):
             variants.get(name).check(self.dataset.train_images.shape[1:], self.dataset.num_classes)
+        train_examples = len(self.dataset.train_labels)
+        for count in [self.parallel.devices, *scaling_devices(config)]:  # before any benchmark, in one line
+            devices.DataParallel(count).check_batches(self.protocol.batch_size, train_examples)
+        devices.seed_mesh(len(self.seeds), None, self.parallel.devices)
+        facts = {k: v for k, v in self.dataset.describe().items() if k not in ("location", "source")}
+        distributed.agree(distributed.fingerprint(config.invocation_params.args, facts))
         self.data = train.DeviceData.from_dataset(self.dataset)
         self.backend = jax.default_backend()
         self.step_rounds = 20 if self.quick else 300
@@ -165,6 +171,9 @@ def pytest_configure(config):
 
     seed_counts = [_at_least(config, "--seeds", 1), _at_least(config, "--scaling-seeds", 0) or 1,
                    _at_least(config, "--sweep-configs", 0) or 1]
+    _at_least(config, "--peer-timeout", 1)
+    if config.getoption("--num-processes") is not None:
+        _at_least(config, "--num-processes", 1)
     _at_least(config, "--floor-every", 1)
     try:
         cpu_devices = cpu_devices_option(config.getoption("--cpu-devices"))
@@ -178,6 +187,7 @@ def pytest_configure(config):
     wanted = max([_at_least(config, "--data-parallel", 1), *scaling_devices(config)])
     cpu_devices = max(cpu_devices, -(-wanted // processes))
     try:
+        devices.DataParallel(config.getoption("--data-parallel"), config.getoption("--batch-stats"))
         if cpu_devices > 1:
             devices.expose_cpu_devices(cpu_devices)  # before JAX starts its backends
         joined = distributed.initialize(config.getoption("--coordinator"), config.getoption("--num-processes"),
@@ -185,6 +195,13 @@ def pytest_configure(config):
     except BnbenchError as e:
         raise pytest.UsageError(str(e)) from None
     config._bnbench_main_process = not joined or distributed.is_main_process()
+
+
+def pytest_sessionstart(session):
+    """In a job of several processes only process 0 writes: pytest-benchmark's JSON and saved runs too."""
+    benchmarks = getattr(session.config, "_benchmarksession", None)
+    if benchmarks is not None and not session.config._bnbench_main_process:
+        benchmarks.json = benchmarks.save = benchmarks.autosave = None
     config.addinivalue_line("markers", "bnbench: a bnbench benchmark")
     config._bnbench_report_path = _report_path(config)
     config._bnbench_run_id = runner.new_run_id()  # the same in both files this session writes
@@ -195,6 +212,8 @@ def bnbench_session(request):
     try:
         session = Session(request.config)
     except BnbenchError as e:
+        if distributed.joined:
+            distributed.stop_after(e)  # the other processes hear of it and stop with this one
         pytest.exit(f"bnbench: error: {e}", returncode=2)
     request.config._bnbench_session = session
     return session

@@ -91,8 +91,9 @@ def test_data_parallel_scaling(benchmark, bnbench_session, scaling_case):
     if scaling_case is None:
         pytest.skip("opt in with --scaling-devices N,N,... (for instance 1,2,4)")
     variant_name, batch_stats, count = scaling_case
+    # One device is every curve's first point: its statistics are the whole batch's, whichever kind.
     program = bench.EpochProgram(variants.get(variant_name), s.protocol, s.data, 1,
-                                 parallel=devices.DataParallel(count, batch_stats))
+                                 parallel=devices.DataParallel(count, batch_stats if count > 1 else "sync"))
     program()  # the first epoch pays for page faults
     program.times.clear()
     benchmark.group = "data-parallel scaling"
@@ -100,7 +101,7 @@ def test_data_parallel_scaling(benchmark, bnbench_session, scaling_case):
     benchmark.pedantic(program, rounds=s.scaling_rounds, iterations=1)
     if benchmark.disabled:
         return
-    point = {"variant": variant_name, **bench.data_parallel_point(program)}
+    point = {"variant": variant_name, **bench.data_parallel_point(program), "batch_stats": batch_stats}
     benchmark.extra_info.update(point)
     s.scaling.append(point)
 

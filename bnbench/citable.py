@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from bnbench import reports, scaling
-from bnbench.compare import KEY, check_baselines, compare_loaded, protocol_key
+from bnbench.compare import KEY, batch_stats, check_baselines, compare_loaded, protocol_key
 from bnbench.io import atomic_write, make_folder
 from bnbench.reports import STEP_KINDS
 from bnbench.schema import PROTOCOL_KEYS
@@ -172,7 +172,14 @@ def _seeds_text(seeds: list[int]) -> str:
 
 
 def protocol_title(p: dict) -> str:
-    """A section's title: every field sections are grouped by (schema.PROTOCOL_KEYS)."""
+    """A section's title: every field sections are grouped by (schema.PROTOCOL_KEYS, and BatchNorm's
+    statistics where they are local to each device)."""
+    local = (f", BatchNorm statistics local to each of {p['data_parallel']} devices"
+             if batch_stats(p) == "local" else "")
+    return _title(p) + local
+
+
+def _title(p: dict) -> str:
     if not any(key in p for key in PROTOCOL_KEYS):
         return "protocol not recorded (pytest-benchmark JSON without the accuracy benchmark)"
     g = lambda key: p.get(key, "?")  # noqa: E731

@@ -93,6 +93,7 @@ def cmd_run(args) -> int:
     protocol = train.Protocol(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate)
     dataset, device_data = _load_data(args, chosen, quiet=not main_process)
     seeds = list(range(args.seed, args.seed + args.seeds))
+    ready_to_train(parallel, [protocol.batch_size], len(dataset.train_labels), len(seeds), dataset)
     results = {}
     for variant in chosen:
         with tqdm(total=protocol.epochs, desc=f"{variant.name} ({len(seeds)} seed{'s' * (len(seeds) > 1)})",
@@ -115,6 +116,19 @@ def cmd_run(args) -> int:
         write_json(out, report)
         print(f"report written to {out}", file=sys.stderr)
     return 0
+
+
+def ready_to_train(parallel, batch_sizes, train_examples: int, runs: int, dataset) -> None:
+    """What can stop a data-parallel run, checked before any training (every batch splits, the
+    layout reaches every process), and then, in a job of several processes, every process's word
+    that it is ready with the same arguments and data."""
+    from bnbench import devices, distributed
+
+    for batch_size in batch_sizes:
+        parallel.check_batches(batch_size, train_examples)
+    devices.seed_mesh(runs, None, parallel.devices)
+    facts = {k: v for k, v in dataset.describe().items() if k != "location"}
+    distributed.agree(distributed.fingerprint(sys.argv[1:], facts))
 
 
 def _load_data(args, chosen, quiet: bool = False):
@@ -162,6 +176,7 @@ def cmd_sweep(args) -> int:
     if previous is not None:
         sweep.check_resumable(previous, dataset, grid, parallel)
     sweep.programs(grid, chosen, len(dataset.train_labels))  # a grid a variant cannot take fails now
+    ready_to_train(parallel, grid.batch_sizes, len(dataset.train_labels), runs_per_program, dataset)
 
     def on_program(program, i, total):
         if not args.quiet and main_process:

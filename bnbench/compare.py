@@ -39,7 +39,7 @@ def differences(base: dict, other: dict) -> list[str]:
              dict.fromkeys([*base.get("sweep", {}), *other.get("sweep", {})])
              if key not in ("variants", "target") and base["sweep"].get(key) != other["sweep"].get(key)]
     fields = [f"{key} {a[key]} vs {b[key]}" for key in PROTOCOL_KEYS if key in a and key in b and a[key] != b[key]]
-    return grids + fields + _batch_stats_differ(a, b)
+    return grids + fields + _batch_stats_differ(base, other)
 
 
 def batch_stats(protocol: dict) -> str:
@@ -48,10 +48,14 @@ def batch_stats(protocol: dict) -> str:
     return protocol.get("batch_stats", "sync") if protocol.get("data_parallel", 1) > 1 else "sync"
 
 
-def _batch_stats_differ(a: dict, b: dict) -> list[str]:
+def _batch_stats_differ(base: dict, other: dict) -> list[str]:
     """Batch statistics of the whole batch against each device's shard compute different models
-    (the number of devices alone does not: sync BN on N devices is one device's BatchNorm)."""
+    (the number of devices alone does not: sync BN on N devices is one device's BatchNorm), where
+    a variant of either report has batch statistics (LayerNorm's are per example)."""
+    a, b = base["protocol"], other["protocol"]
     if "dataset" not in a or "dataset" not in b or batch_stats(a) == batch_stats(b):
+        return []
+    if not any(v.get("batch_statistics", True) for r in (base, other) for v in r["variants"].values()):
         return []
     return [f"batch statistics {batch_stats(a)} over {a.get('data_parallel', 1)} device(s) vs "
             f"{batch_stats(b)} over {b.get('data_parallel', 1)}"]
@@ -90,6 +94,8 @@ def _time_cells(kind: str, figure: dict | None, base: dict | None) -> list[str]:
     if figure is None:
         return ["-", "-"]
     text = _ms(figure) + (f", {_runs(figure['seeds'])}" if kind == "epoch_per_update" else "")
+    if kind == "epoch_per_update" and figure.get("data_devices", 1) > 1:
+        text += f", each batch over {figure['data_devices']} devices"
     same = base is not None and reports.same_layout(base, figure)
     return [text, f"{figure['median'] / base['median']:.2f}x" if same else "-"]
 

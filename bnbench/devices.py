@@ -80,6 +80,9 @@ class DataParallel:
             raise BnbenchError(f"--data-parallel must be a whole number of devices, at least 1, got {self.devices!r}")
         if self.batch_stats not in BATCH_STATS:
             raise BnbenchError(f"--batch-stats {self.batch_stats!r}: choose sync or local")
+        if self.batch_stats == "local" and self.devices == 1:
+            raise BnbenchError("--batch-stats local needs --data-parallel 2 or more: on one device every "
+                               "BatchNorm's statistics are the whole batch's")
 
     @property
     def axis(self) -> str | None:
@@ -113,14 +116,30 @@ def seed_mesh(num_seeds: int, devices=None, data_parallel: int = 1) -> Mesh | No
     devices = list(devices if devices is not None else jax.devices())
     if data_parallel == 1:
         shares = seed_shares(num_seeds, len(devices))
-        return Mesh(np.array(devices[:shares]), (SEED_AXIS,)) if shares > 1 else None
+        mesh = Mesh(np.array(devices[:shares]), (SEED_AXIS,)) if shares > 1 else None
+        _check_spans_processes(mesh, devices)
+        return mesh
     if len(devices) < data_parallel:
         raise BnbenchError(f"--data-parallel {data_parallel} needs {data_parallel} devices, but JAX has "
                            f"{len(devices)} ({devices[0].platform}): on a CPU pass --cpu-devices {data_parallel} "
                            "(or more); elsewhere use at most the devices there are")
     shares = seed_shares(num_seeds, len(devices) // data_parallel)
     grid = np.array(devices[:shares * data_parallel]).reshape(shares, data_parallel)
-    return Mesh(grid, (SEED_AXIS, DATA_AXIS))
+    mesh = Mesh(grid, (SEED_AXIS, DATA_AXIS))
+    _check_spans_processes(mesh, devices)
+    return mesh
+
+
+def _check_spans_processes(mesh: Mesh | None, devices) -> None:
+    """In a job of several processes, every process must hold part of the mesh: one left out would
+    have nothing to compute, and its peers would wait on it."""
+    processes = {d.process_index for d in devices}
+    used = {d.process_index for d in mesh.devices.flat} if mesh is not None else {devices[0].process_index}
+    if len(processes) > 1 and used != processes:
+        per_process = len(devices) // len(processes)
+        raise BnbenchError(f"this layout uses the devices of {len(used)} of the job's {len(processes)} processes: "
+                           f"in a job of several processes, pass --data-parallel {len(devices)} (every device, "
+                           f"{per_process} per process), or fewer devices per process with --cpu-devices")
 
 
 def seeds_one_after_another(mesh: Mesh | None) -> bool:

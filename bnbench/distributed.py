@@ -2,26 +2,46 @@
 
 Every process runs the same command, loads the data itself and contributes its devices to one
 global mesh; the compiled epoch's collectives cross processes (on CPUs through gloo). Only
-process 0 prints tables and writes reports. A process that loses a peer mid-run raises an error
-in its next collective: ``stop_after`` turns it into one line and ends the process at once,
-without waiting on a shutdown barrier its dead peer can never join.
+process 0 prints tables and writes reports.
+
+Failures: before training, every process says through JAX's key-value store that it is ready,
+with a fingerprint of its arguments and data, or why it stopped (``agree``); so a process that
+fails to start, or one started with other arguments, stops every process with one line and a
+clean shutdown, instead of leaving them in a collective that never completes. A process lost
+mid-run makes the others fail in their next collective: ``stop_after`` turns that into one line
+and ends the process at once, without waiting on a shutdown barrier its dead peer can never join.
+A process that stops answering without dying is JAX's coordination service's to detect: after
+``--peer-timeout`` seconds it ends the others itself, with its own message.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import signal
 import sys
 
 from bnbench.errors import BnbenchError
 
 DEFAULT_TIMEOUT_S = 60
 joined = False  # whether this process has joined a job of several (``initialize``)
+_agreed = False  # whether it has said it is ready (``agree``): from then on a failure is mid-run
+_timeout_s = DEFAULT_TIMEOUT_S
+# Arguments that may differ between processes without changing what they train together.
+PER_PROCESS_OPTIONS = ("--process-id", "--out", "--data-dir", "--download-url", "--cpu-devices", "--quiet")
+
+
+class PeerFailed(BnbenchError):
+    """Another process of the job stopped before training, or was started otherwise."""
 
 
 def _on_cluster() -> bool:
-    """Whether the environment describes a job of several processes that JAX can join by itself:
-    a SLURM job of more than one task, or JAX's own coordinator variable."""
-    return int(os.environ.get("SLURM_NTASKS", "1") or 1) > 1 or "JAX_COORDINATOR_ADDRESS" in os.environ
+    """Whether the environment describes a job of several processes that JAX can join by itself: a
+    task of a SLURM job step of several tasks (srun sets SLURM_PROCID; a shell under salloc does
+    not), or JAX's own coordinator variable."""
+    tasks = os.environ.get("SLURM_STEP_NUM_TASKS") or os.environ.get("SLURM_NTASKS") or "1"
+    return ("SLURM_PROCID" in os.environ and tasks.isdigit() and int(tasks) > 1) or \
+        "JAX_COORDINATOR_ADDRESS" in os.environ
 
 
 def initialize(coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None,
@@ -50,15 +70,69 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPUs' collectives across processes
     try:
         jax.distributed.initialize(coordinator, num_processes, process_id, initialization_timeout=timeout_s,
-                                   heartbeat_timeout_seconds=timeout_s)
+                                   heartbeat_timeout_seconds=timeout_s, shutdown_timeout_seconds=timeout_s)
     except Exception as e:  # noqa: BLE001 - JAX raises its runtime's errors unwrapped
         where = coordinator or "the coordinator the cluster names"
         raise BnbenchError(f"could not join the other processes through {where} within {timeout_s} s "
                            f"({_first_line(e)}): start every process with the same --coordinator and "
                            "--num-processes, each with its own --process-id") from None
-    global joined
-    joined = True
+    # JAX's preemption notifier takes SIGTERM and keeps training; a scheduler's (scancel, timeout)
+    # or a user's SIGTERM should end the process, as it does without jax.distributed.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    global joined, _timeout_s
+    joined, _timeout_s = True, timeout_s
     return True
+
+
+def fingerprint(argv, *facts) -> str:
+    """What every process of a job must share: its arguments but the per-process ones, and ``facts``
+    (the data each loaded)."""
+    shared, skip = [], False
+    for word in argv:
+        if skip:
+            skip = False
+            continue
+        name = word.split("=", 1)[0]
+        if name in PER_PROCESS_OPTIONS:
+            skip = "=" not in word and name != "--quiet"
+            continue
+        shared.append(word)
+    return hashlib.sha256(repr((shared, facts)).encode()).hexdigest()[:16]
+
+
+def _client():
+    from jax._src import distributed as jax_distributed  # the key-value store JAX's processes share
+
+    return jax_distributed.global_state.client
+
+
+def agree(mine: str) -> None:
+    """Says this process is ready to train with fingerprint ``mine`` and waits until every other
+    process has said so too; raises PeerFailed, naming the process, if one stopped instead, was
+    started with another fingerprint, or does not answer within 10 x --peer-timeout."""
+    if not joined:
+        return
+    import jax
+
+    global _agreed
+    me, count = jax.process_index(), jax.process_count()
+    client = _client()
+    client.key_value_set(f"bnbench/ready/{me}", f"ok {mine}")
+    _agreed = True
+    for other in range(count):
+        if other == me:
+            continue
+        try:
+            status = client.blocking_key_value_get(f"bnbench/ready/{other}", 10 * _timeout_s * 1000)
+        except Exception as e:  # noqa: BLE001 - the store's timeout arrives as its runtime's error
+            raise PeerFailed(f"process {other} of {count} did not get ready within {10 * _timeout_s} s "
+                             f"({_first_line(e)}): see its output") from None
+        if status.startswith("error "):
+            raise PeerFailed(f"process {other} of {count} stopped before training: {status[6:]}")
+        if status != f"ok {mine}":
+            raise PeerFailed(f"process {other} of {count} was started with other arguments or other data than "
+                             f"process {me}: give every process the same command but --process-id (and, if "
+                             f"you like, --out, --data-dir, --cpu-devices)")
 
 
 def is_main_process() -> bool:
@@ -81,6 +155,8 @@ def stop_after(error: BaseException) -> None:
     import jax
 
     me = f"process {jax.process_index()} of {jax.process_count()}"
+    if not _agreed or isinstance(error, PeerFailed):
+        _stop_together(jax.process_index(), me, error)
     if lost_peer(error):
         message = (f"{me}: another process of the job stopped or became unreachable ({_first_line(error)}); "
                    "stopping too. See that process's output for its error; rerun every process")
@@ -89,6 +165,27 @@ def stop_after(error: BaseException) -> None:
     print(f"bnbench: error: {message}", file=sys.stderr, flush=True)
     sys.stdout.flush()
     os._exit(3 if lost_peer(error) else 2)
+
+
+def _stop_together(index: int, me: str, error: BaseException) -> None:
+    """Before training, every process is alive: say why this one stops (the others read it in
+    ``agree``), then leave through JAX's shutdown barrier with them, so that no process is ended
+    by the coordination service for a peer that left first."""
+    text = str(error) if isinstance(error, BnbenchError) else f"{type(error).__name__}: {_first_line(error)}"
+    if not _agreed:
+        try:
+            _client().key_value_set(f"bnbench/ready/{index}", f"error {text}")
+        except Exception:  # noqa: BLE001 - the store is gone: the others will find out on their own
+            pass
+    print(f"bnbench: error: {me}: {text}", file=sys.stderr, flush=True)
+    try:
+        import jax
+
+        jax.distributed.shutdown()
+    except Exception:  # noqa: BLE001 - a peer already gone: nothing left to wait for
+        pass
+    sys.stdout.flush()
+    os._exit(2)
 
 
 def _first_line(error: BaseException) -> str:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from bnbench import schema
 from bnbench.errors import BnbenchError
+from bnbench.models.norms import MOVING_STATISTICS
 
 ACCURACIES = ("train_accuracy", "val_accuracy", "test_accuracy")
 # The kinds of step time. They measure different things and are never compared with each other:
@@ -125,6 +126,8 @@ def _variant(summary: dict | None, runs: list[dict], lone_step: dict | None = No
              "curves": [[e.get("val_accuracy") for e in r["epochs"]] for r in runs]}
     if summary is not None:
         entry.update({key: summary[key] for key in ACCURACIES})
+        model = summary.get("model")  # absent in the oldest reports: then assume batch statistics
+        entry["batch_statistics"] = model.get("norm") in MOVING_STATISTICS if model else True
         entry.update(epoch_per_update=_epoch_per_update(summary), seeds=summary["seeds"],
                      time_to_target=summary.get("time_to_target"), diverged_seeds=summary.get("diverged_seeds", 0))
         entry["lone_step"] = entry["lone_step"] or _lone_step(summary.get("step_time_s"))

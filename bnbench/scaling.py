@@ -42,10 +42,12 @@ def sections(plt, loaded: list[dict], out: Path, save) -> tuple[list[str], list[
         path = out / f"data_parallel_scaling_{r['ref']}.png"
         _plot(plt, r, curves, path, save)
         written.append(path)
-        where = (f"{r['environment'].get('device_count')} simulated CPU devices sharing "
-                 f"{r['environment'].get('usable_cores')} cores of {r['label']}: these points measure what "
-                 "the collectives cost in overhead and check correctness; they are not a speed-up"
-                 if simulated(r) else r["label"])
+        count = r["environment"].get("device_count")
+        where = (f"{count} simulated CPU devices sharing {r['environment'].get('usable_cores')} cores of "
+                 f"{r['label']}: these points measure what the collectives cost in overhead and check "
+                 f"correctness; they are not a speed-up. Every point ran in one process split into {count} "
+                 "devices, which share the cores' threads, so even the 1-device point is slower than a "
+                 "process of one device" if simulated(r) else r["label"])
         lines += [f"## Data-parallel scaling [{r['ref']}]", "",
                   f"One seed's epoch, each batch of {_batch(curves)} split over N devices; {where}. "
                   "Median over the timed epochs; examples per second are training examples over the epoch's "

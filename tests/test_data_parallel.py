@@ -174,12 +174,36 @@ def test_a_process_killed_mid_run_stops_the_other_with_a_clear_error(idx_dir, tm
     assert not (tmp_path / "process-0.json").exists()
 
 
+def test_a_process_that_fails_before_training_stops_the_other_with_one_line(idx_dir, tmp_path):
+    # Process 1 alone is given a data folder that does not exist.
+    job = [run_cli("run", "--variant", "seed_bn", "--epochs", 1, "--data-parallel", 2, "--quiet",
+                   "--data-dir", idx_dir if i == 0 else tmp_path / "missing", "--coordinator", f"127.0.0.1:{port}",
+                   "--num-processes", 2, "--process-id", i, "--out", tmp_path / f"process-{i}.json", "--peer-timeout", 20)
+           for port in [free_port()] for i in range(2)]
+    (rc0, _, err0), (rc1, _, err1) = [finished(p, timeout=120) for p in job]
+    assert (rc0, rc1) == (2, 2), err0[-2000:] + err1[-2000:]
+    assert "bnbench: error: process 1 of 2:" in err1 and "missing" in err1
+    assert "bnbench: error: process 0 of 2: process 1 of 2 stopped before training:" in err0
+    assert "Terminating process" not in err0 + err1 and not list(tmp_path.glob("*.json"))
+
+
+def test_processes_started_with_other_arguments_stop_before_training(idx_dir, tmp_path):
+    port = free_port()
+    job = [run_cli("run", "--variant", "seed_bn", "--epochs", epochs, "--data-parallel", 2, "--quiet",
+                   "--data-dir", idx_dir, "--coordinator", f"127.0.0.1:{port}", "--num-processes", 2,
+                   "--process-id", i, "--peer-timeout", 20) for i, epochs in enumerate((3, 1))]
+    results = [finished(p, timeout=120) for p in job]
+    assert [rc for rc, _, _ in results] == [2, 2], results[0][2][-2000:]
+    assert all("was started with other arguments or other data" in err for _, _, err in results)
+
+
 @pytest.mark.parametrize("args, message", [
     (["--coordinator", "127.0.0.1:1"], "--num-processes, --process-id missing"),
     (["--coordinator", "127.0.0.1:1", "--num-processes", "2", "--process-id", "2"], "--process-id 2: must be from 0 to 1"),
     (["--coordinator", "localhost", "--num-processes", "2", "--process-id", "0"], "give HOST:PORT"),
     (["--data-parallel", "3", "--cpu-devices", "3"], "the batch size 32 does not split evenly over 3 devices"),
     (["--data-parallel", "4", "--cpu-devices", "2"], "--data-parallel 4 needs 4 devices, but JAX has 2"),
+    (["--batch-stats", "local"], "--batch-stats local needs --data-parallel 2 or more"),
 ])
 def test_bad_scale_out_options_get_one_line(idx_dir, args, message):
     rc, _, err = finished(run_cli("run", "--epochs", 1, "--data-dir", idx_dir, *args), timeout=120)
