@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import collections
 import datetime
+import os
 from pathlib import Path
 
 import jax
@@ -195,6 +196,21 @@ def pytest_configure(config):
     except BnbenchError as e:
         raise pytest.UsageError(str(e)) from None
     config._bnbench_main_process = not joined or distributed.is_main_process()
+    config.addinivalue_line("markers", "bnbench: a bnbench benchmark")
+    config._bnbench_report_path = _report_path(config)
+    config._bnbench_run_id = runner.new_run_id()  # the same in both files this session writes
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item):
+    """A peer lost mid-run, in a job of several processes: one line and an exit now, not a failed
+    test and then JAX's exit barrier waiting for the peer until it gives up."""
+    outcome = yield
+    error = outcome.excinfo[1] if outcome.excinfo else None
+    if error is not None and distributed.joined and distributed.lost_peer(error):
+        reporter = item.config.pluginmanager.get_plugin("terminalreporter")
+        reporter.write_line(f"bnbench: error: {distributed.mid_run_message(error)}")
+        os._exit(3)
 
 
 def pytest_sessionstart(session):
@@ -202,9 +218,6 @@ def pytest_sessionstart(session):
     benchmarks = getattr(session.config, "_benchmarksession", None)
     if benchmarks is not None and not session.config._bnbench_main_process:
         benchmarks.json = benchmarks.save = benchmarks.autosave = None
-    config.addinivalue_line("markers", "bnbench: a bnbench benchmark")
-    config._bnbench_report_path = _report_path(config)
-    config._bnbench_run_id = runner.new_run_id()  # the same in both files this session writes
 
 
 @pytest.fixture(scope="session")
@@ -212,8 +225,8 @@ def bnbench_session(request):
     try:
         session = Session(request.config)
     except BnbenchError as e:
-        if distributed.joined:
-            distributed.stop_after(e)  # the other processes hear of it and stop with this one
+        if distributed.joined:  # the other processes hear of it in distributed.agree and stop too
+            pytest.exit(f"bnbench: error: {distributed.post_failure(e)}", returncode=2)
         pytest.exit(f"bnbench: error: {e}", returncode=2)
     request.config._bnbench_session = session
     return session

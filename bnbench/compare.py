@@ -179,6 +179,9 @@ def check_baselines(loaded: list[dict], baselines) -> None:
     names = {name for r in loaded for name in r["variants"]} | {v["variant"] for r in loaded for v in
                                                                 r["variants"].values() if "variant" in v}
     missing = [b for b in baselines if b not in names]
+    if missing and not names:
+        raise reports.ReportError(f"--baseline {missing[0]}: the reports hold no variant's accuracies (only "
+                                  "scaling points), so there is nothing to set against it: drop --baseline")
     if missing:
         raise reports.ReportError(f"baseline variant {missing[0]!r} is in none of the reports: choose one of "
                                   f"{', '.join(sorted(names))}")

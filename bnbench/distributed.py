@@ -27,8 +27,11 @@ DEFAULT_TIMEOUT_S = 60
 joined = False  # whether this process has joined a job of several (``initialize``)
 _agreed = False  # whether it has said it is ready (``agree``): from then on a failure is mid-run
 _timeout_s = DEFAULT_TIMEOUT_S
-# Arguments that may differ between processes without changing what they train together.
-PER_PROCESS_OPTIONS = ("--process-id", "--out", "--data-dir", "--download-url", "--cpu-devices", "--quiet")
+# Arguments that may differ between processes without changing what they train together: options
+# with a value, then flags (the pytest harness's file options among them; only process 0 writes).
+PER_PROCESS_OPTIONS = ("--process-id", "--out", "--data-dir", "--download-url", "--cpu-devices", "--bnbench-report",
+                       "--benchmark-json", "--benchmark-save", "--benchmark-storage")
+PER_PROCESS_FLAGS = ("--quiet", "--benchmark-autosave")
 
 
 class PeerFailed(BnbenchError):
@@ -94,7 +97,9 @@ def fingerprint(argv, *facts) -> str:
             continue
         name = word.split("=", 1)[0]
         if name in PER_PROCESS_OPTIONS:
-            skip = "=" not in word and name != "--quiet"
+            skip = "=" not in word
+            continue
+        if name in PER_PROCESS_FLAGS:
             continue
         shared.append(word)
     return hashlib.sha256(repr((shared, facts)).encode()).hexdigest()[:16]
@@ -152,32 +157,43 @@ def lost_peer(error: BaseException) -> bool:
 def stop_after(error: BaseException) -> None:
     """Ends this process of a distributed job now, with one line saying why: the shutdown barrier
     JAX runs at exit would wait for the peers, and a dead peer never comes."""
-    import jax
-
-    me = f"process {jax.process_index()} of {jax.process_count()}"
     if not _agreed or isinstance(error, PeerFailed):
-        _stop_together(jax.process_index(), me, error)
-    if lost_peer(error):
-        message = (f"{me}: another process of the job stopped or became unreachable ({_first_line(error)}); "
-                   "stopping too. See that process's output for its error; rerun every process")
-    else:
-        message = f"{me}: {error}" if isinstance(error, BnbenchError) else f"{me}: {type(error).__name__}: {_first_line(error)}"
-    print(f"bnbench: error: {message}", file=sys.stderr, flush=True)
+        _stop_together(error)
+    print(f"bnbench: error: {mid_run_message(error)}", file=sys.stderr, flush=True)
     sys.stdout.flush()
     os._exit(3 if lost_peer(error) else 2)
 
 
-def _stop_together(index: int, me: str, error: BaseException) -> None:
+def mid_run_message(error: BaseException) -> str:
+    """One line for a failure during training: a lost peer, or this process's own error."""
+    import jax
+
+    me = f"process {jax.process_index()} of {jax.process_count()}"
+    if lost_peer(error):
+        return (f"{me}: another process of the job stopped or became unreachable ({_first_line(error)}); "
+                "stopping too. See that process's output for its error; rerun every process")
+    return f"{me}: {error}" if isinstance(error, BnbenchError) else f"{me}: {type(error).__name__}: {_first_line(error)}"
+
+
+def post_failure(error: BaseException) -> str:
+    """Before training: tells the other processes (waiting in ``agree``) why this one stops, and
+    returns that reason as one line."""
+    import jax
+
+    text = str(error) if isinstance(error, BnbenchError) else f"{type(error).__name__}: {_first_line(error)}"
+    if joined and not _agreed:
+        try:
+            _client().key_value_set(f"bnbench/ready/{jax.process_index()}", f"error {text}")
+        except Exception:  # noqa: BLE001 - the store is gone: the others will find out on their own
+            pass
+    return f"process {jax.process_index()} of {jax.process_count()}: {text}"
+
+
+def _stop_together(error: BaseException) -> None:
     """Before training, every process is alive: say why this one stops (the others read it in
     ``agree``), then leave through JAX's shutdown barrier with them, so that no process is ended
     by the coordination service for a peer that left first."""
-    text = str(error) if isinstance(error, BnbenchError) else f"{type(error).__name__}: {_first_line(error)}"
-    if not _agreed:
-        try:
-            _client().key_value_set(f"bnbench/ready/{index}", f"error {text}")
-        except Exception:  # noqa: BLE001 - the store is gone: the others will find out on their own
-            pass
-    print(f"bnbench: error: {me}: {text}", file=sys.stderr, flush=True)
+    print(f"bnbench: error: {post_failure(error)}", file=sys.stderr, flush=True)
     try:
         import jax
 
