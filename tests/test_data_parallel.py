@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from bnbench import compare, devices
+from bnbench import compare, devices, distributed
 from bnbench.errors import BnbenchError
 
 WORKER = Path(__file__).with_name("data_parallel_worker.py")
@@ -197,13 +197,22 @@ def test_processes_started_with_other_arguments_stop_before_training(idx_dir, tm
     assert all("was started with other arguments or other data" in err for _, _, err in results)
 
 
+@pytest.mark.parametrize("options, message", [
+    ({"coordinator": "127.0.0.1:1"}, "--num-processes, --process-id missing"),
+    ({"coordinator": "127.0.0.1:1", "num_processes": 2, "process_id": 2}, "--process-id 2: must be from 0 to 1"),
+    ({"coordinator": "localhost", "num_processes": 2, "process_id": 0}, "give HOST:PORT"),
+])
+def test_bad_process_options_are_refused_before_joining_anything(options, message):
+    with pytest.raises(BnbenchError, match=message):
+        distributed.initialize(**options)
+    assert not distributed.joined
+    with pytest.raises(BnbenchError, match="--batch-stats local needs --data-parallel 2 or more"):
+        devices.DataParallel(1, "local")
+
+
 @pytest.mark.parametrize("args, message", [
-    (["--coordinator", "127.0.0.1:1"], "--num-processes, --process-id missing"),
-    (["--coordinator", "127.0.0.1:1", "--num-processes", "2", "--process-id", "2"], "--process-id 2: must be from 0 to 1"),
-    (["--coordinator", "localhost", "--num-processes", "2", "--process-id", "0"], "give HOST:PORT"),
     (["--data-parallel", "3", "--cpu-devices", "3"], "the batch size 32 does not split evenly over 3 devices"),
     (["--data-parallel", "4", "--cpu-devices", "2"], "--data-parallel 4 needs 4 devices, but JAX has 2"),
-    (["--batch-stats", "local"], "--batch-stats local needs --data-parallel 2 or more"),
 ])
 def test_bad_scale_out_options_get_one_line(idx_dir, args, message):
     rc, _, err = finished(run_cli("run", "--epochs", 1, "--data-dir", idx_dir, *args), timeout=120)
