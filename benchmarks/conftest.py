@@ -130,12 +130,9 @@ class Session:
             self.dataset = data_lib.load(opt("--dataset"), opt("--data-dir"), download_url=opt("--download-url"))
         for name in variant_names(config):
             variants.get(name).check(self.dataset.train_images.shape[1:], self.dataset.num_classes)
-        train_examples = len(self.dataset.train_labels)
-        for count in [self.parallel.devices, *scaling_devices(config)]:  # before any benchmark, in one line
-            devices.DataParallel(count).check_batches(self.protocol.batch_size, train_examples)
-        devices.seed_mesh(len(self.seeds), None, self.parallel.devices)
-        facts = {k: v for k, v in self.dataset.describe().items() if k not in ("location", "source")}
-        distributed.agree(distributed.fingerprint(config.invocation_params.args, facts))
+        # Before any benchmark, in one line; and every process of a job ready with the same arguments.
+        runner.ready_to_train(self.parallel, [self.protocol.batch_size], len(self.seeds), self.dataset,
+                              config.invocation_params.args, device_counts=scaling_devices(config))
         self.data = train.DeviceData.from_dataset(self.dataset)
         self.backend = jax.default_backend()
         self.step_rounds = 20 if self.quick else 300

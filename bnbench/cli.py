@@ -93,7 +93,7 @@ def cmd_run(args) -> int:
     protocol = train.Protocol(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate)
     dataset, device_data = _load_data(args, chosen, quiet=not main_process)
     seeds = list(range(args.seed, args.seed + args.seeds))
-    ready_to_train(parallel, [protocol.batch_size], len(dataset.train_labels), len(seeds), dataset)
+    runner.ready_to_train(parallel, [protocol.batch_size], len(seeds), dataset, sys.argv[1:])
     results = {}
     for variant in chosen:
         with tqdm(total=protocol.epochs, desc=f"{variant.name} ({len(seeds)} seed{'s' * (len(seeds) > 1)})",
@@ -116,19 +116,6 @@ def cmd_run(args) -> int:
         write_json(out, report)
         print(f"report written to {out}", file=sys.stderr)
     return 0
-
-
-def ready_to_train(parallel, batch_sizes, train_examples: int, runs: int, dataset) -> None:
-    """What can stop a data-parallel run, checked before any training (every batch splits, the
-    layout reaches every process), and then, in a job of several processes, every process's word
-    that it is ready with the same arguments and data."""
-    from bnbench import devices, distributed
-
-    for batch_size in batch_sizes:
-        parallel.check_batches(batch_size, train_examples)
-    devices.seed_mesh(runs, None, parallel.devices)
-    facts = {k: v for k, v in dataset.describe().items() if k != "location"}
-    distributed.agree(distributed.fingerprint(sys.argv[1:], facts))
 
 
 def _load_data(args, chosen, quiet: bool = False):
@@ -160,7 +147,7 @@ def cmd_sweep(args) -> int:
     chosen = [variants.get(name) for name in grid.variants]
     runs_per_program = len(grid.learning_rates) * max(1, len(grid.bn_momenta)) * len(grid.seeds)
     parallel, main_process = start_devices(args, [runs_per_program, len(grid.seeds) * len(grid.learning_rates)])
-    from bnbench import reports
+    from bnbench import reports, runner
     from bnbench.io import check_writable, write_json
 
     out = check_writable(args.out) if main_process else None
@@ -176,7 +163,7 @@ def cmd_sweep(args) -> int:
     if previous is not None:
         sweep.check_resumable(previous, dataset, grid, parallel)
     sweep.programs(grid, chosen, len(dataset.train_labels))  # a grid a variant cannot take fails now
-    ready_to_train(parallel, grid.batch_sizes, len(dataset.train_labels), runs_per_program, dataset)
+    runner.ready_to_train(parallel, grid.batch_sizes, runs_per_program, dataset, sys.argv[1:])
 
     def on_program(program, i, total):
         if not args.quiet and main_process:

@@ -102,8 +102,14 @@ class DataParallel:
                                    f"{self.devices} devices; choose a device count that divides every batch "
                                    f"({', '.join(map(str, fits))}), or another --batch-size")
 
-    def describe(self) -> dict:
-        return {"devices": self.devices, "batch_stats": self.batch_stats}
+    def protocol_fields(self) -> dict:
+        """How a report's protocol records this layout (absent in older reports: one device, sync)."""
+        return {"data_parallel": self.devices, "batch_stats": self.batch_stats}
+
+    def recorded_in(self, protocol: dict) -> bool:
+        """Whether ``protocol`` was trained with this layout."""
+        defaults = SINGLE_DEVICE.protocol_fields()
+        return {k: protocol.get(k, v) for k, v in defaults.items()} == self.protocol_fields()
 
 
 SINGLE_DEVICE = DataParallel()

@@ -115,8 +115,7 @@ def same_layout(a: dict, b: dict) -> bool:
     """Whether two epoch-per-update figures come from the same number of seeds laid out over the
     same number of devices (5 seeds vmapped on one device cost about twice 5 over 5 devices), each
     batch split over as many (data-parallel)."""
-    return all(a.get(k, 1 if k == "data_devices" else None) == b.get(k, 1 if k == "data_devices" else None)
-               for k in ("seeds", "seed_devices", "data_devices"))
+    return all(a.get(k) == b.get(k) for k in ("seeds", "seed_devices", "data_devices"))
 
 
 def _variant(summary: dict | None, runs: list[dict], lone_step: dict | None = None,

@@ -11,7 +11,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from bnbench import floor, stats, train
+from bnbench import devices, distributed, floor, stats, train
 from bnbench.data import Dataset
 from bnbench.devices import SINGLE_DEVICE, DataParallel
 from bnbench.environment import environment
@@ -208,9 +208,22 @@ def protocol_record(dataset: Dataset, protocol: train.Protocol, seeds: Sequence[
         "epochs": protocol.epochs,
         "updates_per_epoch": protocol.updates_per_epoch(len(dataset.train_labels)),
         "seeds": [int(s) for s in seeds],
-        "data_parallel": parallel.devices,
-        "batch_stats": parallel.batch_stats,
+        **parallel.protocol_fields(),
     }
+
+
+def ready_to_train(parallel: DataParallel, batch_sizes: Sequence[int], runs: int, dataset: Dataset,
+                   argv: Sequence[str], device_counts: Sequence[int] = ()) -> None:
+    """What can stop a data-parallel run, checked before any training: every batch splits over
+    the devices (and over each of ``device_counts``), the layout reaches every process; then, in a
+    job of several processes, every process's word that it is ready with the same arguments and
+    data (where each process read it from and how may differ)."""
+    for batch_size in batch_sizes:
+        for count in [parallel.devices, *device_counts]:
+            DataParallel(count).check_batches(batch_size, len(dataset.train_labels))
+    devices.seed_mesh(runs, None, parallel.devices)
+    facts = {k: v for k, v in dataset.describe().items() if k not in ("location", "source")}
+    distributed.agree(distributed.fingerprint(list(argv), facts))
 
 
 def new_run_id() -> str:

@@ -173,7 +173,7 @@ def label(variant: str, config: dict, grid: Grid) -> str:
 def sweep_protocol(dataset: Dataset, grid: Grid, parallel: DataParallel = SINGLE_DEVICE) -> dict:
     """What every configuration shares; each run's ``config`` holds the rest."""
     return {**dataset.describe(), "optimizer": "sgd", "momentum": 0.0, "seeds": list(grid.seeds),
-            "data_parallel": parallel.devices, "batch_stats": parallel.batch_stats}
+            **parallel.protocol_fields()}
 
 
 def make_sweep_report(dataset: Dataset, grid: Grid, runs: list[dict], summary: dict, command: str | None,
@@ -199,10 +199,11 @@ def check_resumable(previous: dict, dataset: Dataset, grid: Grid, parallel: Data
     if differ:
         raise BnbenchError(f"--resume: the report at --out was trained on other data ({', '.join(differ)} differ); "
                            "use its --dataset and --data-dir, or name a new --out")
-    theirs = (previous["protocol"].get("data_parallel", 1), previous["protocol"].get("batch_stats", "sync"))
-    if theirs != (parallel.devices, parallel.batch_stats):
-        raise BnbenchError(f"--resume: the report at --out was trained with --data-parallel {theirs[0]} "
-                           f"--batch-stats {theirs[1]}; rerun with those, or name a new --out")
+    if not parallel.recorded_in(previous["protocol"]):
+        theirs = previous["protocol"]
+        raise BnbenchError(f"--resume: the report at --out was trained with --data-parallel "
+                           f"{theirs.get('data_parallel', 1)} --batch-stats {theirs.get('batch_stats', 'sync')}; "
+                           "rerun with those, or name a new --out")
 
 
 def run_sweep(grid: Grid, chosen: Sequence[Variant], dataset: Dataset, data: train.DeviceData,
