@@ -141,6 +141,7 @@ def _plot_step_times(loaded: list[dict], path: Path) -> None:
     plt = _pyplot()
     panels = step_panels(loaded)
     labels = {r["ref"]: textwrap.fill(f"[{r['ref']}] {r['label']}", 48) for r in loaded}
+    colors = _colors(plt, [r["ref"] for r in loaded])  # a report keeps its color across the panels
     fig, axes = _panels(plt, len(panels), legend_rows=10)  # room for slanted names and the legend
     for ax, ((kind, seeds), series) in zip(axes, panels.items()):
         names = list(dict.fromkeys(n for figures in series.values() for n in figures))
@@ -151,7 +152,7 @@ def _plot_step_times(loaded: list[dict], path: Path) -> None:
             if any(math.isinf(x) for x in medians + errors):
                 continue  # a time beyond a double's range once in ms cannot be drawn
             ax.bar(np.arange(len(names)) + i * width, medians, width, yerr=errors, capsize=3, label=labels[ref],
-                   color=f"C{(ref - 1) % 10}")
+                   color=colors[ref])
         ax.set_xticks(np.arange(len(names)) + width * (len(series) - 1) / 2, names, rotation=60, ha="right",
                       fontsize=8)
         ax.set_title(_step_title(kind, seeds), fontsize=10)
