@@ -44,7 +44,11 @@ def test_batchnorm_over_batch_and_space_matches_flax_values_gradients_and_statis
     ((4, 6, 6, 8), LayerNorm(reduction_axes=(-3, -2, -1)),
      nn.LayerNorm(epsilon=EPS, use_fast_variance=False, reduction_axes=(-3, -2, -1), feature_axes=-1)),
     ((4, 6, 6, 8), GroupNorm(num_groups=2), nn.GroupNorm(num_groups=2, epsilon=EPS, use_fast_variance=False)),
-], ids=["mlp-layer", "mlp-group", "conv-layer", "conv-group"])
+    ((4, 6, 6, 8), GroupNorm(num_groups=8), nn.GroupNorm(num_groups=8, epsilon=EPS, use_fast_variance=False)),
+    ((32, 300), GroupNorm(num_groups=1), nn.GroupNorm(num_groups=1, epsilon=EPS, use_fast_variance=False)),
+    ((32, 300), GroupNorm(num_groups=20), nn.GroupNorm(num_groups=20, epsilon=EPS, use_fast_variance=False)),
+], ids=["mlp-layer", "mlp-group", "conv-layer", "conv-group", "conv-group-per-channel", "mlp-one-group",
+        "mlp-20-groups-reshaped"])
 def test_layer_and_group_norm_closed_form_backward_matches_flax_autodiff(shape, ours, flax_layer):
     x = jax.random.normal(jax.random.PRNGKey(1), shape) * 3 + 5
     variables = flax_layer.init(jax.random.PRNGKey(0), x)
@@ -186,6 +190,26 @@ def test_batch_statistics_evaluation_trains_exactly_as_seed_bn():
 def test_a_group_count_that_does_not_divide_the_features_is_one_line(name, message):
     with pytest.raises(BnbenchError, match=message):
         variants.get(name).check((28, 28))
+
+
+def test_group_norm_over_a_leading_seed_axis_is_each_seed_alone():
+    x = jax.random.normal(jax.random.PRNGKey(1), (3, 4, 6, 6, 8)) * 3 + 5  # 3 seeds of a ConvNet batch
+    module = GroupNorm(num_groups=4)
+    variables = jax.vmap(lambda x: module.init(jax.random.PRNGKey(0), x))(x)
+    variables = jax.tree.map(lambda v: v + 0.1 * jax.random.normal(jax.random.PRNGKey(2), v.shape), variables)
+    loss = lambda variables, x: jnp.sum(jnp.sin(module.apply(variables, x)))
+    batched = jax.vmap(jax.grad(loss, argnums=(0, 1)))(variables, x)
+    for seed in range(3):
+        alone = jax.grad(loss, argnums=(0, 1))(jax.tree.map(lambda v: v[seed], variables), x[seed])
+        for a, b in zip(jax.tree.leaves(alone), jax.tree.leaves(batched)):
+            np.testing.assert_allclose(a, b[seed], rtol=1e-5, atol=1e-6)
+
+
+def test_group_norm_used_directly_refuses_a_group_count_that_does_not_divide_its_features():
+    with pytest.raises(BnbenchError, match="3 groups do not divide the 10 features of its input"):
+        GroupNorm(num_groups=3).init(jax.random.PRNGKey(0), jnp.ones((2, 10)))
+    with pytest.raises(BnbenchError, match="0 groups do not divide"):
+        GroupNorm(num_groups=0).init(jax.random.PRNGKey(0), jnp.ones((2, 10)))
 
 
 def test_a_group_count_that_divides_every_width_builds():

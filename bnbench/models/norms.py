@@ -133,29 +133,39 @@ class LayerNorm(nn.Module):
         return _scale_and_bias(self, standardize(x, axes, self.epsilon))
 
 
+# Up to this many groups, each is standardized as a slice of the features: XLA's CPU code for
+# reductions over a (..., groups, width) reshape is slower (tests/test_fidelity.py has a step where
+# it is also less exact), but a program grows by a slice, forward and backward, with every group.
+SLICED_GROUPS = 8
+
+
+def group_standardize(x: jax.Array, groups: int, epsilon: float) -> jax.Array:
+    """``standardize`` over each group of consecutive features (and any spatial axes)."""
+    if groups <= SLICED_GROUPS:
+        return _sliced_group_standardize(x, groups, epsilon)
+    grouped = x.reshape(x.shape[:-1] + (groups, x.shape[-1] // groups))
+    axes = tuple(range(1, x.ndim - 1)) + (x.ndim,)  # all but the batch and the group
+    return standardize(grouped, axes, epsilon).reshape(x.shape)
+
+
 def _group_slices(x, groups):
     width = x.shape[-1] // groups
     return [x[..., g * width:(g + 1) * width] for g in range(groups)]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
-def group_standardize(x, groups, epsilon):
-    """``standardize`` over each group of consecutive features (and any spatial axes).
-
-    Each group is a slice of the last axis rather than one axis of a (..., groups, width) reshape:
-    XLA's CPU code for reductions over that reshape is several times slower, and in the ConvNet it
-    misses the float64 result where the slices don't (tests/test_fidelity.py)."""
-    return _group_standardize(x, groups, epsilon)[0]
+def _sliced_group_standardize(x, groups, epsilon):
+    return _sliced_forward(x, groups, epsilon)[0]
 
 
-def _group_standardize(x, groups, epsilon):
+def _sliced_forward(x, groups, epsilon):
     axes = tuple(range(1, x.ndim))
     parts = [_standardize(part, axes, epsilon) for part in _group_slices(x, groups)]
     normalized = jnp.concatenate([n for n, _ in parts], axis=-1)
     return normalized, (normalized, [inv for _, (_, inv) in parts])
 
 
-def _group_standardize_bwd(groups, epsilon, residuals, dnormalized):
+def _sliced_backward(groups, epsilon, residuals, dnormalized):
     normalized, invs = residuals
     axes = tuple(range(1, normalized.ndim))
     parts = [_standardize_bwd(axes, epsilon, (n, inv), g)[0]
@@ -163,7 +173,7 @@ def _group_standardize_bwd(groups, epsilon, residuals, dnormalized):
     return (jnp.concatenate(parts, axis=-1),)
 
 
-group_standardize.defvjp(lambda x, groups, epsilon: _group_standardize(x, groups, epsilon), _group_standardize_bwd)
+_sliced_group_standardize.defvjp(_sliced_forward, _sliced_backward)
 
 
 class GroupNorm(nn.Module):
@@ -176,6 +186,7 @@ class GroupNorm(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
+        check_groups(self.num_groups, x.shape[-1], "its input")
         return _scale_and_bias(self, group_standardize(x, self.num_groups, self.epsilon))
 
 
