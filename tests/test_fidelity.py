@@ -139,19 +139,25 @@ def test_every_variant_with_keras_layers_is_held_to_keras():
     assert others == {"plain_relu", "seed_plain_deep", "bn_batch_stats_eval", "batch_renorm"}
 
 
-@pytest.mark.parametrize("name", KERAS_VARIANTS)
-def test_bnbench_trains_like_the_same_keras_model(name):
+def start_from_keras(name):
+    """The Keras model for ``name`` (seed 0), bnbench's model, and a jitted bnbench step with its
+    starting state: Keras' initial weights."""
     keras.utils.set_random_seed(0)
     reference = keras_model(name)
-    model = variants.get(name).model
-    tx = train.Protocol().optimizer()
+    model, tx = variants.get(name).model, train.Protocol().optimizer()
     params, stats = keras_to_flax(reference, name)
+    state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=stats,
+                             opt_state=tx.init(params))
+    return reference, model, jax.jit(functools.partial(train.train_step, model, tx)), state
+
+
+@pytest.mark.parametrize("name", KERAS_VARIANTS)
+def test_bnbench_trains_like_the_same_keras_model(name):
+    reference, model, step, state = start_from_keras(name)
+    params, stats = state.params, state.batch_stats
     ours = train.initializer(model, (28, 28))(jax.random.PRNGKey(0))
     assert jax.tree.map(jnp.shape, params) == jax.tree.map(jnp.shape, ours.params)  # the same layers, in order
     assert jax.tree.map(jnp.shape, stats) == jax.tree.map(jnp.shape, ours.batch_stats)
-    state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=stats,
-                             opt_state=tx.init(params))
-    step = jax.jit(functools.partial(train.train_step, model, tx))
     data = batches()
 
     for images, labels in data:
@@ -198,19 +204,13 @@ def test_conv_group_norm_matches_float64_on_the_step_where_keras_reshape_does_no
     per-group slices must not. The step is pinned because elsewhere on the trajectory both miss
     float64 alike, at a ReLU or max-pool kink: a compiler change that moves such a kink here would
     fail this test with both versions."""
-    name = "conv_group_norm"
-    keras.utils.set_random_seed(0)
-    model, tx = variants.get(name).model, train.Protocol().optimizer()
-    params, stats = keras_to_flax(keras_model(name), name)
-    step = jax.jit(functools.partial(train.train_step, model, tx))
+    _, _, step, state = start_from_keras("conv_group_norm")
     (images0, labels0), (images, labels) = batches()[:2]
-    start, _ = step(train.TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=stats,
-                                     opt_state=tx.init(params)), images0, labels0)
+    start, _ = step(state, images0, labels0)
     ours, _ = step(start, images, labels)
     with jax.enable_x64(True):
         as_f64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64) if a.dtype == jnp.float32 else a, start)
-        exact, _ = jax.jit(functools.partial(train.train_step, model, tx))(as_f64, images, labels)
-        exact = jax.tree.map(np.asarray, exact.params)
+        exact = jax.tree.map(np.asarray, step(as_f64, images, labels)[0].params)  # traced anew for float64
     for (path, new), old, reference in zip(jax.tree_util.tree_leaves_with_path(ours.params),
                                            jax.tree.leaves(start.params), jax.tree.leaves(exact)):
         if path[-1].key == "scale":  # near 1, where float32's spacing is a large part of an update
