@@ -213,7 +213,9 @@ def train_epoch(model, tx, batch_size: int, state: TrainState, key: jax.Array,
         first_nonfinite = jnp.where((first_nonfinite < 0) & ~jnp.isfinite(batch_loss), step + 1, first_nonfinite)
         return (state, loss_sum + batch_loss, correct + batch_correct, first_nonfinite), None
 
-    carry = (state, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32), jnp.full((), -1, jnp.int32))
+    # Sums in the default types: 32-bit, or 64-bit in the tests' float64 references.
+    carry = (state, jnp.zeros((), jnp.result_type(float)), jnp.zeros((), jnp.result_type(int)),
+             jnp.full((), -1, jnp.int32))
     batches = order[:full_batches * batch_size].reshape(full_batches, batch_size)
     evals = None
     chunks = full_batches // eval_every if eval_every else 0

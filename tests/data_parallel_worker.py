@@ -11,6 +11,7 @@ import jax
 
 jax.config.update("jax_num_cpu_devices", int(sys.argv[2]))
 
+import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from jax.sharding import Mesh, PartitionSpec  # noqa: E402
 
@@ -28,10 +29,46 @@ def data():
     return train.DeviceData.from_dataset(synthetic_dataset(train=1000, validation=200, test=200))
 
 
+def as_float64(tree):
+    return jax.tree.map(lambda a: jnp.asarray(a, jnp.float64) if a.dtype == jnp.float32 else a, tree)
+
+
+def one_epoch_float64(model, protocol, d, seeds, repeats: int = 4) -> tuple[dict, list[dict]]:
+    """What float32 promises for the one-device epoch of ``seeds``, measured two ways:
+
+    - the same epoch in float64 (the same initial weights, shuffles and batches, every product and
+      sum in double precision): the exact computation that every float32 run rounds;
+    - ``repeats`` float32 epochs from initial weights each moved by one unit in the last place, in a
+      random direction: how far rounding-sized differences carry by the end of the epoch (through
+      ReLU and max-pool kinks, a rounding can choose another path)."""
+    trainer = train.Trainer(model, protocol, d, len(seeds), devices=jax.devices()[:1])
+    state, roots, hyperparams = trainer.start(seeds)  # float32 initial weights, as both runs have
+    keys, arrays = train.epoch_keys(roots, 0), trainer._train_val()
+    rng = np.random.default_rng(0)
+
+    def one_ulp(a):
+        a = np.asarray(a)
+        if a.dtype != np.float32:
+            return a
+        return np.where(rng.random(a.shape) < 0.5, np.nextafter(a, -np.inf), np.nextafter(a, np.inf))
+
+    perturbed = []
+    for _ in range(repeats):
+        s, metrics = trainer.epoch_program(jax.tree.map(one_ulp, state), keys, hyperparams, *arrays)
+        perturbed.append({"state": s, "history": [metrics]})
+    with jax.enable_x64(True):
+        s, metrics = trainer.epoch_program(as_float64(state), keys, hyperparams, *arrays)
+        exact = {"state": jax.tree.map(np.asarray, s), "history": [jax.tree.map(np.asarray, metrics)]}
+    return exact, perturbed
+
+
 def sync_equals_one_device(variant: str, num_seeds: int, data_parallel: int) -> dict:
     """An epoch (32 updates) of ``variant`` on one device and data-parallel with synchronized
-    statistics, the same global batches: the largest differences of losses, weights and moving
-    statistics."""
+    statistics, the same global batches, and the one-device epoch in float64. Per quantity (losses,
+    weights, moving statistics), the largest difference between the two float32 runs
+    (``one_vs_many``), each one's largest difference from float64 (``one_vs_exact``,
+    ``many_vs_exact``), from one-ulp perturbed starts (``one_vs_one_ulp``), and local statistics'
+    difference from one device (``one_vs_local``)."""
     d, protocol = data(), train.Protocol(epochs=1, batch_size=32)
     seeds = list(range(num_seeds))
     model = variants.get(variant).model
@@ -39,13 +76,26 @@ def sync_equals_one_device(variant: str, num_seeds: int, data_parallel: int) -> 
     parallel = devices.DataParallel(data_parallel, "sync")
     many_trainer = train.Trainer(model, protocol, d, num_seeds, parallel=parallel)
     many = train.fit(many_trainer, seeds)
+    # The same layout with each shard's own statistics: a different model, which the bound must
+    # tell apart from one device (else it could not fail).
+    local = train.fit(train.Trainer(model, protocol, d, num_seeds, parallel=devices.DataParallel(data_parallel,
+                                                                                                 "local")), seeds)
+    exact, perturbed = one_epoch_float64(model, protocol, d, seeds)
+
+    def quantities(run):
+        return {"loss": [h["train_loss"] for h in run["history"]], "val_loss": [h["val_loss"] for h in run["history"]],
+                "params": run["state"].params, "batch_stats": run["state"].batch_stats}
+
+    one, many, local, exact = quantities(one), quantities(many), quantities(local), quantities(exact)
+    perturbed = [quantities(p) for p in perturbed]
     return {"mesh": dict(many_trainer.mesh.shape),
-            "loss": largest_difference([h["train_loss"] for h in one["history"]],
-                                       [h["train_loss"] for h in many["history"]]),
-            "val_loss": largest_difference([h["val_loss"] for h in one["history"]],
-                                           [h["val_loss"] for h in many["history"]]),
-            "params": largest_difference(one["state"].params, many["state"].params),
-            "batch_stats": largest_difference(one["state"].batch_stats, many["state"].batch_stats)}
+            **{key: {"one_vs_many": largest_difference(one[key], many[key]),
+                     "one_vs_local": largest_difference(one[key], local[key]),
+                     "one_vs_exact": largest_difference(one[key], exact[key]),
+                     "many_vs_exact": largest_difference(many[key], exact[key]),
+                     "one_vs_one_ulp": max(largest_difference(one[key], p[key]) for p in perturbed),
+                     "largest": largest_difference(exact[key], jax.tree.map(np.zeros_like, exact[key]))}
+               for key in one}}
 
 
 def local_equals_shards(variant: str, data_parallel: int, steps: int = 3) -> dict:

@@ -13,13 +13,17 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from bnbench import compare, devices, distributed
 from bnbench.errors import BnbenchError
 
 WORKER = Path(__file__).with_name("data_parallel_worker.py")
-TOLERANCE = 1e-5  # float32 sums in another order: the shards' means, then their mean
+# Between runs of seed_bn that sum in another order (MLP, two epochs at most): float32_tolerance
+# measures what float32 promises there as about 1e-6 (test_sync_batch_norm_...), so 1e-5 leaves room.
+TOLERANCE = 1e-5
+FLOAT32_ULP = float(np.finfo(np.float32).eps)
 
 
 def worker(*args) -> dict:
@@ -28,12 +32,27 @@ def worker(*args) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def float32_tolerance(found: dict) -> float:
+    """How far two float32 computations of the same epoch may differ, from what this processor's
+    float32 does with it: twice the farther of the one-device run's distance from the same epoch in
+    float64 and from the same epoch started one unit in the last place away (a rounding can take
+    another side of a ReLU or max-pool kink, and the epoch carries that on), plus 4 units in the
+    last place of the largest value (both results are rounded to float32 when stored)."""
+    return 2 * max(found["one_vs_exact"], found["one_vs_one_ulp"]) + 4 * FLOAT32_ULP * found["largest"]
+
+
 @pytest.mark.parametrize("variant, seeds, data_parallel", [("seed_bn", 1, 4), ("seed_bn", 2, 2), ("conv_bn", 1, 2)])
 def test_sync_batch_norm_on_several_devices_trains_as_one_device_does(variant, seeds, data_parallel):
+    """An epoch data-parallel with synchronized statistics is one device's epoch computed in another
+    order: its losses, weights and moving statistics differ from one device's by no more than
+    float32 itself does (``float32_tolerance``), while local statistics differ by more."""
     found = worker("sync", 4, variant, seeds, data_parallel)
     assert found["mesh"] == {"seed": seeds, "data": data_parallel}
     for key in ("loss", "val_loss", "params", "batch_stats"):
-        assert found[key] < TOLERANCE, (key, found)
+        tolerance = float32_tolerance(found[key])
+        assert found[key]["one_vs_exact"] < 1e-3 * found[key]["largest"], (key, found)  # the same computation
+        assert found[key]["one_vs_many"] <= tolerance, (key, tolerance, found)
+    assert any(found[key]["one_vs_local"] > float32_tolerance(found[key]) for key in found if key != "mesh"), found
 
 
 def test_local_batch_norm_is_each_shards_own_step_averaged():

@@ -84,5 +84,6 @@ Renorm's moving statistics. ``eval_batch_size``: evaluate in batches
 
 
 def normalize(images: jax.Array) -> jax.Array:
-    """uint8 pixels to float32 in [0, 1], as the notebook's ``X / 255.0``; done inside the step."""
-    return images.astype(jnp.float32) / 255.0
+    """uint8 pixels to float32 in [0, 1], as the notebook's ``X / 255.0``; done inside the step.
+    Under ``jax.enable_x64`` float64: the tests' float64 references of the same steps."""
+    return images.astype(jnp.result_type(float)) / 255.0
