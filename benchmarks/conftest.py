@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import argparse
 import collections
-import datetime
 import os
-from pathlib import Path
 
 import jax
 import pytest
@@ -19,7 +17,8 @@ import pytest
 from bnbench import data as data_lib
 from bnbench import devices, distributed, environment, runner, train, variants
 from bnbench.errors import BnbenchError
-from bnbench.io import check_writable, finite, write_json
+from bnbench.summary import EXIT_REPORT_MOVED, divergence_news, summary_table
+from bnbench.io import ReportClaim, claim_default, finite
 
 
 def pytest_addoption(parser):
@@ -70,7 +69,9 @@ def pytest_addoption(parser):
     group.addoption("--quick", action="store_true",
                     help="smoke run: synthetic data, 1 epoch, few rounds (under 30 s on 2 cores)")
     group.addoption("--bnbench-report", default=None,
-                    help="where to write bnbench's JSON report (default: reports/benchmark-<time>.json)")
+                    help="where to write bnbench's JSON report (default: reports/benchmark-<date>-<time>.json); "
+                         "an existing file is kept unless --bnbench-force")
+    group.addoption("--bnbench-force", action="store_true", help="replace the report at --bnbench-report if it exists")
 
 
 def _accuracy(text: str) -> float:
@@ -143,7 +144,6 @@ class Session:
         # Per variant, what the step and seed-scaling benchmarks add to the report's summary.
         self.summary_extras: dict[str, dict] = collections.defaultdict(dict)
         self.scaling: list[dict] = []  # the data-parallel scaling benchmark's points
-        self.report_path = config._bnbench_report_path
         self.run_id = config._bnbench_run_id
 
 
@@ -154,12 +154,17 @@ def _at_least(config, name: str, least: int) -> int:
     return value
 
 
-def _report_path(config) -> Path:
-    """Where the session's bnbench report goes, checked now: a path that cannot be written must stop
-    the session before any benchmark runs, not lose the report at the end."""
-    default = Path("reports") / f"benchmark-{datetime.datetime.now():%Y%m%d-%H%M%S}.json"
+def _claim_report(config):
+    """The session's bnbench report path, claimed now (``io.ReportClaim``): a path that cannot be
+    written, an existing report, or another session writing the same one stops the session before
+    any benchmark runs, not at the end. Only process 0 of a job writes."""
+    if not config._bnbench_main_process:
+        return None
     try:
-        return check_writable(config.getoption("--bnbench-report") or default)
+        path = config.getoption("--bnbench-report")
+        if path is None:
+            return claim_default("benchmark")
+        return ReportClaim(path, replace=config.getoption("--bnbench-force"), how_to_replace="pass --bnbench-force")
     except BnbenchError as e:
         raise pytest.UsageError(f"--bnbench-report: {e}") from None
 
@@ -194,7 +199,7 @@ def pytest_configure(config):
         raise pytest.UsageError(str(e)) from None
     config._bnbench_main_process = not joined or distributed.is_main_process()
     config.addinivalue_line("markers", "bnbench: a bnbench benchmark")
-    config._bnbench_report_path = _report_path(config)
+    config._bnbench_claim = _claim_report(config)
     config._bnbench_run_id = runner.new_run_id()  # the same in both files this session writes
 
 
@@ -253,10 +258,27 @@ def pytest_sessionfinish(session, exitstatus):
             report["summary"][name].update(figures)
     if state.scaling:
         report["data_parallel_scaling"] = state.scaling
-    write_json(state.report_path, report)
+    claim = session.config._bnbench_claim
+    written = claim.write_json(report)
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    status, line = divergence_news(report)
     if reporter is not None:
-        from bnbench.summary import summary_table
         reporter.write_line("")
         reporter.write_line(summary_table(report))
-        reporter.write_line(f"bnbench report written to {state.report_path}")
+        if claim.moved_to is not None:
+            reporter.write_line(f"bnbench: error: {claim.path} changed while the benchmarks ran (written by something "
+                                f"else): this report is in {written} instead")
+        else:
+            reporter.write_line(f"bnbench report written to {written}")
+        if line:
+            reporter.write_line(line)
+    if claim.moved_to is not None:
+        status = EXIT_REPORT_MOVED
+    if status and not session.exitstatus:
+        session.exitstatus = status
+
+
+def pytest_unconfigure(config):
+    claim = getattr(config, "_bnbench_claim", None)
+    if claim is not None:
+        claim.release()

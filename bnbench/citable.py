@@ -16,7 +16,7 @@ import numpy as np
 
 from bnbench import reports, scaling
 from bnbench.compare import KEY, batch_stats, check_baselines, compare_loaded, protocol_key
-from bnbench.io import atomic_write, make_folder
+from bnbench.io import ReportFolder, atomic_write
 from bnbench.reports import STEP_KINDS
 from bnbench.schema import PROTOCOL_KEYS
 from bnbench.table import format_table
@@ -248,10 +248,19 @@ def markdown(loaded: list[dict], baselines=(), extra: list[str] = ()) -> str:
     return "\n".join(sections)
 
 
-def write_citable(paths: list[str], out: str | Path, baselines=()) -> list[Path]:
+def write_citable(paths: list[str], out: str | Path, baselines=(), force: bool = False) -> list[Path]:
     loaded = reports.load_all(paths)
     check_baselines(loaded, baselines)
-    out = make_folder(out)
+    folder = ReportFolder(out, inputs=paths, force=force)
+    try:
+        written = _write_page(loaded, folder.path, baselines)
+        folder.finish(written)
+    finally:
+        folder.release()
+    return written
+
+
+def _write_page(loaded: list[dict], out: Path, baselines) -> list[Path]:
     readme = out / "README.md"
     try:
         extra, studied = study(loaded, out)

@@ -1,4 +1,4 @@
-"""The ``bnbench`` command line: variants, run, sweep, compare, report."""
+"""The bnbench command line: variants, run, sweep, compare, report."""
 
 from __future__ import annotations
 
@@ -49,6 +49,24 @@ def _fraction(text: str) -> float:
     return value
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with its errors as bnbench's: one line and a pointer to --help, not the usage block."""
+
+    def error(self, message: str):
+        print(f"bnbench: error: {self.prog.removeprefix('bnbench ') + ': ' if ' ' in self.prog else ''}"
+              f"{message} (see '{self.prog} --help')", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("bnbench")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
 def cmd_variants(args) -> int:
     from bnbench.variants import VARIANTS, NOTEBOOK_VARIANTS
 
@@ -76,18 +94,59 @@ def start_devices(args, run_counts) -> tuple:
     return parallel, not joined or distributed.is_main_process()
 
 
+def claim_report(args, kind: str, main_process: bool, replace: bool = False):
+    """The report's path, claimed before any training (``io.ReportClaim``): ``--out``, or a new
+    ``reports/KIND-<time>.json`` without it; None with ``--no-save`` and on processes other than 0."""
+    from bnbench.io import ReportClaim, claim_default
+
+    if not main_process or getattr(args, "no_save", False):
+        return None
+    if args.out is None:
+        return claim_default(kind)
+    return ReportClaim(args.out, replace=args.force or replace,
+                       how_to_replace="pass --force" + (" (or --resume to finish that sweep)" if kind == "sweep" else ""))
+
+
+def finish(claim, report: dict) -> int:
+    """Writes the final report where it was claimed, says where, and gives the exit status: a
+    report moved aside (its path changed under the run), or every run diverged, is news."""
+    from bnbench.summary import EXIT_REPORT_MOVED, divergence_news
+
+    status = 0
+    if claim is not None:
+        written = claim.write_json(report)
+        if claim.moved_to is not None:
+            print(f"bnbench: error: {claim.path} changed while this ran (written by something else): this report "
+                  f"is in {written} instead", file=sys.stderr)
+            status = EXIT_REPORT_MOVED
+        else:
+            print(f"report written to {written}", file=sys.stderr)
+    else:
+        print("report not saved (--no-save)", file=sys.stderr)
+    diverged_status, line = divergence_news(report)
+    if line:
+        print(line, file=sys.stderr)
+    return status or diverged_status
+
+
 def cmd_run(args) -> int:
     from bnbench import variants
 
     parallel, main_process = start_devices(args, [args.seeds])
-    from bnbench.io import check_writable, write_json
 
     chosen = [variants.get(name) for name in (args.variant or list(variants.NOTEBOOK_VARIANTS))]
-    out = check_writable(args.out) if args.out and main_process else None
+    claim = claim_report(args, "run", main_process)
+    try:
+        return _run(args, chosen, parallel, main_process, claim)
+    finally:
+        if claim is not None:
+            claim.release()
 
+
+def _run(args, chosen, parallel, main_process: bool, claim) -> int:
     from tqdm import tqdm
 
-    from bnbench import data as data_lib, runner, train
+    from bnbench import runner, train
     from bnbench.summary import summary_table
 
     protocol = train.Protocol(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate)
@@ -112,10 +171,7 @@ def cmd_run(args) -> int:
     report = runner.make_report(dataset, protocol, seeds, results, command=shlex.join(["bnbench", *sys.argv[1:]]),
                                 parallel=parallel)
     print(summary_table(report))
-    if out is not None:
-        write_json(out, report)
-        print(f"report written to {out}", file=sys.stderr)
-    return 0
+    return finish(claim, report)
 
 
 def _load_data(args, chosen, quiet: bool = False):
@@ -147,17 +203,22 @@ def cmd_sweep(args) -> int:
     chosen = [variants.get(name) for name in grid.variants]
     runs_per_program = len(grid.learning_rates) * max(1, len(grid.bn_momenta)) * len(grid.seeds)
     parallel, main_process = start_devices(args, [runs_per_program, len(grid.seeds) * len(grid.learning_rates)])
-    from bnbench import reports, runner
-    from bnbench.io import check_writable, write_json
-
-    out = check_writable(args.out) if main_process else None
-    previous = None
-    if main_process and args.resume and out.exists():
-        previous = reports.read_valid(out)
-    elif main_process and out.exists() and not args.resume:
-        raise BnbenchError(f"--out {out} exists: pass --resume to finish that sweep, or name a new file")
     if not main_process and args.resume:
         raise BnbenchError("--resume in a job of several processes: resume with one process, or rerun the sweep")
+    claim = claim_report(args, "sweep", main_process, replace=args.resume)
+    try:
+        return _sweep(args, grid, chosen, parallel, main_process, claim, runs_per_program)
+    finally:
+        if claim is not None:
+            claim.release()
+
+
+def _sweep(args, grid, chosen, parallel, main_process: bool, claim, runs_per_program: int) -> int:
+    from bnbench import reports, runner, sweep
+
+    previous = None
+    if claim is not None and args.resume and claim.path.exists():  # resuming what never started starts it
+        previous = reports.read_valid(claim.path)
     dataset, device_data = _load_data(args, chosen, quiet=not main_process)
     grid.check(train_examples=len(dataset.train_labels))
     if previous is not None:
@@ -172,9 +233,9 @@ def cmd_sweep(args) -> int:
                   f"{len(grid.seeds)} seed{'s' * (len(grid.seeds) > 1)}, {program.protocol.epochs} epochs",
                   file=sys.stderr)
 
-    def write(report):
-        if main_process:
-            write_json(out, report)
+    def write(report):  # after each program: an interrupted sweep keeps what finished
+        if claim is not None:
+            claim.write_json(report)
 
     from bnbench.summary import summary_table
 
@@ -184,15 +245,15 @@ def cmd_sweep(args) -> int:
     if not main_process:
         return 0
     print(summary_table(report))
-    print(f"report written to {out}", file=sys.stderr)
-    return 0
+    return finish(claim, report)
 
 
 def cmd_compare(args) -> int:
     from bnbench.compare import compare
 
     text, regressed = compare(args.reports, markdown=args.format == "markdown",
-                              fail_on_regression=args.fail_on_regression, baselines=args.baseline or ())
+                              fail_on_regression=args.fail_on_regression, baselines=args.baseline or (),
+                              gate_what=args.gate, across_machines=args.across_machines)
     print(text)
     return 1 if regressed else 0
 
@@ -200,7 +261,7 @@ def cmd_compare(args) -> int:
 def cmd_report(args) -> int:
     from bnbench.citable import write_citable
 
-    for path in write_citable(args.reports, args.out, baselines=args.baseline or ()):
+    for path in write_citable(args.reports, args.out, baselines=args.baseline or (), force=args.force):
         print(path)
     return 0
 
@@ -225,12 +286,14 @@ def add_scale_out_options(parser) -> None:
                             "job stops (default 60)")
 
 
+GATES = ("auto", "time", "accuracy", "all")  # compare.GATES, here so that --help needs no import of it
 BASELINE_HELP = ("also set every variant of each report against this variant of the same report: difference of "
                  "mean accuracies with its Welch 95%% CI and p-value (repeatable)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bnbench", description=__doc__)
+    parser = Parser(prog="bnbench", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"bnbench {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     sub.add_parser("variants", help="list the model variants").set_defaults(func=cmd_variants)
@@ -257,7 +320,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--download-url", metavar="URL",
                      help="without --data-dir, download the four release IDX files from this mirror (a base "
                           "URL) instead of the official locations (default: $BNBENCH_DOWNLOAD_URL)")
-    run.add_argument("--out", metavar="FILE.json", help="where to write the JSON report")
+    run.add_argument("--out", metavar="FILE.json",
+                     help="where to write the JSON report (default: reports/run-<date>-<time>.json); an existing "
+                          "file is kept unless --force")
+    run.add_argument("--force", action="store_true", help="replace the report at --out if it exists")
+    run.add_argument("--no-save", action="store_true", help="print the summary only; write no report")
     run.add_argument("--floor", action="store_true",
                      help="also time each variant's matmul floor after every epoch and report the ratio")
     run.add_argument("--target", type=_fraction, default=0.84,
@@ -303,6 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the report, rewritten as each program finishes")
     sweep.add_argument("--resume", action="store_true",
                        help="finish the sweep whose report is at --out: run only what it lacks (same arguments)")
+    sweep.add_argument("--force", action="store_true", help="replace the report at --out and start the sweep anew")
     add_scale_out_options(sweep)
     sweep.add_argument("--quiet", action="store_true", help="no progress lines")
     sweep.set_defaults(func=cmd_sweep)
@@ -310,18 +378,31 @@ def build_parser() -> argparse.ArgumentParser:
     compare = sub.add_parser("compare", help="put reports side by side")
     compare.add_argument("reports", nargs="+", metavar="REPORT.json",
                          help="bnbench reports or pytest-benchmark JSON files; the first is the baseline")
-    compare.add_argument("--format", choices=("text", "markdown"), default="text")
+    compare.add_argument("--format", choices=("text", "markdown"), default="text",
+                         help="plain-text tables (default) or Markdown, for a pull request or a page")
     compare.add_argument("--fail-on-regression", type=_positive_float, metavar="PCT",
-                         help="exit 1 if a step time got slower by more than PCT%% beyond the noise (compared "
-                              "only with the same kind of time), an accuracy fell below the baseline's 95%% CI, "
-                              "or a figure of the baseline could not be compared (missing from a later report, "
-                              "or accuracies of one seed)")
+                         help="exit 1 if a time got slower by more than PCT%% beyond the noise (compared only with "
+                              "the same kind of time), an accuracy fell below the baseline's 95%% CI, or a figure "
+                              "of the baseline that --gate asks for could not be compared (missing from a later "
+                              "report, say); each figure not gated is named, with why")
+    compare.add_argument("--gate", choices=GATES, default="auto",
+                         help="what --fail-on-regression holds the later reports to: auto (default) the times, and "
+                              "the accuracies where the baseline has an interval (2 or more seeds); time; accuracy; "
+                              "all (accuracies of a one-seed baseline then fail the gate)")
+    compare.add_argument("--across-machines", action="store_true",
+                         help="gate reports that ran on another machine (CPU model, flags or device) than the "
+                              "baseline; without it such a gate fails, since the ratio compares hardware, not code")
     compare.add_argument("--baseline", action="append", metavar="VARIANT", help=BASELINE_HELP)
     compare.set_defaults(func=cmd_compare)
 
     report = sub.add_parser("report", help="write a citable Markdown summary with plots")
-    report.add_argument("reports", nargs="+", metavar="REPORT.json")
-    report.add_argument("--out", required=True, metavar="DIR", help="folder for README.md and the plots")
+    report.add_argument("reports", nargs="+", metavar="REPORT.json",
+                        help="bnbench reports (run, sweep or harness) and pytest-benchmark JSON files to summarize")
+    report.add_argument("--out", required=True, metavar="DIR",
+                        help="folder for README.md and the plots: a new or empty folder, or one bnbench report "
+                             "wrote before (its files are replaced whole, its old plots removed)")
+    report.add_argument("--force", action="store_true",
+                        help="write into a folder that holds other files too (those of the same names are replaced)")
     report.add_argument("--baseline", action="append", metavar="VARIANT", help=BASELINE_HELP)
     report.set_defaults(func=cmd_report)
     return parser
@@ -347,7 +428,10 @@ def _negative_values_attached(argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(_negative_values_attached(sys.argv[1:] if argv is None else argv))
+    try:
+        args = build_parser().parse_args(_negative_values_attached(sys.argv[1:] if argv is None else argv))
+    except SystemExit as e:  # --help, --version, or Parser.error's one line
+        return e.code if isinstance(e.code, int) else 2
     if getattr(args, "unroll", 0) is None:
         from bnbench.runner import DEFAULT_UNROLL
         args.unroll = DEFAULT_UNROLL

@@ -20,7 +20,8 @@ KEY = "\n".join([
     "Accuracy: mean ± 95% CI half-width over seeds.",
     "One update: a lone compiled update on a fixed batch, synchronised (`pytest benchmarks/` only).",
     "Per update in epochs: an epoch's time over its updates; the seeds trained together share the epoch.",
-    "vs [N]: against report [N]'s time of the same kind (and seeds). Times of different kinds are never compared.",
+    "vs [N]: this time over report [N]'s time of the same kind (and seeds): below 1x faster, above 1x slower. "
+    "Times of different kinds are never compared.",
     "K seeds vs 1: an epoch of K seeds trained together against one seed's, timed in alternation.",
     "Differences: mean of one minus mean of the other [Welch 95% CI] and Welch's t-test p-value (two-sided), "
     "which treat the two sides' seeds as independent samples; none where either side has fewer than 2 seeds "
@@ -97,7 +98,35 @@ def _time_cells(kind: str, figure: dict | None, base: dict | None) -> list[str]:
     if kind == "epoch_per_update" and figure.get("data_devices", 1) > 1:
         text += f", each batch over {figure['data_devices']} devices"
     same = base is not None and reports.same_layout(base, figure)
-    return [text, f"{figure['median'] / base['median']:.2f}x" if same else "-"]
+    if figure is base:
+        return [text, "baseline"]
+    return [text, ratio_text(figure["median"] / base["median"]) if same else "-"]
+
+
+def direction(ratio: float) -> str:
+    """What a ratio of times means, said with it: below 1 the later report took less time."""
+    return "faster" if ratio < 1 else "slower" if ratio > 1 else "the same"
+
+
+def ratio_text(ratio: float) -> str:
+    return f"{ratio:.2f}x ({direction(ratio)})"
+
+
+MACHINE_FIELDS = ("backend", "device_kind", "cpu_model", "cpu_flags")
+
+
+def machine(report: dict) -> tuple:
+    """What makes two reports' times comparable as code, not hardware: the device and the CPU."""
+    env = report["environment"]
+    return tuple(json.dumps(env.get(key), sort_keys=True) for key in MACHINE_FIELDS)
+
+
+def machine_notice(base: dict, others: list[dict]) -> str | None:
+    """A line for each later report that ran on another machine than the baseline."""
+    lines = [f"Notice: [{o['ref']}] ran on another machine than [{base['ref']}] ({o['label']} against "
+             f"{base['label']}{'' if o['label'] != base['label'] else ', other CPU flags or device'}): its time "
+             "ratios compare hardware, not code." for o in others if machine(o) != machine(base)]
+    return "\n".join(lines) or None
 
 
 def _seeds_cell(scaling: dict | None) -> str:
@@ -216,23 +245,38 @@ def against_baselines(loaded: list[dict], baselines, markdown: bool = False) -> 
     return _differences("Differences to baseline variants:", ["variant", "minus", "report"], rows, pairs, markdown)
 
 
+GATES = ("auto", "time", "accuracy", "all")
+
+
 @dataclass
 class Gate:
-    """What the gate compared, what regressed, and what it could not compare (which fails it too)."""
+    """What the gate compared, what regressed, what it could not compare (which fails it too), and
+    what it was not asked to gate or could not gate by default (which it says, and passes)."""
     pct: float
+    what: str = "auto"
     compared: dict[str, list[str]] = field(default_factory=dict)  # per later report: "variant: figures"
     regressions: list[str] = field(default_factory=list)
     not_compared: list[str] = field(default_factory=list)
+    not_gated: list[str] = field(default_factory=list)
 
     @property
     def failed(self) -> bool:
         return bool(self.regressions or self.not_compared or not self.compared)
 
+    @property
+    def times(self) -> bool:
+        return self.what in ("auto", "time", "all")
+
+    @property
+    def accuracies(self) -> bool:
+        return self.what in ("auto", "accuracy", "all")
+
     def text(self) -> str:
-        lines = [f"Gate (--fail-on-regression {self.pct:g}): " + ("FAILED" if self.failed else
+        lines = [f"Gate (--fail-on-regression {self.pct:g}, --gate {self.what}): " + ("FAILED" if self.failed else
                  f"passed, no regression beyond {self.pct:g}% and the noise")]
         lines += [f"  regression: {line}" for line in self.regressions]
         lines += [f"  not compared, so the gate fails: {line}" for line in self.not_compared]
+        lines += [f"  not gated: {line}" for line in self.not_gated]
         lines += [f"  compared {path}: {'; '.join(figures)}" for path, figures in self.compared.items()]
         return "\n".join(lines)
 
@@ -257,9 +301,10 @@ def _gate_time(g: Gate, name: str, kind: str, b: dict | None, o: dict | None, ot
     noise = max(b["iqr"] / b["median"], o["iqr"] / o["median"])
     slower = o["median"] / b["median"] - 1
     if slower > g.pct / 100 + noise:
-        g.regressions.append(f"{name}: {label} {slower:+.1%} in {other['path']} "
+        g.regressions.append(f"{name}: {label} {slower:+.1%} in {other['path']}, slower "
                              f"(allowed {g.pct:g}% + noise {noise:.1%})")
-    return f"{label} {o['median'] / b['median']:.2f}x"
+    ratio = o["median"] / b["median"]
+    return f"{label} {ratio:.2f}x the baseline's time ({direction(ratio)})"
 
 
 def _gate_accuracies(g: Gate, name: str, b: dict, o: dict, other: dict) -> str | None:
@@ -273,12 +318,17 @@ def _gate_accuracies(g: Gate, name: str, b: dict, o: dict, other: dict) -> str |
     missing = [key for key in keys if not o.get(key)]
     if missing:
         g.not_compared.append(f"{name}: {', '.join(missing)}: the baseline has them, {other['path']} has none")
-    # One seed has no interval: its accuracy cannot be told from noise, so it cannot pass the gate.
+    # One seed has no interval: its accuracy cannot be told from noise. Asked for (--gate accuracy
+    # or all), that fails the gate; by default (auto) the gate says so and gates the times alone.
     no_interval = [key for key in keys if b[key]["ci95"] is None]
     if no_interval:
         seeds = _seeds(b[no_interval[0]]["n"])
-        g.not_compared.append(f"{name}: {', '.join(no_interval)}: the baseline has no 95% interval ({seeds}; "
-                              "an interval needs 2 or more: train 2 or more seeds to gate accuracy)")
+        why = (f"{name}: {', '.join(no_interval)}: the baseline has no 95% interval ({seeds}; an interval needs "
+               "2 or more: train 2 or more seeds to gate accuracy")
+        if g.what == "auto":
+            g.not_gated.append(why + ")")
+        else:
+            g.not_compared.append(why + f", or drop --gate {g.what})")
     checked = [key for key in keys if key not in missing and key not in no_interval]
     for key in checked:
         low = b[key]["ci95"][0]
@@ -288,19 +338,29 @@ def _gate_accuracies(g: Gate, name: str, b: dict, o: dict, other: dict) -> str |
     return ", ".join(checked) if checked else None
 
 
-def gate(base: dict, others: list[dict], pct: float) -> Gate:
-    """Holds every later report to each figure the baseline has."""
-    g = Gate(pct)
+def gate(base: dict, others: list[dict], pct: float, what: str = "auto", across_machines: bool = False) -> Gate:
+    """Holds every later report to each figure the baseline has that ``what`` asks to gate."""
+    g = Gate(pct, what)
     if not others:
         g.not_compared.append(f"nothing to hold {base['path']} against: give the baseline and a later report")
+    if not g.times:
+        g.not_gated.append(f"times: --gate {what}")
+    if not g.accuracies:
+        g.not_gated.append(f"accuracies: --gate {what}")
     for other in others:
+        if machine(other) != machine(base) and not across_machines:
+            g.not_compared.append(f"{other['path']} ran on another machine ({other['label']}) than {base['path']} "
+                                  f"({base['label']}): a ratio would compare hardware, not code; gate against a "
+                                  "baseline made on this machine, or pass --across-machines")
+            continue
         for name, b in base["variants"].items():
             o = other["variants"].get(name)
             if o is None:
                 g.not_compared.append(f"{name}: in the baseline {base['path']}, missing from {other['path']}")
                 continue
-            figures = [_gate_time(g, name, kind, b[kind], o[kind], other) for kind in STEP_KINDS]
-            figures.append(_gate_accuracies(g, name, b, o, other))
+            figures = [_gate_time(g, name, kind, b[kind], o[kind], other) for kind in STEP_KINDS] if g.times else []
+            if g.accuracies:
+                figures.append(_gate_accuracies(g, name, b, o, other))
             figures = [f for f in figures if f]
             if figures:
                 g.compared.setdefault(f"{other['path']} against {base['path']}", []).append(
@@ -309,9 +369,10 @@ def gate(base: dict, others: list[dict], pct: float) -> Gate:
 
 
 def compare(paths: list[str], markdown: bool = False, fail_on_regression: float | None = None,
-            baselines=()) -> tuple[str, bool]:
+            baselines=(), gate_what: str = "auto", across_machines: bool = False) -> tuple[str, bool]:
     """The reports at ``paths`` side by side; returns the text and whether the gate failed."""
-    return compare_loaded(reports.load_all(paths), markdown, fail_on_regression, baselines=baselines)
+    return compare_loaded(reports.load_all(paths), markdown, fail_on_regression, baselines=baselines,
+                          gate_what=gate_what, across_machines=across_machines)
 
 
 def legend(loaded: list[dict]) -> str:
@@ -321,7 +382,8 @@ def legend(loaded: list[dict]) -> str:
 
 
 def compare_loaded(loaded: list[dict], markdown: bool = False, fail_on_regression: float | None = None,
-                   standalone: bool = True, baselines=()) -> tuple[str, bool]:
+                   standalone: bool = True, baselines=(), gate_what: str = "auto",
+                   across_machines: bool = False) -> tuple[str, bool]:
     """``compare`` for reports already read with ``reports.load_all``. Standalone output names each
     report's hardware and explains the columns; a page of several tables (``bnbench report``) does
     that once, above them. With ``baselines`` (variant names), each report's variants are also
@@ -334,10 +396,11 @@ def compare_loaded(loaded: list[dict], markdown: bool = False, fail_on_regressio
               if text]
     if standalone:
         parts += scaling.tables(loaded, markdown)
-        parts += [legend(loaded), KEY]
+        notice = machine_notice(loaded[0], loaded[1:])
+        parts += [legend(loaded)] + ([notice] if notice else []) + [KEY]
     failed = False
     if fail_on_regression is not None:
-        result = gate(loaded[0], loaded[1:], fail_on_regression)
+        result = gate(loaded[0], loaded[1:], fail_on_regression, gate_what, across_machines)
         parts.append(result.text())
         failed = result.failed
     return "\n\n".join(parts), failed

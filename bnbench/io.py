@@ -1,11 +1,16 @@
-"""Writing files atomically, so that an interrupted run never leaves a half-written report, and
-writing reports as strict JSON: every number finite or null."""
+"""Writing files atomically, so that an interrupted run never leaves a half-written report;
+writing reports as strict JSON, every number finite or null; and claiming a report's path before
+training, so that no report is lost to another writer or replaced unasked (``ReportClaim``)."""
 
 from __future__ import annotations
 
+import datetime
+import errno
+import fcntl
 import json
 import math
 import os
+import socket
 import stat
 import tempfile
 from pathlib import Path
@@ -89,3 +94,160 @@ def make_folder(path: str | os.PathLike) -> Path:
     except OSError as e:
         raise BnbenchError(f"cannot create the folder {path} ({e.strerror or e}): choose another --out") from None
     return path
+
+
+def _signature(path: Path) -> tuple | None:
+    """What a file is now (None if it does not exist): a write by anyone else changes it."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+class PathTaken(BnbenchError):
+    """The report's path exists, or another process is writing it."""
+
+
+def lock_path(path: Path) -> Path:
+    return path.parent / f".{path.name}.lock"
+
+
+def hold_lock(path: Path) -> int:
+    """An exclusive lock on writing ``path`` (``flock`` on ``.NAME.lock`` beside it), or one line
+    naming who holds it. Returns the lock's file descriptor, for ``drop_lock``."""
+    lock = lock_path(path)
+    while True:
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise BnbenchError(f"cannot write beside {path} ({e.strerror}): choose a writable path") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            if e.errno in (errno.EAGAIN, errno.EACCES):
+                raise PathTaken(f"{path} is being written by {holder}: wait for it to finish, or "
+                                "name another file") from None
+            raise BnbenchError(f"cannot lock {lock} ({e.strerror}): choose a writable path") from None
+        # The holder before us may have removed the lock file as we opened it: lock the file
+        # that is there now, or two writers would each hold a lock of their own.
+        try:
+            if os.fstat(fd).st_ino == os.stat(lock).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"bnbench pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+    return fd
+
+
+def drop_lock(path: Path, fd: int) -> None:
+    lock_path(path).unlink(missing_ok=True)  # while still held: see hold_lock
+    os.close(fd)
+
+
+class ReportClaim:
+    """The right to write one report file, taken before training and held until it is written.
+
+    - An existing file is refused unless ``replace`` (``--force``, or a sweep's ``--resume``).
+    - An exclusive lock (``flock`` on ``.NAME.lock`` beside it) is taken at once: a second writer of
+      the same path stops before it trains, in one line. The kernel drops the lock of a process
+      that dies, so no stale lock outlives a crash.
+    - At the write, the file must still be what it was when the claim was taken; if anything else
+      wrote it meanwhile (a tool that takes no lock), the report goes to a new name beside it
+      (``moved_to``), which the caller prints: results are never lost, and nothing is overwritten.
+    """
+
+    def __init__(self, path: str | os.PathLike, replace: bool = False, how_to_replace: str = "pass --force"):
+        self.path = check_writable(path)
+        self.moved_to: Path | None = None
+        self._fd = hold_lock(self.path)
+        self._signature = _signature(self.path)
+        if self._signature is not None and not replace:
+            self.release()
+            raise PathTaken(f"{self.path} exists: {how_to_replace} to replace it, or name another file")
+
+    def write_json(self, obj: Any) -> Path:
+        """Writes ``obj`` to the claimed path (or, if the file changed under us, a new one beside
+        it: ``moved_to``); returns where it went. The claim is kept for later writes (a sweep's)."""
+        if self._fd is None:
+            raise RuntimeError(f"the claim on {self.path} was released")
+        target = self.moved_to or self.path
+        if self.moved_to is None and _signature(self.path) != self._signature:
+            stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+            target = self.moved_to = unused_path(self.path.with_name(f"{self.path.stem}.{stamp}{self.path.suffix}"))
+        write_json(target, obj)
+        if target == self.path:
+            self._signature = _signature(self.path)
+        return target
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        drop_lock(self.path, self._fd)
+        self._fd = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+def unused_path(path: Path) -> Path:
+    """``path``, or ``NAME-2.json``, ``NAME-3.json``, ... : the first that no file has taken."""
+    candidate, n = path, 1
+    while candidate.exists() or lock_path(candidate).exists():
+        n += 1
+        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
+    return candidate
+
+
+def claim_default(kind: str, folder: str | os.PathLike = "reports") -> ReportClaim:
+    """A claim on a new path when none is given: ``reports/KIND-<date>-<time>.json`` in the current
+    folder, with a number added if that name is taken (by a run started in the same second, too)."""
+    path = Path(folder) / f"{kind}-{datetime.datetime.now():%Y%m%d-%H%M%S}.json"
+    while True:
+        try:
+            return ReportClaim(unused_path(path))
+        except PathTaken:
+            continue  # taken between the look and the lock: the next free name
+
+
+MANIFEST = ".bnbench-report"  # in a folder that ``bnbench report`` wrote: the files it wrote, a name a line
+
+
+class ReportFolder:
+    """``bnbench report``'s folder: a new or empty one, or one it wrote before (its manifest lists
+    the files it wrote); locked while written. Files of other tools are never replaced unasked
+    (``force``), except the input reports, which may lie in the folder they are summarized into.
+    ``finish`` removes what the previous report wrote and this one did not (its old plots)."""
+
+    def __init__(self, path: str | os.PathLike, inputs=(), force: bool = False):
+        self.path = make_folder(path)
+        manifest = self.path / MANIFEST
+        self._fd = hold_lock(manifest)
+        self.previous = set(manifest.read_text().split()) if manifest.is_file() else set()
+        inputs = {Path(p).resolve() for p in inputs}
+        others = sorted(p.name for p in self.path.iterdir() if not p.name.startswith(".")
+                        and p.name not in self.previous and p.resolve() not in inputs)
+        if others and not force:
+            self.release()
+            raise BnbenchError(f"--out {self.path} holds files that bnbench report did not write ({', '.join(others[:3])}"
+                               f"{', ...' if len(others) > 3 else ''}): choose a new or empty folder, or pass --force "
+                               "to write beside them")
+
+    def finish(self, written) -> None:
+        names = {Path(p).name for p in written}
+        for stale in sorted(self.previous - names):
+            (self.path / stale).unlink(missing_ok=True)
+        atomic_write(self.path / MANIFEST, lambda f: f.write("".join(f"{n}\n" for n in sorted(names))))
+        self.release()
+
+    def release(self) -> None:
+        if self._fd is not None:
+            drop_lock(self.path / MANIFEST, self._fd)
+            self._fd = None

@@ -63,7 +63,7 @@ DEFS = {
     },
     "accuracy": {
         "description": "an accuracy over seeds {mean, std, ci95, n}",
-        "type": "object", "required": ["mean", "ci95", "n"],
+        "type": "object", "required": ["mean", "std", "ci95", "n"],
         "properties": {
             "mean": _FRACTION, "std": _nullable({**_NUMBER, "minimum": 0}, "a number >= 0"), "n": _COUNT,
             # null with one seed: an interval needs two or more.

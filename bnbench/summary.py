@@ -42,3 +42,26 @@ def layout_line(protocol: dict) -> str:
                   "local": "BatchNorm statistics of each device's shard (local)"}[protocol.get("batch_stats", "sync")]
     batch = f" of {protocol['batch_size']}" if "batch_size" in protocol else ""  # a sweep's batch sizes vary
     return f"data-parallel: each batch{batch} split over {protocol['data_parallel']} devices; {statistics}"
+
+
+# Exit statuses of bnbench's commands, besides 0 (done) and 2 (a one-line error before or during work).
+EXIT_GATE_FAILED = 1
+EXIT_PEER_LOST = 3
+EXIT_ALL_DIVERGED = 4
+EXIT_REPORT_MOVED = 5
+
+
+def divergence_news(report: dict) -> tuple[int, str | None]:
+    """What a report's divergences mean for the command that made it: every run diverged is a
+    failure (EXIT_ALL_DIVERGED, and a line saying so); some did, a warning line; none, nothing."""
+    runs = report["runs"]
+    diverged = [r for r in runs if "diverged" in r]
+    if not diverged:
+        return 0, None
+    where = sorted({r["variant"] for r in diverged})
+    if len(diverged) == len(runs):
+        return EXIT_ALL_DIVERGED, (f"bnbench: error: every run diverged (its loss became NaN or infinite): all "
+                                   f"{len(runs)} of {', '.join(where)}; the report holds where each did: lower the "
+                                   "learning rate")
+    return 0, (f"bnbench: warning: {len(diverged)} of {len(runs)} runs diverged ({', '.join(where)}): their "
+               "accuracies are left out of the means; the report holds where each diverged")

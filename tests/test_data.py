@@ -1,6 +1,4 @@
-import builtins
 import gzip
-import shutil
 import sys
 import time
 

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bnbench import cli, reports
+from bnbench import compare, cli, reports
 from report_helpers import COMMITTED, as_pytest_benchmark, harness_report, made_report
 
 REPLACEMENTS = [None, True, 0, -1, 0.0, -2.5, 1e308, 5e-324, 10**30, "", "x", [], {}, [0.5, 0.5],
@@ -114,16 +114,19 @@ def assert_clean(status: int, err: str, allowed=(0, 1, 2)) -> None:
 
 
 def gateable(base: Path, later: Path) -> bool:
-    """Whether the gate could hold ``later`` to every figure ``base`` has: each variant, each kind of
-    step time, and each accuracy, with an interval (two or more seeds) in the baseline."""
+    """Whether the gate (``--gate auto``) could hold ``later`` to every figure ``base`` has: each
+    variant, each kind of step time, and each accuracy (tested where the baseline has an interval,
+    two or more seeds; named as not gated where it has none), on the same machine."""
     b, o = reports.load(base), reports.load(later)
     if reports.same_run(b, o) and b["kind"] != o["kind"]:
         return False  # merged into one report: nothing left to compare against
+    if compare.machine(b) != compare.machine(o):
+        return False
     for name, bv in b["variants"].items():
         ov = o["variants"].get(name)
         if ov is None or any(bv[k] and not ov[k] for k in reports.STEP_KINDS):
             return False
-        if any(bv.get(k) and (not ov.get(k) or bv[k]["ci95"] is None) for k in reports.ACCURACIES):
+        if any(bv.get(k) and not ov.get(k) for k in reports.ACCURACIES):
             return False
     return True
 

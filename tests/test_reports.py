@@ -160,19 +160,72 @@ def test_b_a_variant_missing_from_the_later_report_fails_the_gate(report_file, t
     assert "no regression" not in out
 
 
-def test_b_one_seed_cannot_pass_the_accuracy_gate(capsys):
+def test_b_one_seed_gates_its_times_and_says_its_accuracies_are_not_gated(capsys):
+    """The default harness run (one seed) against itself: times gated, accuracies named, passed."""
     path = RESULTS / "cpu-benchmark.json"
     status, out, _ = compare(path, path, "--fail-on-regression", "10", capsys=capsys)
-    assert status == 1
-    assert "seed_bn: train_accuracy, val_accuracy, test_accuracy: the baseline has no 95% interval (1 seed" in out
+    assert status == 0, out
+    assert ("not gated: seed_bn: train_accuracy, val_accuracy, test_accuracy: the baseline has no 95% interval "
+            "(1 seed") in out
+    assert "seed_bn (one update 1.00x the baseline's time (the same), per update in epochs 1.00x" in out
+
+
+def test_b_one_seed_cannot_pass_an_accuracy_gate_asked_for(capsys):
+    path = RESULTS / "cpu-benchmark.json"
+    for what in ("accuracy", "all"):
+        status, out, _ = compare(path, path, "--fail-on-regression", "10", "--gate", what, capsys=capsys)
+        assert status == 1
+        assert ("not compared, so the gate fails: seed_bn: train_accuracy, val_accuracy, test_accuracy: the baseline "
+                "has no 95% interval (1 seed") in out
+
+
+def scaled_times(report: dict, factor: float) -> None:
+    """Every step time of a harness report ``factor`` times longer, spreads as they were."""
+    for summary in report["summary"].values():
+        for key in ("epoch_time_s", "step_time_s"):
+            for stat in ("median", "mean", "min", "max", "q1", "q3"):
+                if stat in summary.get(key, {}):
+                    summary[key][stat] *= factor
+        summary["median_epoch_time_s"] *= factor
+        summary["median_update_time_s"] *= factor
+    for run in report["runs"]:
+        for epoch in run["epochs"]:
+            epoch["time_s"] *= factor
+
+
+def test_b_a_one_seed_step_made_30_percent_slower_fails_the_default_gate(tmp_path, capsys):
+    base = RESULTS / "cpu-benchmark.json"
+    slow = edited(tmp_path, base, "slow.json", lambda r: scaled_times(r, 1.3))
+    status, out, _ = compare(base, slow, "--fail-on-regression", "10", capsys=capsys)
+    assert status == 1, out
+    assert f"regression: seed_bn: one update +30.0% in {slow}, slower" in out
+    assert f"regression: seed_bn: per update in epochs +30.0% in {slow}, slower" in out
+    assert "1.30x (slower)" in out
+
+
+def test_b_reports_of_another_machine_are_compared_with_a_notice_and_gated_only_when_asked(tmp_path, capsys):
+    base = RESULTS / "cpu-benchmark.json"
+    other = edited(tmp_path, base, "other.json",
+                   lambda r: r["environment"].update(cpu_model="AMD EPYC (family 25, model 17, stepping 1)"))
+    status, out, _ = compare(base, other, capsys=capsys)
+    assert status == 0 and "Notice: [2] ran on another machine than [1]" in out and "hardware, not code" in out
+    status, out, _ = compare(base, other, "--fail-on-regression", "10", capsys=capsys)
+    assert status == 1 and "ran on another machine" in out and "--across-machines" in out
+    status, out, _ = compare(base, other, "--fail-on-regression", "10", "--across-machines", capsys=capsys)
+    assert status == 0, out
+    same_cpu_other_flags = edited(tmp_path, base, "flags.json", lambda r: r["environment"]["cpu_flags"].pop())
+    status, out, _ = compare(base, same_cpu_other_flags, "--fail-on-regression", "10", capsys=capsys)
+    assert status == 1 and "other CPU flags or device" in out
 
 
 def test_b_the_gate_says_what_it_compared(tmp_path, capsys):
     path = write(tmp_path / "h.json", harness_report())
     status, out, _ = compare(path, path, "--fail-on-regression", "10", capsys=capsys)
     assert status == 0
-    assert ("seed_bn (one update 1.00x, per update in epochs 1.00x, train_accuracy, val_accuracy, "
-            "test_accuracy)") in out
+    assert ("seed_bn (one update 1.00x the baseline's time (the same), per update in epochs 1.00x the baseline's "
+            "time (the same), train_accuracy, val_accuracy, test_accuracy)") in out
+    status, out, _ = compare(path, path, "--fail-on-regression", "10", "--gate", "time", capsys=capsys)
+    assert status == 0 and "not gated: accuracies: --gate time" in out and "val_accuracy)" not in out
 
 
 def test_b_a_gate_with_nothing_to_compare_against_fails(report_file, capsys):
