@@ -49,9 +49,20 @@ def _colors(plt, names) -> dict:
 
 
 def _save(plt, fig, path: Path) -> None:
-    """Writes the figure as a PNG, atomically."""
+    """Writes the figure as a PNG, atomically, with nothing cut off: the title wrapped to the
+    figure's width, legends placed below their panel's tick labels once the layout is final, and
+    the canvas grown to hold whatever lies outside the panels."""
+    title = fig._suptitle
+    if title is not None:  # about 9 characters of a 12-point title per inch
+        title.set_text(textwrap.fill(title.get_text(), max(40, int(fig.get_figwidth() * 9))))
     fig.tight_layout()
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120), mode="wb")
+    fig.draw_without_rendering()
+    for ax in getattr(fig, "_bnbench_legends", []):
+        # The lowest point of the panel's labels (slanted names included), in the panel's coordinates.
+        low = ax.transAxes.inverted().transform((0, ax.get_tightbbox().y0))[1]
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, low - 0.02))
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=150, bbox_inches="tight", pad_inches=0.15),
+                 mode="wb")
     plt.close(fig)
 
 
@@ -79,10 +90,11 @@ def curve_panels(loaded: list[dict]) -> dict[str, list[tuple[str, int, np.ndarra
     return panels
 
 
-def _legend(ax, below: float = 0.14) -> None:
-    """Below the panel (and its axis label), so that no label hides a bar or a line however long
-    the device's name."""
-    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -below))
+def _legend(ax) -> None:
+    """A legend below the panel and its labels, so that it hides no bar, line or label however
+    long the device's name; placed by ``_save``, once the layout is final."""
+    fig = ax.figure
+    fig._bnbench_legends = [*getattr(fig, "_bnbench_legends", []), ax]
 
 
 def _plot_curves(loaded: list[dict], path: Path) -> None:
@@ -109,7 +121,7 @@ def _plot_curves(loaded: list[dict], path: Path) -> None:
         ax.set_xticks(range(1, epochs + 1, max(1, epochs // 10)))  # whole epochs, also for one
         ax.set_ylabel("validation accuracy")
         ax.grid(alpha=0.3)
-        _legend(ax, below=0.2)
+        _legend(ax)
     if not panels:
         _empty(axes[0], "no per-epoch curves in these reports")
     fig.suptitle("Validation accuracy per epoch, one panel per protocol (mean over seeds; band: min to max)")
@@ -158,7 +170,7 @@ def _plot_step_times(loaded: list[dict], path: Path) -> None:
         ax.set_title(_step_title(kind, seeds), fontsize=10)
         ax.set_ylabel("ms per training update (median, IQR bar)")
         ax.grid(axis="y", alpha=0.3)
-        _legend(ax, below=0.12 + 0.02 * max(map(len, names)))  # below the slanted names
+        _legend(ax)
     if not panels:
         _empty(axes[0], "no step times in these reports")
     fig.suptitle("Time per training update, by kind of time (never compare across panels)")

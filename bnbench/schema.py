@@ -193,7 +193,8 @@ DEFS = {
                      "updates_per_epoch"],
         "properties": {
             "seeds": _COUNT, "seed_devices": _COUNT, "data_devices": _COUNT, "description": _STRING,
-            "model": {"type": "object", "required": ["family"], "properties": {"family": _STRING},
+            "model": {"type": "object", "required": ["family"],
+                      "properties": {"family": _STRING, "norm": _nullable(_STRING, "a normalization's name")},
                       "description": "the model {family, ...its fields}"},
             # null where every seed diverged
             **{key: {"anyOf": [_ref("accuracy"), {"type": "null"}], "description": "an accuracy over seeds {mean, std, ci95, n} or null"}

@@ -37,6 +37,32 @@ def make_idx_folder(folder: Path, train: int = 5300, test: int = 200) -> Path:
     return folder
 
 
+def pytest_report_collectionfinish(config, start_path, items):
+    """Says up front what runs and how long it took here last time (pytest's cache keeps each
+    test's duration from the last run on this machine; none on a fresh clone)."""
+    slow = sum(1 for item in items if item.get_closest_marker("slow"))
+    durations = config.cache.get("bnbench/durations", {}) if getattr(config, "cache", None) else {}
+    known = [durations[item.nodeid] for item in items if item.nodeid in durations]
+    line = f"bnbench: {len(items)} tests, {slow} of them marked slow (subprocess runs, Keras, several processes)"
+    if known:
+        estimate = sum(known) * len(items) / len(known)
+        line += f"; about {estimate / 60:.1f} minutes, from the last run of these tests on this machine"
+    return [line]
+
+
+def pytest_runtest_logreport(report):
+    _DURATIONS[report.nodeid] = _DURATIONS.get(report.nodeid, 0.0) + report.duration
+
+
+def pytest_sessionfinish(session):
+    if getattr(session.config, "cache", None) and _DURATIONS:
+        session.config.cache.set("bnbench/durations", {**session.config.cache.get("bnbench/durations", {}),
+                                                       **_DURATIONS})
+
+
+_DURATIONS: dict[str, float] = {}  # per test: setup, call and teardown, this session
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Tests never read or write the user's dataset cache."""

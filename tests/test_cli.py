@@ -119,3 +119,46 @@ def test_fields_out_of_range_are_one_line_before_any_training(idx_dir, variant, 
     result = run_cli("run", "--variant", variant, "--data-dir", idx_dir, "--epochs", "1", "--quiet")
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr
+
+
+BAD_NUMBERS = [
+    ("run", "--epochs", "-1"), ("run", "--epochs", "abc"), ("run", "--batch-size", "0"), ("run", "--seeds", "0"),
+    ("run", "--learning-rate", "-1e-3"), ("run", "--learning-rate", "nan"), ("run", "--target", "1.5"),
+    ("run", "--data-parallel", "0"), ("run", "--peer-timeout", "0"), ("run", "--num-processes", "x"),
+    ("sweep", "--epochs", "0"), ("sweep", "--seeds", "-2"), ("sweep", "--reference-batch-size", "0"),
+    ("sweep", "--eval-every", "0"), ("sweep", "--target", "0"), ("sweep", "--budget", "hours"),
+    ("compare", "--fail-on-regression", "-5"), ("compare", "--gate", "speed"), ("compare", "--format", "html"),
+]
+
+
+@pytest.mark.parametrize("command, option, value", BAD_NUMBERS)
+def test_every_commands_bad_numbers_are_one_line_with_a_pointer_to_help(command, option, value, capsys, tmp_path):
+    args = [command, option, value] + (["--out", str(tmp_path / "x.json")] if command == "sweep" else []) + \
+        (["r.json"] if command == "compare" else [])
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"bnbench: error: {command}: argument {option}") and err.count("\n") == 1, err
+    assert f"(see 'bnbench {command} --help')" in err and "usage:" not in err
+
+
+def test_version_and_help_of_every_argument(capsys):
+    assert cli.main(["--version"]) == 0
+    assert capsys.readouterr().out.startswith("bnbench ")
+    parser = cli.build_parser()
+    assert "``" not in parser.format_help()
+    subcommands = next(a for a in parser._actions if a.dest == "command").choices
+    for name, sub in subcommands.items():
+        for action in sub._actions:
+            assert action.help, f"bnbench {name} {action.option_strings or action.dest} has no help"
+
+
+def test_the_readmes_shell_commands_parse(tmp_path):
+    """Every ```bash block of the README is valid shell (an unquoted `channels=(16,32)` is not)."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    blocks = [block.split("```", 1)[0] for block in text.split("```bash\n")[1:]]
+    assert blocks
+    for block in blocks:
+        checked = subprocess.run(["bash", "-n"], input=block, capture_output=True, text=True)
+        assert checked.returncode == 0, (block, checked.stderr)

@@ -230,7 +230,7 @@ def test_sweep_from_the_command_line_then_resume_and_report(idx_dir, tmp_path):
     assert result.returncode == 0, result.stderr
     assert re.search(r"seed_bn lr=10000 +2 \(2 diverged\) +diverged", result.stdout)
     again = run_cli(*args)
-    assert again.returncode == 2 and "exists: pass --resume" in again.stderr
+    assert again.returncode == 2 and "exists: pass --force (or --resume to finish that sweep)" in again.stderr
     before = out.read_text()
     resumed = run_cli(*args, "--resume")
     assert resumed.returncode == 0 and json.loads(out.read_text())["runs"] == json.loads(before)["runs"]
