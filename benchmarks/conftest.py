@@ -172,8 +172,8 @@ def _claim_report(config):
 def pytest_configure(config):
     from bnbench.cli import cpu_devices_option
 
-    seed_counts = [_at_least(config, "--seeds", 1), _at_least(config, "--scaling-seeds", 0) or 1,
-                   _at_least(config, "--sweep-configs", 0) or 1]
+    seeds = _at_least(config, "--seeds", 1)
+    side_counts = [_at_least(config, "--scaling-seeds", 0) or 1, _at_least(config, "--sweep-configs", 0) or 1]
     _at_least(config, "--peer-timeout", 1)
     if config.getoption("--num-processes") is not None:
         _at_least(config, "--num-processes", 1)
@@ -182,9 +182,7 @@ def pytest_configure(config):
         cpu_devices = cpu_devices_option(config.getoption("--cpu-devices"))
     except argparse.ArgumentTypeError as e:
         raise pytest.UsageError(f"--cpu-devices: {e}") from None
-    # No more devices than cores by default: more would slow the one-seed step times, the
-    # harness's headline figures (a 2-core CPU split into 8 devices: up to 1.5x per step).
-    cpu_devices = cpu_devices or min(devices.cpu_devices_for(seed_counts), devices.usable_cores())
+    cpu_devices = cpu_devices or devices.cpu_devices_with_side_runs(seeds, side_counts)
     # Data-parallel runs need their devices whatever the cores (on a CPU: simulated devices).
     processes = config.getoption("--num-processes") or 1
     wanted = max([_at_least(config, "--data-parallel", 1), *scaling_devices(config)])
@@ -249,7 +247,14 @@ def pytest_benchmark_update_json(config, benchmarks, output_json):
 
 def pytest_sessionfinish(session, exitstatus):
     state = getattr(session.config, "_bnbench_session", None)
-    if state is None or not state.main_process or not state.results:
+    if state is None or not state.main_process:
+        return
+    if not state.results:  # a report needs the accuracy benchmark's runs: say so, never nothing
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None and (state.summary_extras or state.scaling):
+            reporter.write_line("bnbench: no bnbench report written: the accuracy benchmark did not run in this "
+                                "session, and a report is built from its runs; the figures of the benchmarks that "
+                                "ran are in pytest-benchmark's JSON (--benchmark-json FILE)")
         return
     report = runner.make_report(state.dataset, state.protocol, state.seeds, state.results,
                                 command="pytest benchmarks/", run_id=state.run_id, parallel=state.parallel)

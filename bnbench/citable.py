@@ -263,13 +263,14 @@ def markdown(loaded: list[dict], baselines=(), extra: list[str] = ()) -> str:
 def write_citable(paths: list[str], out: str | Path, baselines=(), force: bool = False) -> list[Path]:
     loaded = reports.load_all(paths)
     check_baselines(loaded, baselines)
-    folder = ReportFolder(out, inputs=paths, force=force)
+    folder = ReportFolder(out, force=force)
     try:
-        written = _write_page(loaded, folder.path, baselines)
-        folder.finish(written)
+        drawn = _write_page(loaded, folder.staging, baselines)
+        written = folder.finish()
     finally:
         folder.release()
-    return written
+    order = [p.name for p in drawn]  # README.md first, then the plots as drawn
+    return sorted(written, key=lambda p: order.index(p.name) if p.name in order else len(order))
 
 
 def _write_page(loaded: list[dict], out: Path, baselines) -> list[Path]:

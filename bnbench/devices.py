@@ -49,6 +49,16 @@ def cpu_devices_for(seed_counts, cores: int | None = None) -> int:
     return max(_cpu_devices_for(n, cores) for n in seed_counts)
 
 
+def cpu_devices_with_side_runs(seeds: int, side_counts=(), cores: int | None = None) -> int:
+    """The CPU devices for ``seeds`` trained together, laid out exactly as ``bnbench run --seeds``
+    lays them out (``cpu_devices_for``: so that the harness's epoch times compare with run's), and
+    enough for side benchmarks of ``side_counts`` runs, but for those no more than one per core:
+    more devices than cores slow every device's work, the one-seed step times included."""
+    cores = usable_cores() if cores is None else cores
+    side = min(cpu_devices_for(side_counts, cores), cores) if side_counts else 1
+    return max(cpu_devices_for([seeds], cores), side)
+
+
 def _cpu_devices_for(num_seeds: int, cores: int) -> int:
     even = [d for d in range(1, num_seeds + 1) if num_seeds % d == 0]
     fewest = min(d for d in even if d >= min(cores, num_seeds))

@@ -85,7 +85,15 @@ def mirror(download_url: str | None = None) -> str | None:
         raise DataError(f"download URL {url!r} (--download-url or {MIRROR_ENV}) is not an http(s), ftp or "
                         "file URL: give the base URL of a folder holding the four IDX files, e.g. "
                         "https://example.org/fashion-mnist/ (for a local folder, use --data-dir)")
-    return url if url.endswith("/") else url + "/"
+    return url
+
+
+def file_url(base: str, filename: str) -> str:
+    """``filename`` in the folder ``base`` names, its query kept (a signed mirror's token, say):
+    ``https://m.org/fm?t=1`` gives ``https://m.org/fm/FILE?t=1``."""
+    parts = urllib.parse.urlsplit(base)
+    folder = parts.path if parts.path.endswith("/") else parts.path + "/"
+    return urllib.parse.urlunsplit(parts._replace(path=folder + filename, fragment=""))
 
 
 def download_dir(name: str, cache_dir=None) -> Path:
@@ -156,7 +164,7 @@ def _fetch_file(name: str, filename: str, bases, folder: Path, bar) -> None:
     size, sha256 = RELEASES[name][filename]
     failures = []
     for base in bases:
-        url = urllib.parse.urljoin(base, filename)
+        url = file_url(base, filename)
         try:
             _download(url, folder / filename, size, sha256, bar)
         except _Failed as e:

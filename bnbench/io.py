@@ -221,33 +221,45 @@ MANIFEST = ".bnbench-report"  # in a folder that ``bnbench report`` wrote: the f
 
 
 class ReportFolder:
-    """``bnbench report``'s folder: a new or empty one, or one it wrote before (its manifest lists
-    the files it wrote); locked while written. Files of other tools are never replaced unasked
-    (``force``), except the input reports, which may lie in the folder they are summarized into.
-    ``finish`` removes what the previous report wrote and this one did not (its old plots)."""
+    """``bnbench report``'s folder, locked while written. The page is drawn into a hidden folder
+    inside it (``staging``), then ``finish`` moves each file in whole (a rename) and removes what
+    the previous page wrote and this one did not (its old plots), as listed in the manifest.
+    A file of the new page's name that the previous page did not write (a README.md of someone
+    else's) stops it, unless ``force``; other files are left as they are."""
 
-    def __init__(self, path: str | os.PathLike, inputs=(), force: bool = False):
-        self.path = make_folder(path)
+    def __init__(self, path: str | os.PathLike, force: bool = False):
+        self.path, self.force = make_folder(path), force
+        self._fd = hold_lock(self.path / MANIFEST)
         manifest = self.path / MANIFEST
-        self._fd = hold_lock(manifest)
         self.previous = set(manifest.read_text().split()) if manifest.is_file() else set()
-        inputs = {Path(p).resolve() for p in inputs}
-        others = sorted(p.name for p in self.path.iterdir() if not p.name.startswith(".")
-                        and p.name not in self.previous and p.resolve() not in inputs)
-        if others and not force:
+        try:
+            self.staging = Path(tempfile.mkdtemp(dir=self.path, prefix=f"{MANIFEST}.", suffix=".tmp"))
+        except OSError as e:
             self.release()
-            raise BnbenchError(f"--out {self.path} holds files that bnbench report did not write ({', '.join(others[:3])}"
-                               f"{', ...' if len(others) > 3 else ''}): choose a new or empty folder, or pass --force "
-                               "to write beside them")
+            raise BnbenchError(f"cannot write into {self.path} ({e.strerror}): choose a writable --out folder") from None
 
-    def finish(self, written) -> None:
-        names = {Path(p).name for p in written}
-        for stale in sorted(self.previous - names):
+    def finish(self) -> list[Path]:
+        """Moves the staged page in; returns its files as they now lie in the folder."""
+        names = sorted(p.name for p in self.staging.iterdir())
+        foreign = [n for n in names if (self.path / n).exists() and n not in self.previous]
+        if foreign and not self.force:
+            named = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+            raise BnbenchError(f"--out {self.path} holds {named}, which bnbench report did not write: choose a new "
+                               "or empty folder, or pass --force to replace them")
+        for name in names:
+            os.replace(self.staging / name, self.path / name)
+        for stale in sorted(self.previous - set(names)):
             (self.path / stale).unlink(missing_ok=True)
-        atomic_write(self.path / MANIFEST, lambda f: f.write("".join(f"{n}\n" for n in sorted(names))))
-        self.release()
+        atomic_write(self.path / MANIFEST, lambda f: f.write("".join(f"{n}\n" for n in names)))
+        return [self.path / n for n in names]
 
     def release(self) -> None:
+        """Removes the staging folder (what was not moved in) and drops the lock."""
+        staging = getattr(self, "staging", None)
+        if staging is not None and staging.exists():
+            for leftover in staging.iterdir():
+                leftover.unlink()
+            staging.rmdir()
         if self._fd is not None:
             drop_lock(self.path / MANIFEST, self._fd)
             self._fd = None

@@ -498,5 +498,16 @@ def describe(error, root: dict) -> str:
     return f"{where}: expected {_expected(error.schema, root)}, got {got}"
 
 
+def main(argv: list[str]) -> int:
+    """``python -m bnbench.schema [KIND]``: the JSON Schema of a report kind, for other tools."""
+    kind = argv[0] if argv else REPORT_KIND
+    if kind not in SCHEMAS or len(argv) > 1:
+        print(f"bnbench: error: no report kind {' '.join(argv)!r}: choose one of {', '.join(SCHEMAS)}",
+              file=sys.stderr)
+        return 2
+    print(json.dumps(SCHEMAS[kind], indent=2))
+    return 0
+
+
 if __name__ == "__main__":
-    print(json.dumps(SCHEMAS[sys.argv[1] if len(sys.argv) > 1 else REPORT_KIND], indent=2))
+    sys.exit(main(sys.argv[1:]))

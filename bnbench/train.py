@@ -428,9 +428,11 @@ def fit(trainer: Trainer, seeds: Sequence[int],
     """Trains ``trainer``'s model once per run, all runs together; run i has seed ``seeds[i]``
     (several runs may share a seed: a sweep gives each configuration the same seeds) and, if given,
     its own ``hyperparams``. Returns per-epoch metrics (arrays over runs), the epoch times shared by
-    the runs, test metrics, compile time and state."""
+    the runs, test metrics, the time this fit spent compiling (0 for a trainer whose programs an
+    earlier fit compiled) and state."""
     if len(seeds) != trainer.num_seeds:
         raise BnbenchError(f"the trainer was built for {trainer.num_seeds} seeds, got {len(seeds)}")
+    compiles_now = trainer._epoch is None  # a reused trainer's programs are compiled already
     state, shuffle_roots, hyperparams = trainer.start(seeds, hyperparams)
     history, epoch_times = [], []
     for i in range(trainer.protocol.epochs):
@@ -442,7 +444,7 @@ def fit(trainer: Trainer, seeds: Sequence[int],
             on_epoch(i, metrics, seconds)
     test = device_lib.fetch(trainer.test(state))
     return {"history": history, "epoch_times": epoch_times, "test": test,
-            "compile_time_s": trainer.compile_time_s, "state": state}
+            "compile_time_s": trainer.compile_time_s if compiles_now else 0.0, "state": state}
 
 
 def train(model: nn.Module, protocol: Protocol, data: DeviceData, seeds: Sequence[int],

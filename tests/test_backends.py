@@ -16,6 +16,7 @@ import types
 
 import jax
 import numpy as np
+import pytest
 
 from bnbench import devices, environment
 
@@ -74,3 +75,13 @@ def test_cpu_devices_are_asked_of_the_cpu_client_only():
     assert out.returncode == 0, out.stderr
     count, backend = out.stdout.split()
     assert count == "3" and backend == jax.default_backend()
+
+
+@pytest.mark.parametrize("cores", [1, 2, 4, 8])
+def test_the_harness_lays_out_seeds_as_run_does(cores):
+    """`pytest benchmarks/ --seeds K` and `bnbench run --seeds K` put K seeds on the same devices, so
+    that their epoch times compare; side benchmarks add at most one device per core."""
+    for seeds in range(1, 13):
+        assert devices.cpu_devices_with_side_runs(seeds, (), cores) == devices.cpu_devices_for([seeds], cores)
+        assert devices.cpu_devices_with_side_runs(seeds, (1, 1), cores) == devices.cpu_devices_for([seeds], cores)
+    assert devices.cpu_devices_with_side_runs(1, (8,), cores) == min(devices.cpu_devices_for([8], cores), cores)

@@ -31,8 +31,12 @@ def server():
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
             state = self.server
-            name = self.path.rsplit("/", 1)[-1]
+            path, _, query = self.path.partition("?")
+            name = path.rsplit("/", 1)[-1]
             state.requests.append(name)
+            if state.token is not None and query != state.token:  # a signed mirror: the token or nothing
+                self.send_error(403)
+                return
             body = state.files.get(name)
             if body is None:
                 self.send_error(404)
@@ -55,6 +59,7 @@ def server():
 
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     httpd.files, httpd.requests, httpd.cut, httpd.unannounced, httpd.stall = {}, [], {}, set(), {}
+    httpd.token = None
     httpd.url = f"http://127.0.0.1:{httpd.server_address[1]}/release/"
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
@@ -208,6 +213,15 @@ def test_the_official_locations_are_keras_then_tfds():
 def test_download_url_argument_wins_over_the_environment(release, server, monkeypatch, closed_url):
     monkeypatch.setenv("BNBENCH_DOWNLOAD_URL", closed_url)
     assert data.load(download_url=server.url.rstrip("/")).verified  # a missing final slash is added
+
+
+def test_a_mirror_url_with_a_query_keeps_it_for_every_file(release, server):
+    """A signed mirror (``...?token``): each file's URL is the folder's with the file name in its
+    path and the query kept; joining the file name onto the whole URL would drop the query."""
+    server.token = "token=abc"
+    assert data.load(download_url=server.url.rstrip("/") + "?token=abc").verified
+    assert sorted(server.requests) == sorted(FILES)
+    assert download.file_url("https://m.org/fm?t=1#x", "a.gz") == "https://m.org/fm/a.gz?t=1"
 
 
 def test_a_mirror_that_is_not_a_url_is_refused(monkeypatch):

@@ -63,3 +63,23 @@ def test_data_parallel_accuracy_and_scaling_benchmarks_reach_both_files_and_the_
     text = (page / "README.md").read_text()
     assert "## Data-parallel scaling [1]" in text and "seed_bn, sync statistics | 2" in text.replace("  ", " ")
     assert (page / "data_parallel_scaling_1.png").stat().st_size > 10_000
+
+
+def test_a_session_without_the_accuracy_benchmark_says_why_it_wrote_no_report(tmp_path):
+    report = tmp_path / "r.json"
+    result = run_harness("--quick", "--variants", "seed_plain", "-k", "test_step_time", "--bnbench-report", report)
+    assert result.returncode == 0, result.stdout[-2000:]
+    assert "bnbench: no bnbench report written: the accuracy benchmark did not run" in result.stdout
+    assert not report.exists()
+
+
+def test_an_existing_report_stops_the_session_unless_forced(tmp_path):
+    report = tmp_path / "r.json"
+    report.write_text("{}")
+    result = run_harness("--quick", "--variants", "seed_plain", "-k", "test_accuracy", "--bnbench-report", report)
+    assert result.returncode != 0 and "exists: pass --bnbench-force to replace it" in result.stderr
+    assert report.read_text() == "{}" and "passed" not in result.stdout
+    result = run_harness("--quick", "--variants", "seed_plain", "-k", "test_accuracy", "--bnbench-report", report,
+                         "--bnbench-force")
+    assert result.returncode == 0, result.stdout[-2000:]
+    assert "seed_plain" in json.loads(report.read_text())["summary"]

@@ -169,16 +169,19 @@ def test_some_runs_diverging_is_a_warning_and_success():
 
 # `bnbench report`'s folder
 
-def test_report_writes_only_into_an_empty_or_its_own_folder(tmp_path, capsys):
+def test_report_never_replaces_a_file_it_did_not_write_unless_forced(tmp_path, capsys):
     source = write(tmp_path / "r.json", made_report())
     folder = tmp_path / "page"
     folder.mkdir()
+    (folder / "README.md").write_text("someone's page")
     (folder / "notes.txt").write_text("mine")
     assert cli.main(["report", str(source), "--out", str(folder)]) == 2
-    assert "holds files that bnbench report did not write (notes.txt)" in capsys.readouterr().err
-    assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"]
+    assert "holds README.md, which bnbench report did not write" in capsys.readouterr().err
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "notes.txt"]  # nothing half-written
+    assert (folder / "README.md").read_text() == "someone's page"
     assert cli.main(["report", str(source), "--out", str(folder), "--force"]) == 0
-    assert (folder / "notes.txt").read_text() == "mine" and (folder / "README.md").exists()
+    assert (folder / "notes.txt").read_text() == "mine" and (folder / "README.md").read_text().startswith("# ")
+    assert sorted(p.name for p in folder.iterdir() if p.name.startswith(".")) == [MANIFEST]  # no staging left
 
 
 def test_report_into_its_own_folder_replaces_its_files_and_removes_its_old_plots(tmp_path):
@@ -204,7 +207,9 @@ def test_a_report_folder_being_written_stops_a_second_writer(tmp_path):
     folder = ReportFolder(tmp_path / "page")
     with pytest.raises(PathTaken, match="is being written by bnbench pid"):
         ReportFolder(tmp_path / "page")
-    folder.finish([])
+    assert folder.finish() == []
+    folder.release()
+    assert sorted(p.name for p in (tmp_path / "page").iterdir()) == [MANIFEST]
 
 
 def test_plots_keep_titles_and_legends_whole_and_apart_from_tick_labels(tmp_path):

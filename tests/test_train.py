@@ -146,7 +146,8 @@ def test_a_trainer_is_reused_by_a_second_fit_without_compiling_again(device_data
     first = train.fit(trainer, [0, 1])
     compiled = trainer._epoch
     second = train.fit(trainer, [0, 1])
-    assert trainer._epoch is compiled and second["compile_time_s"] == first["compile_time_s"]
+    assert trainer._epoch is compiled
+    assert first["compile_time_s"] > 0 and second["compile_time_s"] == 0.0  # the second compiled nothing
     for a, b in zip(jax.tree.leaves(first["state"]), jax.tree.leaves(second["state"])):
         np.testing.assert_array_equal(a, b)
     other = train.fit(trainer, [2, 3])  # other seeds through the same program
