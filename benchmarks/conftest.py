@@ -94,7 +94,8 @@ def scaling_devices(config) -> list[int]:
     try:
         counts = [int(x) for x in text.split(",")] if text else []
     except ValueError:
-        raise pytest.UsageError(f"--scaling-devices {text!r}: give device counts separated by commas, as 1,2,4") from None
+        raise pytest.UsageError(f"--scaling-devices {text!r}: give device counts separated by commas, as 1,2,4"
+                                ) from None
     if any(n < 1 for n in counts) or len(set(counts)) != len(counts):
         raise pytest.UsageError(f"--scaling-devices {text!r}: each count must be 1 or more, and given once")
     return counts

@@ -103,8 +103,8 @@ def claim_report(args, kind: str, main_process: bool, replace: bool = False):
         return None
     if args.out is None:
         return claim_default(kind)
-    return ReportClaim(args.out, replace=args.force or replace,
-                       how_to_replace="pass --force" + (" (or --resume to finish that sweep)" if kind == "sweep" else ""))
+    how = "pass --force" + (" (or --resume to finish that sweep)" if kind == "sweep" else "")
+    return ReportClaim(args.out, replace=args.force or replace, how_to_replace=how)
 
 
 def finish(claim, report: dict) -> int:

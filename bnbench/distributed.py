@@ -172,7 +172,9 @@ def mid_run_message(error: BaseException) -> str:
     if lost_peer(error):
         return (f"{me}: another process of the job stopped or became unreachable ({_first_line(error)}); "
                 "stopping too. See that process's output for its error; rerun every process")
-    return f"{me}: {error}" if isinstance(error, BnbenchError) else f"{me}: {type(error).__name__}: {_first_line(error)}"
+    if isinstance(error, BnbenchError):
+        return f"{me}: {error}"
+    return f"{me}: {type(error).__name__}: {_first_line(error)}"
 
 
 def post_failure(error: BaseException) -> str:

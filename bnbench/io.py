@@ -236,7 +236,8 @@ class ReportFolder:
             self.staging = Path(tempfile.mkdtemp(dir=self.path, prefix=f"{MANIFEST}.", suffix=".tmp"))
         except OSError as e:
             self.release()
-            raise BnbenchError(f"cannot write into {self.path} ({e.strerror}): choose a writable --out folder") from None
+            raise BnbenchError(f"cannot write into {self.path} ({e.strerror}): choose a writable --out folder"
+                               ) from None
 
     def finish(self) -> list[Path]:
         """Moves the staged page in; returns its files as they now lie in the folder."""

@@ -197,10 +197,12 @@ DEFS = {
                       "properties": {"family": _STRING, "norm": _nullable(_STRING, "a normalization's name")},
                       "description": "the model {family, ...its fields}"},
             # null where every seed diverged
-            **{key: {"anyOf": [_ref("accuracy"), {"type": "null"}], "description": "an accuracy over seeds {mean, std, ci95, n} or null"}
+            **{key: {"anyOf": [_ref("accuracy"), {"type": "null"}],
+                     "description": "an accuracy over seeds {mean, std, ci95, n} or null"}
                for key in ("train_accuracy", "val_accuracy", "test_accuracy")},
             "diverged_seeds": _SIZE, "variant": _STRING, "config": _ref("config"),
-            **{key: {"anyOf": [_ref("loss"), {"type": "null"}], "description": "a loss over seeds {mean, std, ci95, n} or null"}
+            **{key: {"anyOf": [_ref("loss"), {"type": "null"}],
+                     "description": "a loss over seeds {mean, std, ci95, n} or null"}
                for key in ("train_loss", "val_loss", "test_loss")},
             "epoch_time_s": _ref("spread"), "median_epoch_time_s": _TIME, "median_update_time_s": _TIME,
             "updates_per_epoch": _COUNT, "compile_time_s": {**_NUMBER, "minimum": 0, "description": "a number >= 0"},

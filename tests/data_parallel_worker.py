@@ -123,7 +123,7 @@ def local_equals_shards(variant: str, data_parallel: int, steps: int = 3) -> dic
         expected = expected.replace(step=shards[0][0].step)
         worst["params"] = max(worst["params"], largest_difference(expected.params, found.params))
         worst["batch_stats"] = max(worst["batch_stats"], largest_difference(expected.batch_stats, found.batch_stats))
-        worst["loss"] = max(worst["loss"], abs(float(loss) - sum(float(l) for _, (l, _) in shards)))
+        worst["loss"] = max(worst["loss"], abs(float(loss) - sum(float(shard_loss) for _, (shard_loss, _) in shards)))
         worst["correct"] = max(worst["correct"], abs(int(correct) - sum(int(c) for _, (_, c) in shards)))
     # How far local statistics are from one device's: that the shards' statistics really differ.
     one_device, _ = single(state, d.train_images[:32], d.train_labels[:32])

@@ -35,7 +35,7 @@ def test_bad_input_gives_one_clear_line_and_no_traceback(args, message):
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr
-    assert len([l for l in result.stderr.splitlines() if "error" in l]) == 1
+    assert len([line for line in result.stderr.splitlines() if "error" in line]) == 1
 
 
 def test_out_path_that_is_a_directory_is_refused_before_training(tmp_path, capsys):

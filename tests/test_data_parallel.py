@@ -93,7 +93,8 @@ def one_process_reports(idx_dir, tmp_path_factory):
                "local": ["--data-parallel", "2", "--batch-stats", "local"]}
     processes = {k: run_cli(*common, *extra, "--out", folder / f"{k}.json") for k, extra in layouts.items()}
     processes["sweep"] = run_cli("sweep", "--variant", "seed_bn", "--learning-rate", "1e-3,1e-2", "--epochs", "2",
-                                 "--data-dir", idx_dir, "--quiet", "--data-parallel", "2", "--out", folder / "sweep.json")
+                                 "--data-dir", idx_dir, "--quiet", "--data-parallel", "2",
+                                 "--out", folder / "sweep.json")
     out = {}
     for k, p in processes.items():
         rc, stdout, err = finished(p)
@@ -197,7 +198,8 @@ def test_a_process_that_fails_before_training_stops_the_other_with_one_line(idx_
     # Process 1 alone is given a data folder that does not exist.
     job = [run_cli("run", "--variant", "seed_bn", "--epochs", 1, "--data-parallel", 2, "--quiet",
                    "--data-dir", idx_dir if i == 0 else tmp_path / "missing", "--coordinator", f"127.0.0.1:{port}",
-                   "--num-processes", 2, "--process-id", i, "--out", tmp_path / f"process-{i}.json", "--peer-timeout", 20)
+                   "--num-processes", 2, "--process-id", i, "--out", tmp_path / f"process-{i}.json",
+                   "--peer-timeout", 20)
            for port in [free_port()] for i in range(2)]
     (rc0, _, err0), (rc1, _, err1) = [finished(p, timeout=120) for p in job]
     assert (rc0, rc1) == (2, 2), err0[-2000:] + err1[-2000:]

@@ -1,5 +1,6 @@
 """The layers Keras 3 lacks, held to independent computations: BatchNorm over a ConvNet's axes, and
-the closed-form backward of LayerNorm and GroupNorm (flax's own layers, differentiated by autodiff), Batch Renormalization (NumPy, the paper's equations), evaluation with batch statistics
+the closed-form backward of LayerNorm and GroupNorm (flax's own layers, differentiated by autodiff),
+Batch Renormalization (NumPy, the paper's equations), evaluation with batch statistics
 (a NumPy forward pass), and the ConvNet's im2col convolution (lax.conv_general_dilated)."""
 
 import flax.linen as nn
@@ -197,7 +198,9 @@ def test_group_norm_over_a_leading_seed_axis_is_each_seed_alone():
     module = GroupNorm(num_groups=4)
     variables = jax.vmap(lambda x: module.init(jax.random.PRNGKey(0), x))(x)
     variables = jax.tree.map(lambda v: v + 0.1 * jax.random.normal(jax.random.PRNGKey(2), v.shape), variables)
-    loss = lambda variables, x: jnp.sum(jnp.sin(module.apply(variables, x)))
+
+    def loss(variables, x):
+        return jnp.sum(jnp.sin(module.apply(variables, x)))
     batched = jax.vmap(jax.grad(loss, argnums=(0, 1)))(variables, x)
     for seed in range(3):
         alone = jax.grad(loss, argnums=(0, 1))(jax.tree.map(lambda v: v[seed], variables), x[seed])

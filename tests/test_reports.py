@@ -183,9 +183,9 @@ def scaled_times(report: dict, factor: float) -> None:
     """Every step time of a harness report ``factor`` times longer, spreads as they were."""
     for summary in report["summary"].values():
         for key in ("epoch_time_s", "step_time_s"):
-            for stat in ("median", "mean", "min", "max", "q1", "q3"):
-                if stat in summary.get(key, {}):
-                    summary[key][stat] *= factor
+            for figure in ("median", "mean", "min", "max", "q1", "q3"):
+                if figure in summary.get(key, {}):
+                    summary[key][figure] *= factor
         summary["median_epoch_time_s"] *= factor
         summary["median_update_time_s"] *= factor
     for run in report["runs"]:
@@ -374,7 +374,8 @@ def test_committed_reports_compare_in_one_table(capsys):
 
 
 def test_time_to_target_counts_updates_and_time():
-    run = {"epochs": [{"epoch": 1, "val_accuracy": 0.5, "time_s": 1.0}, {"epoch": 2, "val_accuracy": 0.9, "time_s": 2.0}]}
+    run = {"epochs": [{"epoch": 1, "val_accuracy": 0.5, "time_s": 1.0},
+                      {"epoch": 2, "val_accuracy": 0.9, "time_s": 2.0}]}
     assert runner.time_to_target(run, 0.8, 10) == {"epoch": 2, "time_s": 3.0, "updates": 20}
     assert runner.time_to_target(run, 0.95, 10) is None
 
@@ -382,7 +383,8 @@ def test_time_to_target_counts_updates_and_time():
 def test_time_to_target_at_the_grain_of_evaluations_inside_the_epoch():
     """Evaluations every 4 updates of 10-update epochs: the target is met at update 14, 40% into
     the second epoch's 2 seconds."""
-    run = {"epochs": [{"epoch": 1, "val_accuracy": 0.5, "time_s": 1.0}, {"epoch": 2, "val_accuracy": 0.9, "time_s": 2.0}],
+    run = {"epochs": [{"epoch": 1, "val_accuracy": 0.5, "time_s": 1.0},
+                      {"epoch": 2, "val_accuracy": 0.9, "time_s": 2.0}],
            "evals": [{"update": 4, "val_accuracy": 0.1}, {"update": 8, "val_accuracy": 0.2},
                      {"update": 14, "val_accuracy": 0.85}, {"update": 18, "val_accuracy": 0.7}]}
     assert runner.time_to_target(run, 0.8, 10) == {"epoch": 2, "time_s": 1.8, "updates": 14}

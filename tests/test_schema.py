@@ -94,8 +94,10 @@ def drop(*keys):
     (lambda r: r["summary"]["seed_bn"]["step_time_s"].update(median=0),
      "summary.seed_bn.step_time_s.median: expected a time in seconds from 1e-09 to 1e+09, got 0"),
     (lambda r: r["runs"][0]["epochs"].pop(), "runs[0].epochs: expected 2 epoch records (protocol.epochs), got 1"),
-    (lambda r: r.update(kind="bnbench.study"), "kind \"bnbench.study\" is not one this bnbench reads (bnbench.run, bnbench.sweep)"),
-    (lambda r: r.update(kind="bnbench.sweep"), "sweep: missing; expected the sweep's grid {variants, learning_rate, ...}"),
+    (lambda r: r.update(kind="bnbench.study"),
+     "kind \"bnbench.study\" is not one this bnbench reads (bnbench.run, bnbench.sweep)"),
+    (lambda r: r.update(kind="bnbench.sweep"),
+     "sweep: missing; expected the sweep's grid {variants, learning_rate, ...}"),
     (lambda r: r.update(schema_version=99), "schema_version 99, newer than this bnbench reads (1): upgrade bnbench"),
 ])
 def test_a_report_that_fails_its_schema_is_one_line_naming_the_field(tmp_path, capsys, edit, message):

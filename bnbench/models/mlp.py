@@ -56,8 +56,10 @@ Renorm's moving statistics. ``eval_batch_size``: evaluate in batches
         check_common(self)
         positive_widths("hidden", self.hidden)
         for field, allowed in (("activation", ACTIVATIONS), ("hidden_init", INITIALIZERS), ("placement", PLACEMENTS)):
-            require(getattr(self, field) in allowed, f"{field}={getattr(self, field)!r}: choose one of {', '.join(allowed)}")
-        require(self.norm is not None or not self.norm_inputs, "norm_inputs=True needs a norm: set norm_inputs=False too")
+            require(getattr(self, field) in allowed,
+                    f"{field}={getattr(self, field)!r}: choose one of {', '.join(allowed)}")
+        require(self.norm is not None or not self.norm_inputs,
+                "norm_inputs=True needs a norm: set norm_inputs=False too")
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
