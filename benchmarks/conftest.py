@@ -26,15 +26,15 @@ def pytest_addoption(parser):
     group.addoption("--variants", default=",".join(variants.NOTEBOOK_VARIANTS),
                     help="comma-separated variants to benchmark (default: seed_plain,seed_bn; `bnbench variants` "
                          "lists them; NAME:FIELD=VALUE changes a field of a variant's model)")
-    group.addoption("--epochs", type=int, default=10, help="training epochs for the accuracy benchmark (10)")
-    group.addoption("--seeds", type=int, default=1, help="seeds trained together (1)")
-    group.addoption("--scaling-seeds", type=int, default=0,
+    group.addoption("--epochs", default=10, help="training epochs for the accuracy benchmark (10)")
+    group.addoption("--seeds", default=1, help="seeds trained together (1)")
+    group.addoption("--scaling-seeds", default=0,
                     help="run the seed-scaling benchmark: an epoch of K seeds trained together against "
                          "one seed's (off by default: it costs about a minute per variant on 2 cores)")
-    group.addoption("--sweep-configs", type=int, default=0,
+    group.addoption("--sweep-configs", default=0,
                     help="run the sweep-cost benchmark: an epoch of N learning rates of one seed against one "
                          "of N seeds (off by default; about a minute per variant on 2 cores for N=6)")
-    group.addoption("--data-parallel", type=int, default=1, metavar="N",
+    group.addoption("--data-parallel", default=1, metavar="N",
                     help="split each batch of the accuracy benchmark over N devices (1); on a CPU, --cpu-devices "
                          "defaults to at least N")
     group.addoption("--batch-stats", choices=("sync", "local"), default="sync",
@@ -46,15 +46,15 @@ def pytest_addoption(parser):
     group.addoption("--coordinator", default=None, metavar="HOST:PORT",
                     help="one process of several (jax.distributed): process 0's address; with --num-processes and "
                          "--process-id (under SLURM, found from the job); only process 0 writes reports")
-    group.addoption("--num-processes", type=int, default=None, metavar="P", help="processes in the job")
-    group.addoption("--process-id", type=int, default=None, metavar="I", help="this process's number, 0 to P-1")
-    group.addoption("--peer-timeout", type=int, default=60, metavar="S",
+    group.addoption("--num-processes", default=None, metavar="P", help="processes in the job")
+    group.addoption("--process-id", default=None, metavar="I", help="this process's number, 0 to P-1")
+    group.addoption("--peer-timeout", default=60, metavar="S",
                     help="seconds to wait for every process to join, and for a silent one (60)")
     group.addoption("--cpu-devices", default="auto",
                     help="on a CPU, spread the seeds over N JAX devices to use all cores (auto: one per "
                          "core, or fewer where the seeds split evenly over fewer); more devices than "
                          "cores slow the step-time figures")
-    group.addoption("--floor-every", type=int, default=2,
+    group.addoption("--floor-every", default=2,
                     help="time the matmul floor after every K-th training epoch and the last (2: each "
                          "floor costs about an epoch's matmuls; 1 times it after every epoch)")
     group.addoption("--dataset", default="fashion_mnist", help="fashion_mnist, mnist, kmnist or cifar10")
@@ -71,7 +71,8 @@ def pytest_addoption(parser):
     group.addoption("--bnbench-report", default=None,
                     help="where to write bnbench's JSON report (default: reports/benchmark-<date>-<time>.json); "
                          "an existing file is kept unless --bnbench-force")
-    group.addoption("--bnbench-force", action="store_true", help="replace the report at --bnbench-report if it exists")
+    group.addoption("--bnbench-force", action="store_true",
+                    help="replace the reports at --bnbench-report and --benchmark-json if they exist")
 
 
 def _accuracy(text: str) -> float:
@@ -148,6 +149,26 @@ class Session:
         self.run_id = config._bnbench_run_id
 
 
+# Whole-number options and their least values, read as text and checked here: pytest would answer a
+# bad value of a typed option with its usage block, not bnbench's one line.
+WHOLE_NUMBERS = {"--epochs": 1, "--seeds": 1, "--scaling-seeds": 0, "--sweep-configs": 0, "--data-parallel": 1,
+                 "--num-processes": 1, "--process-id": 0, "--peer-timeout": 1, "--floor-every": 1}
+
+
+def _whole_numbers(config) -> None:
+    for name, least in WHOLE_NUMBERS.items():
+        value = config.getoption(name)
+        if value is None or isinstance(value, int):
+            continue
+        try:
+            number = int(value)
+        except ValueError:
+            raise pytest.UsageError(f"{name} {value!r} is not a whole number") from None
+        if number < least:
+            raise pytest.UsageError(f"{name} must be at least {least}, got {number}")
+        setattr(config.option, name[2:].replace("-", "_"), number)
+
+
 def _at_least(config, name: str, least: int) -> int:
     value = config.getoption(name)
     if value < least:
@@ -159,8 +180,8 @@ def _claim_report(config):
     """The session's bnbench report path, claimed now (``io.ReportClaim``): a path that cannot be
     written, an existing report, or another session writing the same one stops the session before
     any benchmark runs, not at the end. Only process 0 of a job writes."""
-    if not config._bnbench_main_process:
-        return None
+    if not config._bnbench_main_process or config.option.help or config.option.collectonly:
+        return None  # nothing will be written
     try:
         path = config.getoption("--bnbench-report")
         if path is None:
@@ -170,9 +191,24 @@ def _claim_report(config):
         raise pytest.UsageError(f"--bnbench-report: {e}") from None
 
 
+def _claim_benchmark_json(config):
+    """pytest-benchmark's ``--benchmark-json FILE``, claimed as bnbench's report is: an existing file
+    is kept unless --bnbench-force, and two sessions never write one file. pytest-benchmark writes it."""
+    path = config.getoption("benchmark_json", None)
+    if path is None or not config._bnbench_main_process or config.option.help or config.option.collectonly:
+        return None
+    try:
+        return ReportClaim(path, replace=config.getoption("--bnbench-force"), how_to_replace="pass --bnbench-force")
+    except BnbenchError as e:
+        if config._bnbench_claim is not None:
+            config._bnbench_claim.release()
+        raise pytest.UsageError(f"--benchmark-json: {e}") from None
+
+
 def pytest_configure(config):
     from bnbench.cli import cpu_devices_option
 
+    _whole_numbers(config)
     seeds = _at_least(config, "--seeds", 1)
     side_counts = [_at_least(config, "--scaling-seeds", 0) or 1, _at_least(config, "--sweep-configs", 0) or 1]
     _at_least(config, "--peer-timeout", 1)
@@ -199,6 +235,7 @@ def pytest_configure(config):
     config._bnbench_main_process = not joined or distributed.is_main_process()
     config.addinivalue_line("markers", "bnbench: a bnbench benchmark")
     config._bnbench_claim = _claim_report(config)
+    config._bnbench_json_claim = _claim_benchmark_json(config)
     config._bnbench_run_id = runner.new_run_id()  # the same in both files this session writes
 
 
@@ -285,6 +322,6 @@ def pytest_sessionfinish(session, exitstatus):
 
 
 def pytest_unconfigure(config):
-    claim = getattr(config, "_bnbench_claim", None)
-    if claim is not None:
-        claim.release()
+    for claim in (getattr(config, "_bnbench_claim", None), getattr(config, "_bnbench_json_claim", None)):
+        if claim is not None:
+            claim.release()

@@ -99,10 +99,18 @@ def claim_report(args, kind: str, main_process: bool, replace: bool = False):
     ``reports/KIND-<time>.json`` without it; None with ``--no-save`` and on processes other than 0."""
     from bnbench.io import ReportClaim, claim_default
 
+    if getattr(args, "no_save", False) and args.out is not None:
+        raise BnbenchError("--no-save and --out together: drop --no-save to write the report, or --out to write none")
+    if kind == "sweep" and args.resume and args.force:
+        raise BnbenchError("--resume and --force together: --resume finishes the sweep at --out, --force starts it "
+                           "anew; pass one")
     if not main_process or getattr(args, "no_save", False):
         return None
     if args.out is None:
-        return claim_default(kind)
+        try:
+            return claim_default(kind)
+        except BnbenchError as e:
+            raise BnbenchError(f"{e}; or pass --out FILE in a writable folder, or --no-save") from None
     how = "pass --force" + (" (or --resume to finish that sweep)" if kind == "sweep" else "")
     return ReportClaim(args.out, replace=args.force or replace, how_to_replace=how)
 
@@ -251,6 +259,10 @@ def _sweep(args, grid, chosen, parallel, main_process: bool, claim, runs_per_pro
 def cmd_compare(args) -> int:
     from bnbench.compare import compare
 
+    if args.fail_on_regression is None and (args.gate != "auto" or args.across_machines):
+        raise BnbenchError(f"{'--gate' if args.gate != 'auto' else '--across-machines'} says how to gate: add "
+                           "--fail-on-regression PCT to gate")
+
     text, regressed = compare(args.reports, markdown=args.format == "markdown",
                               fail_on_regression=args.fail_on_regression, baselines=args.baseline or (),
                               gate_what=args.gate, across_machines=args.across_machines)
@@ -295,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="bnbench", description=__doc__)
     parser.add_argument("--version", action="version", version=f"bnbench {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.commands = sub.choices
 
     sub.add_parser("variants", help="list the model variants").set_defaults(func=cmd_variants)
 
@@ -399,10 +412,10 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("reports", nargs="+", metavar="REPORT.json",
                         help="bnbench reports (run, sweep or harness) and pytest-benchmark JSON files to summarize")
     report.add_argument("--out", required=True, metavar="DIR",
-                        help="folder for README.md and the plots: a new or empty folder, or one bnbench report "
-                             "wrote before (its files are replaced whole, its old plots removed)")
+                        help="folder for README.md and the plots; only files bnbench report wrote there before are "
+                             "replaced (each whole) and its old plots removed; other files are left as they are")
     report.add_argument("--force", action="store_true",
-                        help="write into a folder that holds other files too (those of the same names are replaced)")
+                        help="also replace files of the page's names that bnbench report did not write (a README.md)")
     report.add_argument("--baseline", action="append", metavar="VARIANT", help=BASELINE_HELP)
     report.set_defaults(func=cmd_report)
     return parser
@@ -428,8 +441,11 @@ def _negative_values_attached(argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     try:
-        args = build_parser().parse_args(_negative_values_attached(sys.argv[1:] if argv is None else argv))
+        args, unknown = parser.parse_known_args(_negative_values_attached(sys.argv[1:] if argv is None else argv))
+        if unknown:  # named by the command's own parser, so that the pointer is to its --help
+            parser.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     except SystemExit as e:  # --help, --version, or Parser.error's one line
         return e.code if isinstance(e.code, int) else 2
     if getattr(args, "unroll", 0) is None:

@@ -104,8 +104,10 @@ def _time_cells(kind: str, figure: dict | None, base: dict | None) -> list[str]:
 
 
 def direction(ratio: float) -> str:
-    """What a ratio of times means, said with it: below 1 the later report took less time."""
-    return "faster" if ratio < 1 else "slower" if ratio > 1 else "the same"
+    """What a ratio of times means, said with it: below 1 the later report took less time (at the
+    two decimals shown: 0.999 is 1.00x, the same)."""
+    shown = round(ratio, 2)
+    return "faster" if shown < 1 else "slower" if shown > 1 else "the same"
 
 
 def ratio_text(ratio: float) -> str:
@@ -271,7 +273,17 @@ class Gate:
     def accuracies(self) -> bool:
         return self.what in ("auto", "accuracy", "all")
 
+    def skip(self, line: str) -> None:
+        """A figure the gate cannot test: named, and a failure where ``--gate`` asked for its kind
+        explicitly (``time``, ``accuracy``, ``all``); by default (``auto``) named and passed over."""
+        if self.what == "auto":
+            self.not_gated.append(line)
+        else:
+            self.not_compared.append(f"{line}; or drop --gate {self.what}")
+
     def text(self) -> str:
+        if not self.compared and not self.regressions and not self.not_compared:
+            self.not_compared.append("no figure of the baseline could be compared (see the lines above)")
         lines = [f"Gate (--fail-on-regression {self.pct:g}, --gate {self.what}): " + ("FAILED" if self.failed else
                  f"passed, no regression beyond {self.pct:g}% and the noise")]
         lines += [f"  regression: {line}" for line in self.regressions]
@@ -298,6 +310,10 @@ def _gate_time(g: Gate, name: str, kind: str, b: dict | None, o: dict | None, ot
     if not reports.same_layout(b, o):
         g.not_compared.append(f"{name}: {label}: {_layout(b)} in the baseline, {_layout(o)} in {other['path']}")
         return None
+    if min(b.get("n", 2), o.get("n", 2)) < 2:  # one timing has no spread: noise cannot be told apart
+        g.skip(f"{name}: {label}: timed once in {'the baseline' if b.get('n', 2) < 2 else other['path']}, so its "
+               "noise is unknown: time 2 or more epochs (or rounds) to gate it")
+        return None
     noise = max(b["iqr"] / b["median"], o["iqr"] / o["median"])
     slower = o["median"] / b["median"] - 1
     if slower > g.pct / 100 + noise:
@@ -310,6 +326,10 @@ def _gate_time(g: Gate, name: str, kind: str, b: dict | None, o: dict | None, ot
 def _gate_accuracies(g: Gate, name: str, b: dict, o: dict, other: dict) -> str | None:
     """An accuracy regresses when its mean is below the lower end of the baseline's 95% CI."""
     keys = [key for key in ACCURACIES if b.get(key)]
+    if not keys:
+        why = ("every seed diverged there" if b.get("diverged_seeds") else
+               "none recorded (pytest-benchmark JSON without the accuracy benchmark)")
+        g.skip(f"{name}: accuracies: the baseline has none ({why})")
     diverged = o.get("diverged_seeds", 0)
     if diverged > b.get("diverged_seeds", 0):  # a run that diverges where the baseline's did not
         g.regressions.append(f"{name}: {diverged} of {o['seeds']} seeds diverged in {other['path']} "
@@ -323,12 +343,8 @@ def _gate_accuracies(g: Gate, name: str, b: dict, o: dict, other: dict) -> str |
     no_interval = [key for key in keys if b[key]["ci95"] is None]
     if no_interval:
         seeds = _seeds(b[no_interval[0]]["n"])
-        why = (f"{name}: {', '.join(no_interval)}: the baseline has no 95% interval ({seeds}; an interval needs "
-               "2 or more: train 2 or more seeds to gate accuracy")
-        if g.what == "auto":
-            g.not_gated.append(why + ")")
-        else:
-            g.not_compared.append(why + f", or drop --gate {g.what})")
+        g.skip(f"{name}: {', '.join(no_interval)}: the baseline has no 95% interval ({seeds}; an interval needs "
+               "2 or more: train 2 or more seeds to gate accuracy)")
     checked = [key for key in keys if key not in missing and key not in no_interval]
     for key in checked:
         low = b[key]["ci95"][0]
@@ -348,7 +364,7 @@ def gate(base: dict, others: list[dict], pct: float, what: str = "auto", across_
     if not g.accuracies:
         g.not_gated.append(f"accuracies: --gate {what}")
     for other in others:
-        if machine(other) != machine(base) and not across_machines:
+        if g.times and machine(other) != machine(base) and not across_machines:
             g.not_compared.append(f"{other['path']} ran on another machine ({other['label']}) than {base['path']} "
                                   f"({base['label']}): a ratio would compare hardware, not code; gate against a "
                                   "baseline made on this machine, or pass --across-machines")

@@ -10,6 +10,7 @@ import fcntl
 import json
 import math
 import os
+import shutil
 import socket
 import stat
 import tempfile
@@ -162,7 +163,10 @@ class ReportClaim:
     """
 
     def __init__(self, path: str | os.PathLike, replace: bool = False, how_to_replace: str = "pass --force"):
-        self.path = check_writable(path)
+        path = Path(path)
+        # A link is written through, to the file it names, and locked there: two links to one file
+        # are one path.
+        self.path = check_writable(path.resolve() if path.is_symlink() else path)
         self.moved_to: Path | None = None
         self._fd = hold_lock(self.path)
         self._signature = _signature(self.path)
@@ -176,7 +180,9 @@ class ReportClaim:
         if self._fd is None:
             raise RuntimeError(f"the claim on {self.path} was released")
         target = self.moved_to or self.path
-        if self.moved_to is None and _signature(self.path) != self._signature:
+        now = _signature(self.path)
+        # Changed by someone else: keep both. Removed meanwhile: nothing there to lose.
+        if self.moved_to is None and now is not None and now != self._signature:
             stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
             target = self.moved_to = unused_path(self.path.with_name(f"{self.path.stem}.{stamp}{self.path.suffix}"))
         write_json(target, obj)
@@ -232,6 +238,8 @@ class ReportFolder:
         self._fd = hold_lock(self.path / MANIFEST)
         manifest = self.path / MANIFEST
         self.previous = set(manifest.read_text().split()) if manifest.is_file() else set()
+        for stale in self.path.glob(f"{MANIFEST}.*.tmp"):  # left by a page that was killed: the lock is ours
+            shutil.rmtree(stale, ignore_errors=True)
         try:
             self.staging = Path(tempfile.mkdtemp(dir=self.path, prefix=f"{MANIFEST}.", suffix=".tmp"))
         except OSError as e:
@@ -247,11 +255,15 @@ class ReportFolder:
             named = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
             raise BnbenchError(f"--out {self.path} holds {named}, which bnbench report did not write: choose a new "
                                "or empty folder, or pass --force to replace them")
+        def manifest(listed):
+            atomic_write(self.path / MANIFEST, lambda f: f.write("".join(f"{n}\n" for n in sorted(listed))))
+
+        manifest(self.previous | set(names))  # first, so that a page killed midway still owns all its files
         for name in names:
             os.replace(self.staging / name, self.path / name)
         for stale in sorted(self.previous - set(names)):
             (self.path / stale).unlink(missing_ok=True)
-        atomic_write(self.path / MANIFEST, lambda f: f.write("".join(f"{n}\n" for n in names)))
+        manifest(names)
         return [self.path / n for n in names]
 
     def release(self) -> None:

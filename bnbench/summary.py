@@ -44,11 +44,12 @@ def layout_line(protocol: dict) -> str:
     return f"data-parallel: each batch{batch} split over {protocol['data_parallel']} devices; {statistics}"
 
 
-# Exit statuses of bnbench's commands, besides 0 (done) and 2 (a one-line error before or during work).
+# Exit statuses of bnbench's commands and of `pytest benchmarks/`, besides 0 (done) and 2 (a one-line
+# error). 4 and 5 are left to pytest (a usage error, no test collected), so that the harness's mean one thing.
 EXIT_GATE_FAILED = 1
 EXIT_PEER_LOST = 3
-EXIT_ALL_DIVERGED = 4
-EXIT_REPORT_MOVED = 5
+EXIT_ALL_DIVERGED = 6
+EXIT_REPORT_MOVED = 7
 
 
 def divergence_news(report: dict) -> tuple[int, str | None]:

@@ -20,8 +20,8 @@ from bnbench import compare, devices, distributed
 from bnbench.errors import BnbenchError
 
 WORKER = Path(__file__).with_name("data_parallel_worker.py")
-# Between runs of seed_bn that sum in another order (MLP, two epochs at most): float32_tolerance
-# measures what float32 promises there as about 1e-6 (test_sync_batch_norm_...), so 1e-5 leaves room.
+# Between reports of seed_bn runs that sum in another order (the MLP, two epochs at most). The sync
+# test checks on the processor at hand that float32 promises at most a quarter of this for the MLP.
 TOLERANCE = 1e-5
 FLOAT32_ULP = float(np.finfo(np.float32).eps)
 
@@ -53,6 +53,9 @@ def test_sync_batch_norm_on_several_devices_trains_as_one_device_does(variant, s
         assert found[key]["one_vs_exact"] < 1e-3 * found[key]["largest"], (key, found)  # the same computation
         assert found[key]["one_vs_many"] <= tolerance, (key, tolerance, found)
     assert any(found[key]["one_vs_local"] > float32_tolerance(found[key]) for key in found if key != "mesh"), found
+    if variant == "seed_bn":  # what holds the fixed TOLERANCE of the MLP's report comparisons below to float32
+        for key in ("loss", "val_loss"):
+            assert 4 * float32_tolerance(found[key]) <= TOLERANCE, (key, found[key])
 
 
 def test_local_batch_norm_is_each_shards_own_step_averaged():

@@ -41,6 +41,46 @@ def test_a_second_writer_of_one_path_stops_before_it_trains(tmp_path):
         pass
 
 
+def test_a_file_removed_under_a_claim_is_no_conflict(tmp_path):
+    path = tmp_path / "r.json"
+    path.write_text("{}")
+    with ReportClaim(path, replace=True) as claim:
+        path.unlink()
+        assert claim.write_json({"mine": 1}) == path and claim.moved_to is None
+
+
+def test_a_link_is_written_through_and_locked_at_its_target(tmp_path):
+    target, link = tmp_path / "store" / "target.json", tmp_path / "link.json"
+    target.parent.mkdir()
+    target.write_text("{}")
+    link.symlink_to(target)
+    with ReportClaim(link, replace=True) as claim:
+        with pytest.raises(PathTaken):
+            ReportClaim(target, replace=True)
+        claim.write_json({"new": 1})
+    assert link.is_symlink() and json.loads(target.read_text()) == {"new": 1}
+
+
+def test_contradictory_options_are_one_line(tmp_path, capsys):
+    assert cli.main(["run", "--out", str(tmp_path / "a.json"), "--no-save"]) == 2
+    assert "--no-save and --out together" in capsys.readouterr().err
+    assert cli.main(["sweep", "--out", str(tmp_path / "a.json"), "--resume", "--force"]) == 2
+    assert "--resume and --force together" in capsys.readouterr().err
+    assert cli.main(["compare", "a.json", "--gate", "all"]) == 2
+    assert "add --fail-on-regression PCT" in capsys.readouterr().err
+    assert cli.main(["run", "--resume"]) == 2
+    assert "bnbench: error: run: unrecognized arguments: --resume (see 'bnbench run --help')" in capsys.readouterr().err
+
+
+def test_a_killed_page_leaves_nothing_that_stops_the_next(tmp_path):
+    source = write(tmp_path / "r.json", made_report())
+    folder = tmp_path / "page"
+    (folder / f"{MANIFEST}.abc.tmp").mkdir(parents=True)  # a staging folder of a killed page
+    (folder / f"{MANIFEST}.abc.tmp" / "README.md").write_text("half")
+    assert cli.main(["report", str(source), "--out", str(folder)]) == 0
+    assert sorted(p.name for p in folder.iterdir() if p.name.startswith(".")) == [MANIFEST]
+
+
 def test_a_file_changed_under_a_claim_sends_the_report_to_a_new_name(tmp_path):
     path = tmp_path / "r.json"
     with ReportClaim(path) as claim:
@@ -88,7 +128,7 @@ def _race(path: str, results, index: int, barrier) -> None:
 
 
 def test_two_writers_racing_for_one_path_never_both_succeed(tmp_path):
-    context = multiprocessing.get_context("fork")
+    context = multiprocessing.get_context("spawn")  # not fork: the test process runs JAX's threads
     for round_ in range(20):
         path = tmp_path / f"race-{round_}.json"
         results, barrier = context.Manager().dict(), context.Barrier(2)
@@ -148,12 +188,12 @@ def test_run_without_out_writes_a_dated_report_and_no_save_writes_none(idx_dir, 
     assert list((tmp_path / "reports").iterdir()) == written  # and no lock left behind
 
 
-def test_a_run_in_which_everything_diverged_exits_4_with_a_line(idx_dir, tmp_path, capsys):
+def test_a_run_in_which_everything_diverged_exits_6_with_a_line(idx_dir, tmp_path, capsys):
     out = tmp_path / "diverged.json"
     status = cli.main(["run", "--variant", "seed_plain", "--epochs", "1", "--learning-rate", "1e9", "--data-dir",
                        str(idx_dir), "--quiet", "--cpu-devices", "1", "--out", str(out)])
     err = capsys.readouterr().err
-    assert status == 4, err
+    assert status == 6, err
     assert "bnbench: error: every run diverged" in err and "lower the learning rate" in err
     assert "diverged" in json.loads(out.read_text())["runs"][0]  # the report is kept all the same
 

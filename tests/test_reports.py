@@ -496,3 +496,45 @@ def test_report_shows_differences_to_the_baselines_and_too_few_seeds_plainly(rep
     page = (out / "README.md").read_text()
     assert page.count("Differences to baseline variants:") == 2  # one per protocol's section
     assert "(too few seeds)" in page and "|\n\nToo few seeds for an interval or a p-value" in page
+
+
+def test_b_the_gate_names_what_it_could_not_gate_and_fails_only_where_asked(tmp_path, capsys):
+    """A baseline without accuracies (every seed diverged), or a time measured once: named, not
+    gated by default; a failure, with its reason, where --gate asked for that kind."""
+    def all_diverged(report):
+        for key in ("train_accuracy", "val_accuracy", "test_accuracy"):
+            report["summary"]["seed_bn"][key] = None
+        report["summary"]["seed_bn"]["diverged_seeds"] = report["summary"]["seed_bn"]["seeds"]
+        for run in report["runs"]:
+            if run["variant"] == "seed_bn":
+                run.pop("test_accuracy", None), run.pop("test_loss", None)
+                run["diverged"] = {"epoch": len(run["epochs"]), "update": 1}
+                for epoch in run["epochs"][-1:]:
+                    for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy"):
+                        epoch.pop(key, None)
+    base = edited(tmp_path, RESULTS / "cpu-benchmark.json", "div.json", all_diverged)
+    status, out, _ = compare(base, base, "--fail-on-regression", "10", capsys=capsys)
+    assert status == 0 and "not gated: seed_bn: accuracies: the baseline has none (every seed diverged there)" in out
+    status, out, _ = compare(base, base, "--fail-on-regression", "10", "--gate", "accuracy", capsys=capsys)
+    assert status == 1 and "not compared, so the gate fails: seed_bn: accuracies: the baseline has none" in out
+    once = edited(tmp_path, RESULTS / "cpu-benchmark.json", "once.json",
+                  lambda r: r["summary"]["seed_bn"]["epoch_time_s"].update(n=1, iqr=0.0))
+    status, out, _ = compare(once, once, "--fail-on-regression", "10", capsys=capsys)
+    assert status == 0 and "seed_bn: per update in epochs: timed once in the baseline, so its noise is unknown" in out
+    status, out, _ = compare(once, once, "--fail-on-regression", "10", "--gate", "time", capsys=capsys)
+    assert status == 1 and "timed once in the baseline" in out
+
+
+def test_b_accuracies_alone_are_gated_across_machines(tmp_path, capsys):
+    base = RESULTS / "cpu-notebook-5seeds.json"
+    other = RESULTS / "cpu-amd-epyc-notebook-5seeds.json"
+    status, out, _ = compare(base, other, "--fail-on-regression", "10", "--gate", "accuracy", capsys=capsys)
+    assert status == 0, out
+    assert "seed_bn (train_accuracy, val_accuracy, test_accuracy)" in out
+
+
+def test_ratios_that_round_to_one_are_the_same():
+    from bnbench.compare import ratio_text
+
+    assert ratio_text(0.999) == "1.00x (the same)" and ratio_text(0.994) == "0.99x (faster)"
+    assert ratio_text(1.3) == "1.30x (slower)"
