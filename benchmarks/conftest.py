@@ -10,14 +10,15 @@ from __future__ import annotations
 import argparse
 import collections
 import os
+from pathlib import Path
 
 import jax
 import pytest
 
 from bnbench import data as data_lib
 from bnbench import devices, distributed, environment, runner, train, variants
-from bnbench.errors import BnbenchError
-from bnbench.summary import EXIT_REPORT_MOVED, divergence_news, summary_table
+from bnbench.errors import EXIT_PEER_LOST, EXIT_REPORT_MOVED, BnbenchError
+from bnbench.summary import divergence_news, summary_table
 from bnbench.io import ReportClaim, claim_default, finite
 
 
@@ -176,16 +177,26 @@ def _at_least(config, name: str, least: int) -> int:
     return value
 
 
+def _runs_nothing(config) -> bool:
+    """pytest asked only to show something (help, fixtures, markers, the collection): no report."""
+    option = config.option
+    return any(getattr(option, name, False) for name in ("help", "version", "collectonly", "showfixtures",
+                                                         "show_fixtures_per_test", "markers"))
+
+
 def _claim_report(config):
     """The session's bnbench report path, claimed now (``io.ReportClaim``): a path that cannot be
     written, an existing report, or another session writing the same one stops the session before
     any benchmark runs, not at the end. Only process 0 of a job writes."""
-    if not config._bnbench_main_process or config.option.help or config.option.collectonly:
-        return None  # nothing will be written
+    if not config._bnbench_main_process or _runs_nothing(config):
+        return None
     try:
         path = config.getoption("--bnbench-report")
         if path is None:
-            return claim_default("benchmark")
+            try:
+                return claim_default("benchmark")
+            except BnbenchError as e:
+                raise BnbenchError(f"{e}; or pass --bnbench-report FILE in a writable folder") from None
         return ReportClaim(path, replace=config.getoption("--bnbench-force"), how_to_replace="pass --bnbench-force")
     except BnbenchError as e:
         raise pytest.UsageError(f"--bnbench-report: {e}") from None
@@ -195,8 +206,11 @@ def _claim_benchmark_json(config):
     """pytest-benchmark's ``--benchmark-json FILE``, claimed as bnbench's report is: an existing file
     is kept unless --bnbench-force, and two sessions never write one file. pytest-benchmark writes it."""
     path = config.getoption("benchmark_json", None)
-    if path is None or not config._bnbench_main_process or config.option.help or config.option.collectonly:
+    if path is None or not config._bnbench_main_process or _runs_nothing(config):
         return None
+    if config._bnbench_claim is not None and Path(path).resolve() == config._bnbench_claim.path.resolve():
+        config._bnbench_claim.release()
+        raise pytest.UsageError(f"--benchmark-json and --bnbench-report name one file, {path}: give each its own")
     try:
         return ReportClaim(path, replace=config.getoption("--bnbench-force"), how_to_replace="pass --bnbench-force")
     except BnbenchError as e:
@@ -248,7 +262,7 @@ def pytest_runtest_call(item):
     if error is not None and distributed.joined and distributed.lost_peer(error):
         reporter = item.config.pluginmanager.get_plugin("terminalreporter")
         reporter.write_line(f"bnbench: error: {distributed.mid_run_message(error)}")
-        os._exit(3)
+        os._exit(EXIT_PEER_LOST)
 
 
 def pytest_sessionstart(session):
@@ -277,13 +291,31 @@ def pytest_benchmark_update_machine_info(config, machine_info):
 
 def pytest_benchmark_update_json(config, benchmarks, output_json):
     """Strict JSON in pytest-benchmark's file too: it would write a diverged loss as a NaN literal,
-    which JSON parsers (and bnbench's reader) refuse; null says "no value" to every reader."""
+    which JSON parsers (and bnbench's reader) refuse; null says "no value" to every reader. And the
+    file goes where its claim says: beside the claimed path if something else wrote that meanwhile."""
     cleaned = finite(output_json)
     output_json.clear()
     output_json.update(cleaned)
+    claim = getattr(config, "_bnbench_json_claim", None)
+    if claim is not None and claim.target() != claim.path:
+        config._benchmarksession.json = claim.moved_to  # pytest-benchmark writes it right after this hook
+
+
+def _benchmark_json_moved(session) -> None:
+    """pytest-benchmark's JSON sent beside its path (``pytest_benchmark_update_json``): said, exit 7."""
+    claim = getattr(session.config, "_bnbench_json_claim", None)
+    if claim is None or claim.moved_to is None:
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(f"bnbench: error: {claim.path} changed while the benchmarks ran (written by something "
+                            f"else): pytest-benchmark's JSON is in {claim.moved_to} instead")
+    if not session.exitstatus:
+        session.exitstatus = EXIT_REPORT_MOVED
 
 
 def pytest_sessionfinish(session, exitstatus):
+    _benchmark_json_moved(session)  # pytest-benchmark wrote its JSON before this hook (its own wraps it)
     state = getattr(session.config, "_bnbench_session", None)
     if state is None or not state.main_process:
         return

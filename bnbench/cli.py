@@ -118,7 +118,8 @@ def claim_report(args, kind: str, main_process: bool, replace: bool = False):
 def finish(claim, report: dict) -> int:
     """Writes the final report where it was claimed, says where, and gives the exit status: a
     report moved aside (its path changed under the run), or every run diverged, is news."""
-    from bnbench.summary import EXIT_REPORT_MOVED, divergence_news
+    from bnbench.errors import EXIT_REPORT_MOVED
+    from bnbench.summary import divergence_news
 
     status = 0
     if claim is not None:
@@ -259,13 +260,13 @@ def _sweep(args, grid, chosen, parallel, main_process: bool, claim, runs_per_pro
 def cmd_compare(args) -> int:
     from bnbench.compare import compare
 
-    if args.fail_on_regression is None and (args.gate != "auto" or args.across_machines):
-        raise BnbenchError(f"{'--gate' if args.gate != 'auto' else '--across-machines'} says how to gate: add "
+    if args.fail_on_regression is None and (args.gate is not None or args.across_machines):
+        raise BnbenchError(f"{'--gate' if args.gate is not None else '--across-machines'} says how to gate: add "
                            "--fail-on-regression PCT to gate")
 
     text, regressed = compare(args.reports, markdown=args.format == "markdown",
                               fail_on_regression=args.fail_on_regression, baselines=args.baseline or (),
-                              gate_what=args.gate, across_machines=args.across_machines)
+                              gate_what=args.gate or "auto", across_machines=args.across_machines)
     print(text)
     return 1 if regressed else 0
 
@@ -398,13 +399,15 @@ def build_parser() -> argparse.ArgumentParser:
                               "the same kind of time), an accuracy fell below the baseline's 95%% CI, or a figure "
                               "of the baseline that --gate asks for could not be compared (missing from a later "
                               "report, say); each figure not gated is named, with why")
-    compare.add_argument("--gate", choices=GATES, default="auto",
+    compare.add_argument("--gate", choices=GATES, default=None,
                          help="what --fail-on-regression holds the later reports to: auto (default) the times, and "
-                              "the accuracies where the baseline has an interval (2 or more seeds); time; accuracy; "
-                              "all (accuracies of a one-seed baseline then fail the gate)")
+                              "the accuracies where the baseline has an interval (2 or more seeds), naming what it "
+                              "cannot test (an accuracy of one seed, a time measured once) and passing over it; "
+                              "time; accuracy; all (then what cannot be tested fails the gate)")
     compare.add_argument("--across-machines", action="store_true",
-                         help="gate reports that ran on another machine (CPU model, flags or device) than the "
-                              "baseline; without it such a gate fails, since the ratio compares hardware, not code")
+                         help="gate the times of reports that ran on another machine (CPU model, flags or device) "
+                              "than the baseline; without it such a gate fails, since the ratio compares hardware, "
+                              "not code (--gate accuracy compares across machines without it)")
     compare.add_argument("--baseline", action="append", metavar="VARIANT", help=BASELINE_HELP)
     compare.set_defaults(func=cmd_compare)
 
@@ -444,8 +447,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
         args, unknown = parser.parse_known_args(_negative_values_attached(sys.argv[1:] if argv is None else argv))
-        if unknown:  # named by the command's own parser, so that the pointer is to its --help
-            parser.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
+        if unknown:  # after the command: named by the command's own parser, whose --help it points to
+            argv = sys.argv[1:] if argv is None else argv
+            after = argv.index(args.command) < argv.index(unknown[0]) if unknown[0] in argv else True
+            (parser.commands[args.command] if after else parser).error(
+                f"unrecognized arguments: {' '.join(unknown)}")
     except SystemExit as e:  # --help, --version, or Parser.error's one line
         return e.code if isinstance(e.code, int) else 2
     if getattr(args, "unroll", 0) is None:

@@ -283,7 +283,7 @@ class Gate:
 
     def text(self) -> str:
         if not self.compared and not self.regressions and not self.not_compared:
-            self.not_compared.append("no figure of the baseline could be compared (see the lines above)")
+            self.not_compared.append("no figure of the baseline could be gated: each is named below, with why")
         lines = [f"Gate (--fail-on-regression {self.pct:g}, --gate {self.what}): " + ("FAILED" if self.failed else
                  f"passed, no regression beyond {self.pct:g}% and the noise")]
         lines += [f"  regression: {line}" for line in self.regressions]
@@ -367,7 +367,8 @@ def gate(base: dict, others: list[dict], pct: float, what: str = "auto", across_
         if g.times and machine(other) != machine(base) and not across_machines:
             g.not_compared.append(f"{other['path']} ran on another machine ({other['label']}) than {base['path']} "
                                   f"({base['label']}): a ratio would compare hardware, not code; gate against a "
-                                  "baseline made on this machine, or pass --across-machines")
+                                  "baseline made on this machine, pass --across-machines, or gate the accuracies "
+                                  "alone with --gate accuracy")
             continue
         for name, b in base["variants"].items():
             o = other["variants"].get(name)

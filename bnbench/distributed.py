@@ -21,7 +21,7 @@ import os
 import signal
 import sys
 
-from bnbench.errors import BnbenchError
+from bnbench.errors import EXIT_PEER_LOST, BnbenchError
 
 DEFAULT_TIMEOUT_S = 60
 joined = False  # whether this process has joined a job of several (``initialize``)
@@ -161,7 +161,7 @@ def stop_after(error: BaseException) -> None:
         _stop_together(error)
     print(f"bnbench: error: {mid_run_message(error)}", file=sys.stderr, flush=True)
     sys.stdout.flush()
-    os._exit(3 if lost_peer(error) else 2)
+    os._exit(EXIT_PEER_LOST if lost_peer(error) else 2)
 
 
 def mid_run_message(error: BaseException) -> str:

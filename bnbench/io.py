@@ -166,7 +166,13 @@ class ReportClaim:
         path = Path(path)
         # A link is written through, to the file it names, and locked there: two links to one file
         # are one path.
-        self.path = check_writable(path.resolve() if path.is_symlink() else path)
+        self._made_folder = None if path.parent.exists() else path.parent  # removed again if left empty
+        if path.is_symlink():
+            try:
+                path = path.resolve(strict=False)
+            except (RuntimeError, OSError) as e:  # a loop of links
+                raise BnbenchError(f"cannot write to {path} ({e}): name a file, not a loop of links") from None
+        self.path = check_writable(path)
         self.moved_to: Path | None = None
         self._fd = hold_lock(self.path)
         self._signature = _signature(self.path)
@@ -174,20 +180,29 @@ class ReportClaim:
             self.release()
             raise PathTaken(f"{self.path} exists: {how_to_replace} to replace it, or name another file")
 
-    def write_json(self, obj: Any) -> Path:
-        """Writes ``obj`` to the claimed path (or, if the file changed under us, a new one beside
-        it: ``moved_to``); returns where it went. The claim is kept for later writes (a sweep's)."""
+    def target(self) -> Path:
+        """Where the next write goes: the claimed path, or, if the file changed under us, a new one
+        beside it (``moved_to``, kept for every later write)."""
         if self._fd is None:
             raise RuntimeError(f"the claim on {self.path} was released")
-        target = self.moved_to or self.path
         now = _signature(self.path)
         # Changed by someone else: keep both. Removed meanwhile: nothing there to lose.
         if self.moved_to is None and now is not None and now != self._signature:
             stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-            target = self.moved_to = unused_path(self.path.with_name(f"{self.path.stem}.{stamp}{self.path.suffix}"))
-        write_json(target, obj)
-        if target == self.path:
+            self.moved_to = unused_path(self.path.with_name(f"{self.path.stem}.{stamp}{self.path.suffix}"))
+        return self.moved_to or self.path
+
+    def written(self) -> None:
+        """Records that the claimed path now holds our write (by us or by a tool we handed it to)."""
+        if self.moved_to is None:
             self._signature = _signature(self.path)
+
+    def write_json(self, obj: Any) -> Path:
+        """Writes ``obj`` where ``target`` says; returns where it went. The claim is kept for later
+        writes (a sweep's)."""
+        target = self.target()
+        write_json(target, obj)
+        self.written()
         return target
 
     def release(self) -> None:
@@ -195,6 +210,11 @@ class ReportClaim:
             return
         drop_lock(self.path, self._fd)
         self._fd = None
+        if self._made_folder is not None:
+            try:
+                self._made_folder.rmdir()  # only if nothing was written there (a refused or empty run)
+            except OSError:
+                pass
 
     def __enter__(self):
         return self

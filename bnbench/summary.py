@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from bnbench.errors import EXIT_ALL_DIVERGED
 from bnbench.stats import format_ci
 from bnbench.table import format_table
 
@@ -44,12 +45,6 @@ def layout_line(protocol: dict) -> str:
     return f"data-parallel: each batch{batch} split over {protocol['data_parallel']} devices; {statistics}"
 
 
-# Exit statuses of bnbench's commands and of `pytest benchmarks/`, besides 0 (done) and 2 (a one-line
-# error). 4 and 5 are left to pytest (a usage error, no test collected), so that the harness's mean one thing.
-EXIT_GATE_FAILED = 1
-EXIT_PEER_LOST = 3
-EXIT_ALL_DIVERGED = 6
-EXIT_REPORT_MOVED = 7
 
 
 def divergence_news(report: dict) -> tuple[int, str | None]:

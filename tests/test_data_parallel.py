@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from bnbench import compare, devices, distributed
-from bnbench.errors import BnbenchError
+from bnbench.errors import EXIT_PEER_LOST, BnbenchError
 
 WORKER = Path(__file__).with_name("data_parallel_worker.py")
 # Between reports of seed_bn runs that sum in another order (the MLP, two epochs at most). The sync
@@ -192,7 +192,7 @@ def test_a_process_killed_mid_run_stops_the_other_with_a_clear_error(idx_dir, tm
         for p in (survivor, victim):
             p.kill()
     assert time.monotonic() - killed_at < 60
-    assert survivor.returncode == 3, err[-2000:]
+    assert survivor.returncode == EXIT_PEER_LOST, err[-2000:]
     assert "process 0 of 2: another process of the job stopped or became unreachable" in err
     assert not (tmp_path / "process-0.json").exists()
 

@@ -83,3 +83,14 @@ def test_an_existing_report_stops_the_session_unless_forced(tmp_path):
                          "--bnbench-force")
     assert result.returncode == 0, result.stdout[-2000:]
     assert "seed_plain" in json.loads(report.read_text())["summary"]
+
+
+def test_the_benchmark_json_is_kept_unless_forced(tmp_path):
+    existing = tmp_path / "pb.json"
+    existing.write_text("{}")
+    result = run_harness("--quick", "-k", "test_step_time", "--variants", "seed_plain", "--benchmark-json", existing,
+                         "--bnbench-report", tmp_path / "r.json")
+    assert result.returncode == 4 and "--benchmark-json:" in result.stderr and "exists" in result.stderr
+    assert existing.read_text() == "{}"
+    result = run_harness("--quick", "--fixtures", "--benchmark-json", existing)  # shows, writes nothing: no claim
+    assert result.returncode == 0, result.stderr[-2000:]

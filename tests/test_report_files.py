@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from bnbench import cli
+from bnbench.errors import BnbenchError
 from bnbench.io import MANIFEST, PathTaken, ReportClaim, ReportFolder, claim_default, lock_path
 from report_helpers import made_report, write
 
@@ -274,3 +275,17 @@ def test_plots_keep_titles_and_legends_whole_and_apart_from_tick_labels(tmp_path
     title = fig._suptitle.get_window_extent(renderer)
     saved = fig.get_tightbbox(renderer)  # what bbox_inches="tight" keeps, in inches
     assert title.x0 >= saved.x0 * fig.dpi - 1 and title.x1 <= saved.x1 * fig.dpi + 1
+
+
+def test_a_refused_default_claim_leaves_no_folder_behind(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    claim = claim_default("run")
+    claim.release()  # nothing written: the reports/ folder it made goes too
+    assert not (tmp_path / "reports").exists()
+
+
+def test_a_loop_of_links_is_one_line(tmp_path):
+    loop = tmp_path / "loop.json"
+    loop.symlink_to(loop)
+    with pytest.raises(BnbenchError, match="loop of links"):
+        ReportClaim(loop)
