@@ -16,7 +16,7 @@ from pathlib import Path
 
 from bnbench import schema
 from bnbench.errors import BnbenchError
-from bnbench.models.norms import MOVING_STATISTICS
+from bnbench.config import MOVING_STATISTICS
 
 ACCURACIES = ("train_accuracy", "val_accuracy", "test_accuracy")
 # The kinds of step time. They measure different things and are never compared with each other:

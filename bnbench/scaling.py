@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bnbench.models.norms import MOVING_STATISTICS
+from bnbench.config import MOVING_STATISTICS
 from bnbench.table import format_table
 
 

@@ -19,7 +19,8 @@ from bnbench import runner, train
 from bnbench.data import Dataset
 from bnbench.devices import SINGLE_DEVICE, DataParallel
 from bnbench.errors import BnbenchError
-from bnbench.models.norms import KERAS_BN_MOMENTUM, MOVING_STATISTICS
+from bnbench.config import MOVING_STATISTICS
+from bnbench.models.norms import KERAS_BN_MOMENTUM
 from bnbench.schema import SCHEMA_VERSION, SWEEP_KIND
 from bnbench.variants import Variant
 

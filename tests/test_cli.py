@@ -162,3 +162,23 @@ def test_the_readmes_shell_commands_parse(tmp_path):
     for block in blocks:
         checked = subprocess.run(["bash", "-n"], input=block, capture_output=True, text=True)
         assert checked.returncode == 0, (block, checked.stderr)
+
+
+def test_compare_and_report_read_reports_without_starting_jax_or_flax(tmp_path):
+    """Commands that only read JSON import neither JAX nor Flax (seconds of start-up, and a reader
+    of reports may not have them working): checked in a fresh interpreter."""
+    from pathlib import Path
+
+    results = Path(__file__).resolve().parents[1] / "results"
+    code = (
+        "import sys, contextlib, io\n"
+        "from bnbench import cli\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        f"    assert cli.main(['compare', {str(results / 'cpu-notebook-5seeds.json')!r}, "
+        f"{str(results / 'cpu-amd-epyc-notebook-5seeds.json')!r}]) == 0\n"
+        f"    assert cli.main(['report', {str(results / 'cpu-mlp-variants-5seeds.json')!r}, "
+        f"{str(results / 'cpu-sweep-lr.json')!r}, '--out', {str(tmp_path / 'page')!r}]) == 0\n"
+        "print(sorted(m for m in ('jax', 'flax', 'optax') if m in sys.modules))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"

@@ -332,7 +332,6 @@ def positive_widths(name: str, widths) -> None:
 
 NORMS = ("batch_norm", "batch_renorm", "layer_norm", "group_norm", "rms_norm")
 CENTERING = {"batch_norm", "batch_renorm", "layer_norm", "group_norm"}  # a bias before them is redundant
-MOVING_STATISTICS = {"batch_norm", "batch_renorm"}  # the layers whose bn_momentum matters
 
 
 def make_norm(kind: str, train: bool, x: jax.Array, groups: int, where: str,
