@@ -40,10 +40,11 @@ def make_idx_folder(folder: Path, train: int = 5300, test: int = 200) -> Path:
 def pytest_report_collectionfinish(config, start_path, items):
     """Says up front what runs and how long it took here last time (pytest's cache keeps each
     test's duration from the last run on this machine; none on a fresh clone)."""
-    slow = sum(1 for item in items if item.get_closest_marker("slow"))
     durations = config.cache.get("bnbench/durations", {}) if getattr(config, "cache", None) else {}
     known = [durations[item.nodeid] for item in items if item.nodeid in durations]
-    line = f"bnbench: {len(items)} tests, {slow} of them marked slow (subprocess runs, Keras, several processes)"
+    tier = config.getoption("markexpr") or "all"
+    line = (f"bnbench: {len(items)} tests (-m {tier!r}; the slow tier: subprocess runs, Keras, several processes, "
+            "fuzzing: pytest tests/ -m slow)")
     if known:
         estimate = sum(known) * len(items) / len(known)
         line += f"; about {estimate / 60:.1f} minutes, from the last run of these tests on this machine"

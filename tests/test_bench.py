@@ -12,6 +12,7 @@ def small_data():
     return train.DeviceData.from_dataset(synthetic_dataset(train=320, validation=64, test=64))
 
 
+@pytest.mark.slow
 def test_seed_scaling_compares_epochs_timed_in_alternation(small_data):
     protocol = train.Protocol(epochs=1)
     one_seed = bench.EpochProgram(variants.get("seed_plain"), protocol, small_data, 1)

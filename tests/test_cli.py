@@ -21,6 +21,7 @@ def test_variants_lists_each_variant_on_one_line(capsys):
     assert names == list(VARIANTS)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, message", [
     (["run", "--variant", "resnet"], "unknown variant 'resnet'"),
     (["run", "--epochs", "ten"], "argument --epochs: 'ten' is not a whole number"),
@@ -43,11 +44,13 @@ def test_out_path_that_is_a_directory_is_refused_before_training(tmp_path, capsy
     assert "is a directory" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_missing_dataset_is_one_line(tmp_path):
     result = run_cli("run", "--data-dir", tmp_path, "--epochs", "1", "--quiet")
     assert result.returncode == 2 and "no fashion_mnist in" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_run_writes_a_complete_report(idx_dir, tmp_path):
     out = tmp_path / "reports" / "run.json"
     result = run_cli("run", "--variant", "seed_plain", "--variant", "seed_bn", "--epochs", "2", "--seeds", "2",
@@ -80,6 +83,7 @@ def test_run_writes_a_complete_report(idx_dir, tmp_path):
     assert summary["floor"]["median_ratio"] > 0
 
 
+@pytest.mark.slow
 def test_failed_run_leaves_an_earlier_report_intact(idx_dir, tmp_path):
     out = tmp_path / "run.json"
     out.write_text('{"earlier": true}')
@@ -90,6 +94,7 @@ def test_failed_run_leaves_an_earlier_report_intact(idx_dir, tmp_path):
     assert list(tmp_path.iterdir()) == [out]  # no temporary files left behind
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, message", [
     (["--variant", "group_norm:groups=3"], "group_norm: 3 groups do not divide the 784 features of the input"),
     (["--variant", "seed_bn:depth=3"], "'depth=3' is not FIELD=VALUE with a field of seed_bn's model"),
@@ -105,6 +110,7 @@ def test_bad_variants_and_datasets_are_one_line_before_any_training(idx_dir, arg
     assert len(result.stderr.strip().splitlines()) <= 2  # the dataset line, then the error
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant, message", [
     ("seed_bn:activation=tanh", "activation='tanh': choose one of relu, leaky_relu"),
     ("seed_bn:placement=foo", "placement='foo': choose one of after_activation, before_activation"),
@@ -164,6 +170,7 @@ def test_the_readmes_shell_commands_parse(tmp_path):
         assert checked.returncode == 0, (block, checked.stderr)
 
 
+@pytest.mark.slow
 def test_compare_and_report_read_reports_without_starting_jax_or_flax(tmp_path):
     """Commands that only read JSON import neither JAX nor Flax (seconds of start-up, and a reader
     of reports may not have them working): checked in a fresh interpreter."""

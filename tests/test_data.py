@@ -110,6 +110,7 @@ def test_tfds_source_reads_through_tfds_data_source(tmp_path):
     assert 0 <= ds.train_labels.min() and ds.train_labels.max() < 10
 
 
+@pytest.mark.slow
 def test_real_tfds_prepared_dir_matches_the_idx_files(real_data_dir):
     tfds_dir = real_data_dir.parent / "tfds"
     if not (tfds_dir / "fashion_mnist").is_dir():
@@ -144,6 +145,7 @@ def test_tfds_datasets_load_with_their_own_shapes_and_channels(tmp_path, name, s
     assert ds.describe()["image_shape"] == list(shape)
 
 
+@pytest.mark.slow
 def test_models_train_on_color_images_flattened_or_by_channel(tmp_path):
     tfds = pytest.importorskip("tensorflow_datasets")
     from bnbench import train, variants

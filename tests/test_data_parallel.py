@@ -19,6 +19,8 @@ import pytest
 from bnbench import compare, devices, distributed
 from bnbench.errors import EXIT_PEER_LOST, BnbenchError
 
+pytestmark = pytest.mark.slow  # subprocesses of several devices and processes
+
 WORKER = Path(__file__).with_name("data_parallel_worker.py")
 # Between reports of seed_bn runs that sum in another order (the MLP, two epochs at most). The sync
 # test checks on the processor at hand that float32 promises at most a quarter of this for the MLP.

@@ -292,6 +292,7 @@ def test_a_prepared_tfds_dataset_is_read_without_a_mirror_and_skipped_with_one(t
 
 # --- through the command line ---------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_cli_download_url_trains_on_the_download_and_reports_it(release, server, monkeypatch, closed_url, tmp_path,
                                                                 capsys):
     monkeypatch.setenv("BNBENCH_DOWNLOAD_URL", closed_url)  # the option, not the environment, is used

@@ -21,6 +21,8 @@ import pytest
 
 from bnbench import train, variants
 
+pytestmark = pytest.mark.slow  # Keras
+
 keras = pytest.importorskip("keras")
 if keras.backend.backend() != "jax":
     pytest.skip("Keras was imported with another backend before this module", allow_module_level=True)

@@ -42,6 +42,7 @@ def test_floor_program_runs_and_its_time_grows_with_work():
     assert long_["median_s"] > short["median_s"]
 
 
+@pytest.mark.slow
 def test_floor_computes_every_product_whole():
     # XLA may shrink a product whose result is barely used, or drop one whose result is unused;
     # either would make the floor too low. Its compiled FLOPs must cover every product.
@@ -73,6 +74,7 @@ def test_floor_on_a_sample_of_epochs_pairs_each_with_its_own_epoch():
     assert floor["median_ratio"] == pytest.approx(sum(ratios) / 2)
 
 
+@pytest.mark.slow
 def test_floor_counts_a_convolutions_products_whole_and_times_them():
     """XLA's convolutions (im2col=False) are products of the floor, with their FLOPs; the default
     im2col ConvNet's are products already (dot_general)."""

@@ -22,6 +22,8 @@ from hypothesis import strategies as st
 from bnbench import compare, cli, reports
 from report_helpers import COMMITTED, as_pytest_benchmark, harness_report, made_report
 
+pytestmark = pytest.mark.slow  # long fuzzing
+
 REPLACEMENTS = [None, True, 0, -1, 0.0, -2.5, 1e308, 5e-324, 10**30, "", "x", [], {}, [0.5, 0.5],
                 math.nan, math.inf, -math.inf]
 # Numbers the readers compute with, and values at the edges of what they can: zero and negative

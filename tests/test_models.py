@@ -86,6 +86,7 @@ def test_batchnorm_in_evaluation_uses_moving_statistics():
     np.testing.assert_allclose(y, (x - stats["mean"]) / np.sqrt(stats["var"] + 1e-3), rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_every_variant_builds_and_outputs_ten_logits():
     for name, variant in variants.VARIANTS.items():
         variables = init(name)

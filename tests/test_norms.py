@@ -146,6 +146,7 @@ def mlp_numpy_batch_stats(params, images):
     return x @ p["Dense_2"]["kernel"] + p["Dense_2"]["bias"]
 
 
+@pytest.mark.slow
 def test_batch_statistics_evaluation_uses_each_batch_of_32_and_leaves_the_moving_averages_alone():
     model = variants.get("bn_batch_stats_eval").model
     assert model.eval_batch_size == 32
@@ -169,6 +170,7 @@ def test_batch_statistics_evaluation_uses_each_batch_of_32_and_leaves_the_moving
     assert abs(float(with_moving["loss"]) - float(result["loss"])) > 0.01
 
 
+@pytest.mark.slow
 def test_batch_statistics_evaluation_trains_exactly_as_seed_bn():
     from bnbench.synthetic import synthetic_dataset
 
@@ -193,6 +195,7 @@ def test_a_group_count_that_does_not_divide_the_features_is_one_line(name, messa
         variants.get(name).check((28, 28))
 
 
+@pytest.mark.slow
 def test_group_norm_over_a_leading_seed_axis_is_each_seed_alone():
     x = jax.random.normal(jax.random.PRNGKey(1), (3, 4, 6, 6, 8)) * 3 + 5  # 3 seeds of a ConvNet batch
     module = GroupNorm(num_groups=4)
@@ -229,6 +232,7 @@ def test_im2col_convolution_equals_xla_convolution_and_flax_conv_parameters():
     np.testing.assert_allclose(ours.apply(variables, x), reference.apply(variables, x), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_convnet_takes_the_channels_from_the_data():
     for name in ("conv_plain", "conv_bn", "conv_group_norm", "conv_layer_norm"):
         model = variants.get(name).model

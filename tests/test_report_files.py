@@ -93,6 +93,7 @@ def test_a_file_changed_under_a_claim_sends_the_report_to_a_new_name(tmp_path):
     assert json.loads(written.read_text()) == {"mine": 2}
 
 
+@pytest.mark.slow
 def test_a_killed_writer_leaves_no_lock_that_stops_the_next(tmp_path):
     path = tmp_path / "r.json"
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from bnbench.io import ReportClaim; "
@@ -128,6 +129,7 @@ def _race(path: str, results, index: int, barrier) -> None:
     results[index] = "written"
 
 
+@pytest.mark.slow
 def test_two_writers_racing_for_one_path_never_both_succeed(tmp_path):
     context = multiprocessing.get_context("spawn")  # not fork: the test process runs JAX's threads
     for round_ in range(20):
@@ -177,6 +179,7 @@ def test_sweep_refuses_an_existing_out_unless_resumed_or_forced(tmp_path, capsys
     assert "none does not exist" in capsys.readouterr().err and out.read_text() == "{}"
 
 
+@pytest.mark.slow
 def test_run_without_out_writes_a_dated_report_and_no_save_writes_none(idx_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     common = ["run", "--variant", "seed_bn", "--epochs", "1", "--data-dir", str(idx_dir), "--quiet",
@@ -189,6 +192,7 @@ def test_run_without_out_writes_a_dated_report_and_no_save_writes_none(idx_dir, 
     assert list((tmp_path / "reports").iterdir()) == written  # and no lock left behind
 
 
+@pytest.mark.slow
 def test_a_run_in_which_everything_diverged_exits_6_with_a_line(idx_dir, tmp_path, capsys):
     out = tmp_path / "diverged.json"
     status = cli.main(["run", "--variant", "seed_plain", "--epochs", "1", "--learning-rate", "1e9", "--data-dir",

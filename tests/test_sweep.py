@@ -65,6 +65,7 @@ def as_run(small, variant, learning_rate=0.01, batch_size=32, epochs=2):
     return [([[e[k] for k in runner.METRICS] for e in r["epochs"]], r["test_accuracy"]) for r in result["runs"]]
 
 
+@pytest.mark.slow
 def test_learning_rates_trained_together_train_as_runs_of_each_rate_bit_for_bit(small):
     report, _ = sweep_report(small, grid())
     for lr in (0.01, 0.05):
@@ -72,6 +73,7 @@ def test_learning_rates_trained_together_train_as_runs_of_each_rate_bit_for_bit(
     assert report["summary"]["seed_bn lr=0.01"]["runs_together"] == 4  # 2 rates x 2 seeds in one program
 
 
+@pytest.mark.slow
 def test_momenta_trained_together_train_as_the_momentum_as_a_field_bit_for_bit(small):
     report, _ = sweep_report(small, grid(learning_rates=(0.01,), bn_momenta=(0.9, 0.99)))
     assert same(histories(report, "seed_bn", bn_momentum=0.9), as_run(small, "seed_bn:bn_momentum=0.9"))
@@ -79,6 +81,7 @@ def test_momenta_trained_together_train_as_the_momentum_as_a_field_bit_for_bit(s
     assert histories(report, "seed_bn", bn_momentum=0.9) != histories(report, "seed_bn", bn_momentum=0.99)
 
 
+@pytest.mark.slow
 def test_a_diverged_run_is_recorded_and_the_others_of_its_program_go_on_unharmed(small, tmp_path):
     report, _ = sweep_report(small, grid(variants=("seed_plain",), learning_rates=(0.01, 1e4)))
     blown = [r for r in report["runs"] if r["config"]["learning_rate"] == 1e4]
@@ -98,6 +101,7 @@ def test_a_diverged_run_is_recorded_and_the_others_of_its_program_go_on_unharmed
     assert loaded["variants"]["seed_plain lr=10000"]["diverged_seeds"] == 2
 
 
+@pytest.mark.slow
 def test_evaluation_inside_the_epoch_changes_no_training_and_refines_time_to_target(small):
     plain, _ = sweep_report(small, grid(learning_rates=(0.05,)))
     fine, _ = sweep_report(small, grid(learning_rates=(0.05,), eval_every=5))
@@ -109,6 +113,7 @@ def test_evaluation_inside_the_epoch_changes_no_training_and_refines_time_to_tar
     assert reached is not None and reached["updates"] in (5, 10, 15, 19, 24, 29, 34, 38)
 
 
+@pytest.mark.slow
 def test_an_interrupted_sweep_resumes_with_only_what_it_lacks(small):
     g = grid(variants=("seed_plain", "seed_bn"), learning_rates=(0.01,))
     full, written = sweep_report(small, g)
@@ -152,6 +157,7 @@ def test_a_last_update_that_blows_up_the_weights_is_a_divergence_at_that_update(
     assert run["diverged"] == {"epoch": 2, "update": 38}
 
 
+@pytest.mark.slow
 def test_a_variants_own_momentum_is_what_it_trains_with_unless_swept(small):
     report, _ = sweep_report(small, grid(variants=("seed_bn:bn_momentum=0.9",), learning_rates=(0.01,), bn_momenta=()))
     assert report["runs"][0]["config"]["bn_momentum"] == 0.9
@@ -177,6 +183,7 @@ def test_grids_that_cannot_mean_what_they_say_are_refused(changes, message):
         grid(**changes).check(600)
 
 
+@pytest.mark.slow
 def test_sweeps_compare_only_with_sweeps_of_the_same_grid(small, tmp_path, capsys):
     from bnbench import cli
     from bnbench.io import write_json
@@ -222,6 +229,7 @@ def test_bad_grids_are_one_line_before_any_training(idx_dir, tmp_path, args, mes
     assert not (tmp_path / "s.json").exists()
 
 
+@pytest.mark.slow
 def test_sweep_from_the_command_line_then_resume_and_report(idx_dir, tmp_path):
     out = tmp_path / "sweep.json"
     args = ["sweep", "--variant", "seed_plain", "--variant", "seed_bn", "--learning-rate", "0.01,1e4",

@@ -57,6 +57,7 @@ def test_training_updates_the_moving_statistics_and_the_parameters():
     assert not np.allclose(after.params["Dense_0"]["kernel"], before.params["Dense_0"]["kernel"])
 
 
+@pytest.mark.slow
 def test_evaluation_uses_moving_statistics_so_batching_does_not_matter():
     model = variants.get("seed_bn").model
     images, labels = tiny_data(64)
@@ -79,6 +80,7 @@ def device_data(idx_dir):
     return train.DeviceData.from_dataset(load(data_dir=idx_dir))
 
 
+@pytest.mark.slow
 def test_same_seed_is_bit_identical_and_seeds_differ(device_data):
     protocol = train.Protocol(epochs=2)
     model = variants.get("seed_bn").model
@@ -91,6 +93,7 @@ def test_same_seed_is_bit_identical_and_seeds_differ(device_data):
     assert not np.allclose(kernel[0], kernel[1])
 
 
+@pytest.mark.slow
 def test_one_seed_alone_and_in_a_group_train_the_same_model(device_data):
     """vmap batches the matmuls, so results agree to rounding, not bit for bit."""
     protocol = train.Protocol(epochs=2)
@@ -117,6 +120,7 @@ def test_seeds_go_to_as_many_devices_as_split_them_evenly():
     assert devices.seed_mesh(5, jax.devices()[:1]) is None
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(jax.device_count() < 2, reason="needs two devices")
 def test_seeds_spread_over_devices_train_exactly_as_each_seed_alone(device_data):
     """Two seeds per device: on a CPU each device trains its seeds one after another, each with
