@@ -33,17 +33,17 @@ def as_float64(tree):
     return jax.tree.map(lambda a: jnp.asarray(a, jnp.float64) if a.dtype == jnp.float32 else a, tree)
 
 
-def one_epoch_float64(model, protocol, d, seeds, repeats: int = 4) -> tuple[dict, list[dict]]:
-    """What float32 promises for the one-device epoch of ``seeds``, measured two ways:
+def one_epoch_float64(trainer: train.Trainer, seeds, repeats: int = 4) -> tuple[dict, list[dict]]:
+    """What float32 promises for the one-device epoch of ``seeds`` (``trainer``'s, already compiled),
+    measured two ways:
 
     - the same epoch in float64 (the same initial weights, shuffles and batches, every product and
       sum in double precision): the exact computation that every float32 run rounds;
     - ``repeats`` float32 epochs from initial weights each moved by one unit in the last place, in a
       random direction: how far rounding-sized differences carry by the end of the epoch (through
       ReLU and max-pool kinks, a rounding can choose another path)."""
-    trainer = train.Trainer(model, protocol, d, len(seeds), devices=jax.devices()[:1])
     state, roots, hyperparams = trainer.start(seeds)  # float32 initial weights, as both runs have
-    keys, arrays = train.epoch_keys(roots, 0), trainer._train_val()
+    keys = train.epoch_keys(roots, 0)
     rng = np.random.default_rng(0)
 
     def one_ulp(a):
@@ -53,11 +53,11 @@ def one_epoch_float64(model, protocol, d, seeds, repeats: int = 4) -> tuple[dict
         return np.where(rng.random(a.shape) < 0.5, np.nextafter(a, -np.inf), np.nextafter(a, np.inf))
 
     perturbed = []
-    for _ in range(repeats):
-        s, metrics = trainer.epoch_program(jax.tree.map(one_ulp, state), keys, hyperparams, *arrays)
+    for _ in range(repeats):  # the one-device run's own compiled epoch
+        s, metrics, _ = trainer.run_epoch(jax.tree.map(one_ulp, state), keys, hyperparams)
         perturbed.append({"state": s, "history": [metrics]})
-    with jax.enable_x64(True):
-        s, metrics = trainer.epoch_program(as_float64(state), keys, hyperparams, *arrays)
+    with jax.enable_x64(True):  # the same program traced anew for float64
+        s, metrics = trainer.epoch_program(as_float64(state), keys, hyperparams, *trainer._train_val())
         exact = {"state": jax.tree.map(np.asarray, s), "history": [jax.tree.map(np.asarray, metrics)]}
     return exact, perturbed
 
@@ -72,7 +72,8 @@ def sync_equals_one_device(variant: str, num_seeds: int, data_parallel: int) -> 
     d, protocol = data(), train.Protocol(epochs=1, batch_size=32)
     seeds = list(range(num_seeds))
     model = variants.get(variant).model
-    one = train.fit(train.Trainer(model, protocol, d, num_seeds, devices=jax.devices()[:1]), seeds)
+    one_trainer = train.Trainer(model, protocol, d, num_seeds, devices=jax.devices()[:1])
+    one = train.fit(one_trainer, seeds)
     parallel = devices.DataParallel(data_parallel, "sync")
     many_trainer = train.Trainer(model, protocol, d, num_seeds, parallel=parallel)
     many = train.fit(many_trainer, seeds)
@@ -80,7 +81,7 @@ def sync_equals_one_device(variant: str, num_seeds: int, data_parallel: int) -> 
     # tell apart from one device (else it could not fail).
     local = train.fit(train.Trainer(model, protocol, d, num_seeds, parallel=devices.DataParallel(data_parallel,
                                                                                                  "local")), seeds)
-    exact, perturbed = one_epoch_float64(model, protocol, d, seeds)
+    exact, perturbed = one_epoch_float64(one_trainer, seeds)
 
     def quantities(run):
         return {"loss": [h["train_loss"] for h in run["history"]], "val_loss": [h["val_loss"] for h in run["history"]],
