@@ -159,7 +159,7 @@ WHOLE_NUMBERS = {"--epochs": 1, "--seeds": 1, "--scaling-seeds": 0, "--sweep-con
 def _whole_numbers(config) -> None:
     for name, least in WHOLE_NUMBERS.items():
         value = config.getoption(name)
-        if value is None or isinstance(value, int):
+        if value is None:
             continue
         try:
             number = int(value)
@@ -168,13 +168,6 @@ def _whole_numbers(config) -> None:
         if number < least:
             raise pytest.UsageError(f"{name} must be at least {least}, got {number}")
         setattr(config.option, name[2:].replace("-", "_"), number)
-
-
-def _at_least(config, name: str, least: int) -> int:
-    value = config.getoption(name)
-    if value < least:
-        raise pytest.UsageError(f"{name} must be at least {least}, got {value}")
-    return value
 
 
 def _runs_nothing(config) -> bool:
@@ -223,12 +216,8 @@ def pytest_configure(config):
     from bnbench.cli import cpu_devices_option
 
     _whole_numbers(config)
-    seeds = _at_least(config, "--seeds", 1)
-    side_counts = [_at_least(config, "--scaling-seeds", 0) or 1, _at_least(config, "--sweep-configs", 0) or 1]
-    _at_least(config, "--peer-timeout", 1)
-    if config.getoption("--num-processes") is not None:
-        _at_least(config, "--num-processes", 1)
-    _at_least(config, "--floor-every", 1)
+    seeds = config.getoption("--seeds")
+    side_counts = [config.getoption("--scaling-seeds") or 1, config.getoption("--sweep-configs") or 1]
     try:
         cpu_devices = cpu_devices_option(config.getoption("--cpu-devices"))
     except argparse.ArgumentTypeError as e:
@@ -236,7 +225,7 @@ def pytest_configure(config):
     cpu_devices = cpu_devices or devices.cpu_devices_with_side_runs(seeds, side_counts)
     # Data-parallel runs need their devices whatever the cores (on a CPU: simulated devices).
     processes = config.getoption("--num-processes") or 1
-    wanted = max([_at_least(config, "--data-parallel", 1), *scaling_devices(config)])
+    wanted = max([config.getoption("--data-parallel"), *scaling_devices(config)])
     cpu_devices = max(cpu_devices, -(-wanted // processes))
     try:
         devices.DataParallel(config.getoption("--data-parallel"), config.getoption("--batch-stats"))
@@ -304,12 +293,12 @@ def pytest_benchmark_update_json(config, benchmarks, output_json):
 def _benchmark_json_moved(session) -> None:
     """pytest-benchmark's JSON sent beside its path (``pytest_benchmark_update_json``): said, exit 7."""
     claim = getattr(session.config, "_bnbench_json_claim", None)
-    if claim is None or claim.moved_to is None:
+    moved = claim.moved_line("pytest-benchmark's JSON") if claim is not None else None
+    if moved is None:
         return
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None:
-        reporter.write_line(f"bnbench: error: {claim.path} changed while the benchmarks ran (written by something "
-                            f"else): pytest-benchmark's JSON is in {claim.moved_to} instead")
+        reporter.write_line(moved)
     if not session.exitstatus:
         session.exitstatus = EXIT_REPORT_MOVED
 
@@ -340,11 +329,7 @@ def pytest_sessionfinish(session, exitstatus):
     if reporter is not None:
         reporter.write_line("")
         reporter.write_line(summary_table(report))
-        if claim.moved_to is not None:
-            reporter.write_line(f"bnbench: error: {claim.path} changed while the benchmarks ran (written by something "
-                                f"else): this report is in {written} instead")
-        else:
-            reporter.write_line(f"bnbench report written to {written}")
+        reporter.write_line(claim.moved_line("this report") or f"bnbench report written to {written}")
         if line:
             reporter.write_line(line)
     if claim.moved_to is not None:

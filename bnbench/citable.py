@@ -266,11 +266,10 @@ def write_citable(paths: list[str], out: str | Path, baselines=(), force: bool =
     folder = ReportFolder(out, force=force)
     try:
         drawn = _write_page(loaded, folder.staging, baselines)
-        written = folder.finish()
+        folder.finish()
     finally:
         folder.release()
-    order = [p.name for p in drawn]  # README.md first, then the plots as drawn
-    return sorted(written, key=lambda p: order.index(p.name) if p.name in order else len(order))
+    return [folder.path / p.name for p in drawn]  # README.md first, then the plots as drawn
 
 
 def _write_page(loaded: list[dict], out: Path, baselines) -> list[Path]:

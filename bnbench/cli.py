@@ -7,6 +7,7 @@ import math
 import shlex
 import sys
 
+from bnbench import config
 from bnbench.errors import BnbenchError
 
 
@@ -124,12 +125,9 @@ def finish(claim, report: dict) -> int:
     status = 0
     if claim is not None:
         written = claim.write_json(report)
-        if claim.moved_to is not None:
-            print(f"bnbench: error: {claim.path} changed while this ran (written by something else): this report "
-                  f"is in {written} instead", file=sys.stderr)
-            status = EXIT_REPORT_MOVED
-        else:
-            print(f"report written to {written}", file=sys.stderr)
+        moved = claim.moved_line("this report")
+        print(moved or f"report written to {written}", file=sys.stderr)
+        status = EXIT_REPORT_MOVED if moved else 0
     else:
         print("report not saved (--no-save)", file=sys.stderr)
     diverged_status, line = divergence_news(report)
@@ -299,7 +297,6 @@ def add_scale_out_options(parser) -> None:
                             "job stops (default 60)")
 
 
-GATES = ("auto", "time", "accuracy", "all")  # compare.GATES, here so that --help needs no import of it
 BASELINE_HELP = ("also set every variant of each report against this variant of the same report: difference of "
                  "mean accuracies with its Welch 95%% CI and p-value (repeatable)")
 
@@ -399,7 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "the same kind of time), an accuracy fell below the baseline's 95%% CI, or a figure "
                               "of the baseline that --gate asks for could not be compared (missing from a later "
                               "report, say); each figure not gated is named, with why")
-    compare.add_argument("--gate", choices=GATES, default=None,
+    compare.add_argument("--gate", choices=config.GATES, default=None,
                          help="what --fail-on-regression holds the later reports to: auto (default) the times, and "
                               "the accuracies where the baseline has an interval (2 or more seeds), naming what it "
                               "cannot test (an accuracy of one seed, a time measured once) and passing over it; "

@@ -247,9 +247,6 @@ def against_baselines(loaded: list[dict], baselines, markdown: bool = False) -> 
     return _differences("Differences to baseline variants:", ["variant", "minus", "report"], rows, pairs, markdown)
 
 
-GATES = ("auto", "time", "accuracy", "all")
-
-
 @dataclass
 class Gate:
     """What the gate compared, what regressed, what it could not compare (which fails it too), and
@@ -282,12 +279,12 @@ class Gate:
             self.not_compared.append(f"{line}; or drop --gate {self.what}")
 
     def text(self) -> str:
-        if not self.compared and not self.regressions and not self.not_compared:
-            self.not_compared.append("no figure of the baseline could be gated: each is named below, with why")
+        nothing = "no figure of the baseline could be gated: each is named below, with why"
+        not_compared = self.not_compared or ([] if self.compared or self.regressions else [nothing])
         lines = [f"Gate (--fail-on-regression {self.pct:g}, --gate {self.what}): " + ("FAILED" if self.failed else
                  f"passed, no regression beyond {self.pct:g}% and the noise")]
         lines += [f"  regression: {line}" for line in self.regressions]
-        lines += [f"  not compared, so the gate fails: {line}" for line in self.not_compared]
+        lines += [f"  not compared, so the gate fails: {line}" for line in not_compared]
         lines += [f"  not gated: {line}" for line in self.not_gated]
         lines += [f"  compared {path}: {'; '.join(figures)}" for path, figures in self.compared.items()]
         return "\n".join(lines)

@@ -6,3 +6,6 @@ from __future__ import annotations
 # The normalizations that keep moving averages of batch statistics (so their bn_momentum matters,
 # and data-parallel layouts decide over which examples they are taken).
 MOVING_STATISTICS = frozenset({"batch_norm", "batch_renorm"})
+
+# What `compare --fail-on-regression` can hold later reports to (`--gate`).
+GATES = ("auto", "time", "accuracy", "all")

@@ -192,18 +192,22 @@ class ReportClaim:
             self.moved_to = unused_path(self.path.with_name(f"{self.path.stem}.{stamp}{self.path.suffix}"))
         return self.moved_to or self.path
 
-    def written(self) -> None:
-        """Records that the claimed path now holds our write (by us or by a tool we handed it to)."""
-        if self.moved_to is None:
-            self._signature = _signature(self.path)
-
     def write_json(self, obj: Any) -> Path:
         """Writes ``obj`` where ``target`` says; returns where it went. The claim is kept for later
         writes (a sweep's)."""
         target = self.target()
         write_json(target, obj)
-        self.written()
+        if self.moved_to is None:
+            self._signature = _signature(self.path)
         return target
+
+    def moved_line(self, what: str) -> str | None:
+        """The one line that says ``what`` (this report, pytest-benchmark's JSON) went beside the
+        claimed path, or None if it did not."""
+        if self.moved_to is None:
+            return None
+        return (f"bnbench: error: {self.path} changed while this ran (written by something else): {what} is in "
+                f"{self.moved_to} instead")
 
     def release(self) -> None:
         if self._fd is None:
@@ -288,11 +292,8 @@ class ReportFolder:
 
     def release(self) -> None:
         """Removes the staging folder (what was not moved in) and drops the lock."""
-        staging = getattr(self, "staging", None)
-        if staging is not None and staging.exists():
-            for leftover in staging.iterdir():
-                leftover.unlink()
-            staging.rmdir()
+        if getattr(self, "staging", None) is not None:
+            shutil.rmtree(self.staging, ignore_errors=True)
         if self._fd is not None:
             drop_lock(self.path / MANIFEST, self._fd)
             self._fd = None

@@ -45,8 +45,6 @@ def layout_line(protocol: dict) -> str:
     return f"data-parallel: each batch{batch} split over {protocol['data_parallel']} devices; {statistics}"
 
 
-
-
 def divergence_news(report: dict) -> tuple[int, str | None]:
     """What a report's divergences mean for the command that made it: every run diverged is a
     failure (EXIT_ALL_DIVERGED, and a line saying so); some did, a warning line; none, nothing."""
