@@ -15,11 +15,14 @@ from pathlib import Path
 import jax
 import pytest
 
-from bnbench import data as data_lib
-from bnbench import devices, distributed, environment, runner, train, variants
+from bnbench.data import sources as data_lib
+from bnbench.engine import train
 from bnbench.errors import EXIT_PEER_LOST, EXIT_REPORT_MOVED, BnbenchError
-from bnbench.summary import divergence_news, summary_table
-from bnbench.io import ReportClaim, claim_default, finite
+from bnbench.measure import environment, experiment
+from bnbench.models import variants
+from bnbench.parallel import devices, distributed
+from bnbench.record.io import ReportClaim, claim_default, finite
+from bnbench.report.summary import divergence_news, summary_table
 
 
 def pytest_addoption(parser):
@@ -128,14 +131,14 @@ class Session:
         self.main_process = config._bnbench_main_process
         self.floor_every = opt("--floor-every")
         if self.quick:
-            from bnbench.synthetic import synthetic_dataset
+            from bnbench.data.synthetic import synthetic_dataset
             self.dataset = synthetic_dataset()
         else:
             self.dataset = data_lib.load(opt("--dataset"), opt("--data-dir"), download_url=opt("--download-url"))
         for name in variant_names(config):
             variants.get(name).check(self.dataset.train_images.shape[1:], self.dataset.num_classes)
         # Before any benchmark, in one line; and every process of a job ready with the same arguments.
-        runner.ready_to_train(self.parallel, [self.protocol.batch_size], len(self.seeds), self.dataset,
+        experiment.ready_to_train(self.parallel, [self.protocol.batch_size], len(self.seeds), self.dataset,
                               config.invocation_params.args, device_counts=scaling_devices(config))
         self.data = train.DeviceData.from_dataset(self.dataset)
         self.backend = jax.default_backend()
@@ -239,7 +242,7 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "bnbench: a bnbench benchmark")
     config._bnbench_claim = _claim_report(config)
     config._bnbench_json_claim = _claim_benchmark_json(config)
-    config._bnbench_run_id = runner.new_run_id()  # the same in both files this session writes
+    config._bnbench_run_id = experiment.new_run_id()  # the same in both files this session writes
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -315,7 +318,7 @@ def pytest_sessionfinish(session, exitstatus):
                                 "session, and a report is built from its runs; the figures of the benchmarks that "
                                 "ran are in pytest-benchmark's JSON (--benchmark-json FILE)")
         return
-    report = runner.make_report(state.dataset, state.protocol, state.seeds, state.results,
+    report = experiment.make_report(state.dataset, state.protocol, state.seeds, state.results,
                                 command="pytest benchmarks/", run_id=state.run_id, parallel=state.parallel)
     for name, figures in state.summary_extras.items():
         if name in report["summary"]:

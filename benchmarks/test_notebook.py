@@ -5,14 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bnbench import bench, devices, runner, variants
+from bnbench.measure import experiment, steptime
+from bnbench.models import variants
+from bnbench.parallel import devices
 
 
-def step_program(session, variant_name: str, batch_size: int) -> bench.StepProgram:
+def step_program(session, variant_name: str, batch_size: int) -> steptime.StepProgram:
     """Compiled once per session: the step-time and scaling benchmarks and the check share them."""
     key = (variant_name, batch_size)
     if key not in session.step_programs:
-        session.step_programs[key] = bench.StepProgram(variants.get(variant_name), session.data, batch_size=batch_size)
+        session.step_programs[key] = steptime.StepProgram(variants.get(variant_name), session.data,
+                                                          batch_size=batch_size)
     return session.step_programs[key]
 
 
@@ -25,7 +28,7 @@ def test_step_time(benchmark, bnbench_session, variant_name):
     if benchmark.disabled:  # --benchmark-disable: the step ran once, as a test; nothing was timed
         return
     stats = benchmark.stats.stats
-    figures = bench.step_extra_info(program, stats.median, program.floor_time_s(bnbench_session.floor_repeats))
+    figures = steptime.step_extra_info(program, stats.median, program.floor_time_s(bnbench_session.floor_repeats))
     benchmark.extra_info.update(figures)
     step = {"median": stats.median, "iqr": stats.iqr, "min": stats.min, "max": stats.max, "n": stats.rounds}
     bnbench_session.summary_extras[variant_name].update({"step_time_s": step, "step": figures})
@@ -36,13 +39,13 @@ def test_accuracy(benchmark, bnbench_session, variant_name):
     s = bnbench_session
     benchmark.group = "training"
     result = benchmark.pedantic(
-        runner.run_variant, args=(variants.get(variant_name), s.protocol, s.data, s.seeds),
+        experiment.run_variant, args=(variants.get(variant_name), s.protocol, s.data, s.seeds),
         kwargs={"measure_floor": True, "floor_every": s.floor_every, "target": s.target, "parallel": s.parallel},
         rounds=1, iterations=1)
     s.results[variant_name] = result
     benchmark.extra_info.update({
         "bnbench": "accuracy", "variant": variant_name, "summary": result["summary"], "runs": result["runs"],
-        "protocol": runner.protocol_record(s.dataset, s.protocol, s.seeds, s.parallel)})
+        "protocol": experiment.protocol_record(s.dataset, s.protocol, s.seeds, s.parallel)})
 
 
 def _alternating(benchmark, session, variant_name: str, tag: str, base, timed, info) -> None:
@@ -68,8 +71,8 @@ def test_seed_scaling(benchmark, bnbench_session, variant_name):
     if not s.scaling_seeds:
         pytest.skip("opt in with --scaling-seeds K (for instance 8)")
     variant = variants.get(variant_name)
-    _alternating(benchmark, s, variant_name, "seed_scaling", bench.EpochProgram(variant, s.protocol, s.data, 1),
-                 bench.EpochProgram(variant, s.protocol, s.data, s.scaling_seeds), bench.seed_scaling_info)
+    _alternating(benchmark, s, variant_name, "seed_scaling", steptime.EpochProgram(variant, s.protocol, s.data, 1),
+                 steptime.EpochProgram(variant, s.protocol, s.data, s.scaling_seeds), steptime.seed_scaling_info)
 
 
 def test_sweep_cost(benchmark, bnbench_session, variant_name):
@@ -80,8 +83,8 @@ def test_sweep_cost(benchmark, bnbench_session, variant_name):
         pytest.skip("opt in with --sweep-configs N (for instance 6)")
     variant, n = variants.get(variant_name), s.sweep_configs
     rates = [float(lr) for lr in np.geomspace(1e-3, 3e-2, n)]
-    _alternating(benchmark, s, variant_name, "sweep_cost", bench.EpochProgram(variant, s.protocol, s.data, n),
-                 bench.EpochProgram(variant, s.protocol, s.data, n, learning_rates=rates), bench.sweep_cost_info)
+    _alternating(benchmark, s, variant_name, "sweep_cost", steptime.EpochProgram(variant, s.protocol, s.data, n),
+                 steptime.EpochProgram(variant, s.protocol, s.data, n, learning_rates=rates), steptime.sweep_cost_info)
 
 
 def test_data_parallel_scaling(benchmark, bnbench_session, scaling_case):
@@ -92,7 +95,7 @@ def test_data_parallel_scaling(benchmark, bnbench_session, scaling_case):
         pytest.skip("opt in with --scaling-devices N,N,... (for instance 1,2,4)")
     variant_name, batch_stats, count = scaling_case
     # One device is every curve's first point: its statistics are the whole batch's, whichever kind.
-    program = bench.EpochProgram(variants.get(variant_name), s.protocol, s.data, 1,
+    program = steptime.EpochProgram(variants.get(variant_name), s.protocol, s.data, 1,
                                  parallel=devices.DataParallel(count, batch_stats if count > 1 else "sync"))
     program()  # the first epoch pays for page faults
     program.times.clear()
@@ -101,7 +104,7 @@ def test_data_parallel_scaling(benchmark, bnbench_session, scaling_case):
     benchmark.pedantic(program, rounds=s.scaling_rounds, iterations=1)
     if benchmark.disabled:
         return
-    point = {"variant": variant_name, **bench.data_parallel_point(program), "batch_stats": batch_stats}
+    point = {"variant": variant_name, **steptime.data_parallel_point(program), "batch_stats": batch_stats}
     benchmark.extra_info.update(point)
     s.scaling.append(point)
 
@@ -134,7 +137,7 @@ def test_step_time_follows_the_work(bnbench_session):
     programs = {name: step_program(bnbench_session, v, b) for name, (v, b) in zip(SCALING_IDS, SCALING)}
     for program in programs.values():
         program()  # warm up outside the timing
-    fastest = {name: min(t) for name, t in bench.interleaved_times(programs, rounds=100).items()}
+    fastest = {name: min(t) for name, t in steptime.interleaved_times(programs, rounds=100).items()}
     base = fastest["seed_plain-b32"]
     assert fastest["seed_plain-b64"] > base, fastest
     assert fastest["seed_plain_deep-b32"] > base, fastest

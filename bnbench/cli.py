@@ -69,7 +69,7 @@ def _version() -> str:
 
 
 def cmd_variants(args) -> int:
-    from bnbench.variants import VARIANTS, NOTEBOOK_VARIANTS
+    from bnbench.models.variants import NOTEBOOK_VARIANTS, VARIANTS
 
     width = max(map(len, VARIANTS))
     for name, variant in VARIANTS.items():
@@ -83,7 +83,7 @@ def start_devices(args, run_counts) -> tuple:
     """The devices, before JAX starts its backends: on a CPU as many JAX devices as the runs (or
     ``--data-parallel``) want, then this process's place in a job of several, if it is one.
     Returns the data-parallel layout and whether this process writes (process 0)."""
-    from bnbench import devices, distributed
+    from bnbench.parallel import devices, distributed
 
     parallel = devices.DataParallel(args.data_parallel, args.batch_stats)
     processes = args.num_processes or 1
@@ -98,7 +98,7 @@ def start_devices(args, run_counts) -> tuple:
 def claim_report(args, kind: str, main_process: bool, replace: bool = False):
     """The report's path, claimed before any training (``io.ReportClaim``): ``--out``, or a new
     ``reports/KIND-<time>.json`` without it; None with ``--no-save`` and on processes other than 0."""
-    from bnbench.io import ReportClaim, claim_default
+    from bnbench.record.io import ReportClaim, claim_default
 
     if getattr(args, "no_save", False) and args.out is not None:
         raise BnbenchError("--no-save and --out together: drop --no-save to write the report, or --out to write none")
@@ -120,7 +120,7 @@ def finish(claim, report: dict) -> int:
     """Writes the final report where it was claimed, says where, and gives the exit status: a
     report moved aside (its path changed under the run), or every run diverged, is news."""
     from bnbench.errors import EXIT_REPORT_MOVED
-    from bnbench.summary import divergence_news
+    from bnbench.report.summary import divergence_news
 
     status = 0
     if claim is not None:
@@ -137,7 +137,7 @@ def finish(claim, report: dict) -> int:
 
 
 def cmd_run(args) -> int:
-    from bnbench import variants
+    from bnbench.models import variants
 
     parallel, main_process = start_devices(args, [args.seeds])
 
@@ -153,13 +153,14 @@ def cmd_run(args) -> int:
 def _run(args, chosen, parallel, main_process: bool, claim) -> int:
     from tqdm import tqdm
 
-    from bnbench import runner, train
-    from bnbench.summary import summary_table
+    from bnbench.engine import train
+    from bnbench.measure import experiment
+    from bnbench.report.summary import summary_table
 
     protocol = train.Protocol(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate)
     dataset, device_data = _load_data(args, chosen, quiet=not main_process)
     seeds = list(range(args.seed, args.seed + args.seeds))
-    runner.ready_to_train(parallel, [protocol.batch_size], len(seeds), dataset, sys.argv[1:])
+    experiment.ready_to_train(parallel, [protocol.batch_size], len(seeds), dataset, sys.argv[1:])
     results = {}
     for variant in chosen:
         with tqdm(total=protocol.epochs, desc=f"{variant.name} ({len(seeds)} seed{'s' * (len(seeds) > 1)})",
@@ -170,12 +171,12 @@ def _run(args, chosen, parallel, main_process: bool, claim) -> int:
                                 val_acc=f"{metrics['val_accuracy'].mean():.4f}", epoch_s=f"{seconds:.2f}")
                 bar.update()
 
-            results[variant.name] = runner.run_variant(
+            results[variant.name] = experiment.run_variant(
                 variant, protocol, device_data, seeds, measure_floor=args.floor, unroll=args.unroll,
                 target=args.target, on_epoch=on_epoch, parallel=parallel)
     if not main_process:
         return 0
-    report = runner.make_report(dataset, protocol, seeds, results, command=shlex.join(["bnbench", *sys.argv[1:]]),
+    report = experiment.make_report(dataset, protocol, seeds, results, command=shlex.join(["bnbench", *sys.argv[1:]]),
                                 parallel=parallel)
     print(summary_table(report))
     return finish(claim, report)
@@ -183,7 +184,8 @@ def _run(args, chosen, parallel, main_process: bool, claim) -> int:
 
 def _load_data(args, chosen, quiet: bool = False):
     """The dataset, checked against every chosen variant before any training, and on the device."""
-    from bnbench import data as data_lib, train
+    from bnbench.data import sources as data_lib
+    from bnbench.engine import train
 
     dataset = data_lib.load(args.dataset, args.data_dir, download_url=args.download_url)
     for variant in chosen:  # a model that cannot be built for these images stops here, before any training
@@ -196,7 +198,8 @@ def _load_data(args, chosen, quiet: bool = False):
 
 
 def cmd_sweep(args) -> int:
-    from bnbench import sweep, variants
+    from bnbench.measure import sweep
+    from bnbench.models import variants
 
     grid = sweep.Grid(
         variants=tuple(args.variant or variants.NOTEBOOK_VARIANTS),
@@ -221,17 +224,18 @@ def cmd_sweep(args) -> int:
 
 
 def _sweep(args, grid, chosen, parallel, main_process: bool, claim, runs_per_program: int) -> int:
-    from bnbench import reports, runner, sweep
+    from bnbench.measure import experiment, sweep
+    from bnbench.report import reading
 
     previous = None
     if claim is not None and args.resume and claim.path.exists():  # resuming what never started starts it
-        previous = reports.read_valid(claim.path)
+        previous = reading.read_valid(claim.path)
     dataset, device_data = _load_data(args, chosen, quiet=not main_process)
     grid.check(train_examples=len(dataset.train_labels))
     if previous is not None:
         sweep.check_resumable(previous, dataset, grid, parallel)
     sweep.programs(grid, chosen, len(dataset.train_labels))  # a grid a variant cannot take fails now
-    runner.ready_to_train(parallel, grid.batch_sizes, runs_per_program, dataset, sys.argv[1:])
+    experiment.ready_to_train(parallel, grid.batch_sizes, runs_per_program, dataset, sys.argv[1:])
 
     def on_program(program, i, total):
         if not args.quiet and main_process:
@@ -244,7 +248,7 @@ def _sweep(args, grid, chosen, parallel, main_process: bool, claim, runs_per_pro
         if claim is not None:
             claim.write_json(report)
 
-    from bnbench.summary import summary_table
+    from bnbench.report.summary import summary_table
 
     report = sweep.run_sweep(grid, chosen, dataset, device_data, write, previous=previous,
                              command=shlex.join(["bnbench", *sys.argv[1:]]), on_program=on_program,
@@ -256,7 +260,7 @@ def _sweep(args, grid, chosen, parallel, main_process: bool, claim, runs_per_pro
 
 
 def cmd_compare(args) -> int:
-    from bnbench.compare import compare
+    from bnbench.report.compare import compare
 
     if args.fail_on_regression is None and (args.gate is not None or args.across_machines):
         raise BnbenchError(f"{'--gate' if args.gate is not None else '--across-machines'} says how to gate: add "
@@ -270,7 +274,7 @@ def cmd_compare(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from bnbench.citable import write_citable
+    from bnbench.report.page import write_citable
 
     for path in write_citable(args.reports, args.out, baselines=args.baseline or (), force=args.force):
         print(path)
@@ -452,12 +456,12 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # --help, --version, or Parser.error's one line
         return e.code if isinstance(e.code, int) else 2
     if getattr(args, "unroll", 0) is None:
-        from bnbench.runner import DEFAULT_UNROLL
+        from bnbench.measure.experiment import DEFAULT_UNROLL
         args.unroll = DEFAULT_UNROLL
     try:
         return args.func(args)
     except BaseException as e:  # noqa: BLE001 - each kind is answered below, the rest re-raised
-        from bnbench import distributed
+        from bnbench.parallel import distributed
 
         if distributed.joined and not isinstance(e, SystemExit):
             distributed.stop_after(e)  # one line, and no exit barrier that a lost peer would hang

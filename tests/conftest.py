@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bnbench import devices
-from bnbench.synthetic import synthetic_split
+from bnbench.data.synthetic import synthetic_split
+from bnbench.parallel import devices
 
 # Two CPU devices, so that seeds spread over devices are tested too (a no-op on a GPU).
 devices.expose_cpu_devices(2)

@@ -15,8 +15,10 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from jax.sharding import Mesh, PartitionSpec  # noqa: E402
 
-from bnbench import devices, train, variants  # noqa: E402
-from bnbench.synthetic import synthetic_dataset  # noqa: E402
+from bnbench.data.synthetic import synthetic_dataset  # noqa: E402
+from bnbench.engine import train  # noqa: E402
+from bnbench.models import variants  # noqa: E402
+from bnbench.parallel import devices  # noqa: E402
 
 
 def largest_difference(a, b) -> float:

@@ -19,16 +19,18 @@ RUN_ID = "0123456789abcdef0123456789abcdef"
 
 @functools.lru_cache(maxsize=None)
 def _made_text() -> str:
-    from bnbench import runner, train, variants
-    from bnbench.synthetic import synthetic_dataset
+    from bnbench.data.synthetic import synthetic_dataset
+    from bnbench.engine import train
+    from bnbench.measure import experiment
+    from bnbench.models import variants
 
     dataset = synthetic_dataset(train=300, validation=100, test=100)
     data = train.DeviceData.from_dataset(dataset)
     protocol = train.Protocol(epochs=2, learning_rate=0.05)
     seeds = [0, 1, 2]
-    results = {v: runner.run_variant(variants.get(v), protocol, data, seeds, measure_floor=True, target=0.5)
+    results = {v: experiment.run_variant(variants.get(v), protocol, data, seeds, measure_floor=True, target=0.5)
                for v in ("seed_plain", "seed_bn")}
-    return json.dumps(runner.make_report(dataset, protocol, seeds, results))
+    return json.dumps(experiment.make_report(dataset, protocol, seeds, results))
 
 
 def made_report() -> dict:

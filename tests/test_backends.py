@@ -18,7 +18,8 @@ import jax
 import numpy as np
 import pytest
 
-from bnbench import devices, environment
+from bnbench.measure import environment
+from bnbench.parallel import devices
 
 
 def fake_mesh(platform: str, count: int):
@@ -61,7 +62,7 @@ def test_cpu_model_and_flags_come_from_cpuinfo(monkeypatch):
 
 def test_usable_cores_follow_the_affinity_not_the_machine():
     """Under `taskset -c 0` a report must say 1 core, whatever the machine has."""
-    code = "from bnbench import environment as e; print(e.usable_cores(), e.environment()['usable_cores'])"
+    code = "from bnbench.measure import environment as e; print(e.usable_cores(), e.environment()['usable_cores'])"
     out = subprocess.run(["taskset", "-c", "0", sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["1", "1"]
@@ -69,7 +70,7 @@ def test_usable_cores_follow_the_affinity_not_the_machine():
 
 def test_cpu_devices_are_asked_of_the_cpu_client_only():
     """What --cpu-devices changes: the CPU client's device count, nothing a GPU backend uses."""
-    code = ("from bnbench import devices; devices.expose_cpu_devices(3); import jax; "
+    code = ("from bnbench.parallel import devices; devices.expose_cpu_devices(3); import jax; "
             "print(len(jax.devices('cpu')), jax.default_backend())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr

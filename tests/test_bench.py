@@ -3,8 +3,12 @@ import json
 import jax
 import pytest
 
-from bnbench import bench, cli, devices, train, variants
-from bnbench.synthetic import synthetic_dataset
+from bnbench import cli
+from bnbench.data.synthetic import synthetic_dataset
+from bnbench.engine import train
+from bnbench.measure import steptime
+from bnbench.models import variants
+from bnbench.parallel import devices
 
 
 @pytest.fixture(scope="module")
@@ -15,21 +19,21 @@ def small_data():
 @pytest.mark.slow
 def test_seed_scaling_compares_epochs_timed_in_alternation(small_data):
     protocol = train.Protocol(epochs=1)
-    one_seed = bench.EpochProgram(variants.get("seed_plain"), protocol, small_data, 1)
-    seeds = bench.EpochProgram(variants.get("seed_plain"), protocol, small_data, 2)
+    one_seed = steptime.EpochProgram(variants.get("seed_plain"), protocol, small_data, 1)
+    seeds = steptime.EpochProgram(variants.get("seed_plain"), protocol, small_data, 2)
     for _ in range(3):
         one_seed()
         seeds()
     assert seeds.epochs == 3 and seeds.state.step.shape == (2,)
     assert int(seeds.state.step[0]) == 3 * protocol.updates_per_epoch(320)  # each call trains an epoch
-    info = bench.seed_scaling_info(one_seed, seeds)
+    info = steptime.seed_scaling_info(one_seed, seeds)
     assert info["seeds"] == 2 and info["seed_devices"] == min(2, jax.device_count())
     assert info["ratios"] == [k / one for k, one in zip(seeds.times, one_seed.times)]
     assert info["ratio"] == sorted(info["ratios"])[1]
     assert info["one_seed_epoch_s"]["n"] == info["seeds_epoch_s"]["n"] == 3
     seeds()
     with pytest.raises(ValueError, match="alternation"):
-        bench.seed_scaling_info(one_seed, seeds)
+        steptime.seed_scaling_info(one_seed, seeds)
 
 
 def test_compare_shows_seed_scaling_from_a_pytest_benchmark_file(tmp_path, capsys):

@@ -15,7 +15,7 @@ def run_cli(*args):
 def test_variants_lists_each_variant_on_one_line(capsys):
     assert cli.main(["variants"]) == 0
     out = capsys.readouterr().out
-    from bnbench.variants import VARIANTS
+    from bnbench.models.variants import VARIANTS
     names = [line.split()[1] if line.startswith("*") else line.split()[0]
              for line in out.splitlines() if line.strip() and not line.startswith("* the")]
     assert names == list(VARIANTS)

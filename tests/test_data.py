@@ -4,10 +4,12 @@ import time
 
 import numpy as np
 import pytest
-
-from bnbench import data, download
-from bnbench.data import DataError
 from conftest import make_idx_folder, write_idx
+
+from bnbench.data import download
+from bnbench.data import release as release_lib
+from bnbench.data import sources as data
+from bnbench.data.sources import DataError
 
 
 def test_idx_folder_loads_in_canonical_order_with_the_notebook_split(idx_dir):
@@ -91,7 +93,7 @@ def test_without_a_prepared_tfds_dataset_the_release_is_downloaded_without_tenso
     for module in ("tensorflow", "tensorflow_datasets"):
         monkeypatch.setitem(sys.modules, module, None)  # `import tensorflow` now raises ImportError
     monkeypatch.setitem(download.RELEASES, "fashion_mnist", {
-        path.name: (path.stat().st_size, download._sha256(path)) for path in idx_dir.glob("*.gz")})
+        path.name: (path.stat().st_size, release_lib.sha256(path)) for path in idx_dir.glob("*.gz")})
     monkeypatch.setenv("BNBENCH_DOWNLOAD_URL", idx_dir.as_uri())
     ds = data.load()
     assert (ds.source, ds.order, ds.verified) == ("download", "canonical", True)
@@ -148,7 +150,8 @@ def test_tfds_datasets_load_with_their_own_shapes_and_channels(tmp_path, name, s
 @pytest.mark.slow
 def test_models_train_on_color_images_flattened_or_by_channel(tmp_path):
     tfds = pytest.importorskip("tensorflow_datasets")
-    from bnbench import train, variants
+    from bnbench.engine import train
+    from bnbench.models import variants
 
     with tfds.testing.mock_data(num_examples=80):
         ds = data.load("cifar10", data_dir=mocked_tfds_dir(tmp_path, "cifar10"), validation_size=16)

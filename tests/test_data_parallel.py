@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bnbench import compare, devices, distributed
 from bnbench.errors import EXIT_PEER_LOST, BnbenchError
+from bnbench.parallel import devices, distributed
+from bnbench.report import compare
 
 pytestmark = pytest.mark.slow  # subprocesses of several devices and processes
 

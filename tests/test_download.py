@@ -12,10 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from bnbench import cli, data, download
-from bnbench.data import DataError
 from conftest import make_idx_folder
+
+from bnbench import cli
+from bnbench.data import download
+from bnbench.data import release as release_lib
+from bnbench.data import sources as data
+from bnbench.data.sources import DataError
 
 FILES = [stem + ".gz" for stem in data.IDX_FILES.values()]
 
@@ -351,7 +354,7 @@ def test_files_of_no_known_release_load_unverified(two_releases, tmp_path):
 def test_the_identity_is_kept_with_the_decoded_cache(two_releases, monkeypatch):
     fashion, _ = two_releases
     assert data.load(data_dir=fashion).verified
-    monkeypatch.setattr(download, "release_file", lambda path: pytest.fail("hashed again on a cache hit"))
+    monkeypatch.setattr(release_lib, "release_file", lambda path: pytest.fail("hashed again on a cache hit"))
     monkeypatch.setattr(data, "read_idx", lambda path: pytest.fail("the cache was not used"))
     assert data.load(data_dir=fashion).verified
 

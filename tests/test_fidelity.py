@@ -19,7 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bnbench import train, variants
+from bnbench.engine import train
+from bnbench.models import variants
 
 pytestmark = pytest.mark.slow  # Keras
 

@@ -4,8 +4,10 @@ import jax
 import numpy as np
 import pytest
 
-from bnbench import floor, train, variants
-from bnbench.data import load
+from bnbench.data.sources import load
+from bnbench.engine import train
+from bnbench.measure import floor
+from bnbench.models import variants
 
 
 def epoch_products(name, idx_dir, seeds=1):
@@ -57,14 +59,16 @@ def test_floor_computes_every_product_whole():
 
 
 def test_floor_on_a_sample_of_epochs_pairs_each_with_its_own_epoch():
-    from bnbench import runner, train, variants
-    from bnbench.synthetic import synthetic_dataset
+    from bnbench.data.synthetic import synthetic_dataset
+    from bnbench.engine import train
+    from bnbench.measure import experiment
+    from bnbench.models import variants
 
-    assert runner.floor_epochs(10, 2) == [2, 4, 6, 8, 10]
-    assert runner.floor_epochs(10, 3) == [3, 6, 9, 10]  # the last epoch always
-    assert runner.floor_epochs(1, 2) == [1]
+    assert experiment.floor_epochs(10, 2) == [2, 4, 6, 8, 10]
+    assert experiment.floor_epochs(10, 3) == [3, 6, 9, 10]  # the last epoch always
+    assert experiment.floor_epochs(1, 2) == [1]
     data = train.DeviceData.from_dataset(synthetic_dataset(train=320, validation=64, test=64))
-    result = runner.run_variant(variants.get("seed_plain"), train.Protocol(epochs=3), data, [0],
+    result = experiment.run_variant(variants.get("seed_plain"), train.Protocol(epochs=3), data, [0],
                                 measure_floor=True, floor_every=2)
     epochs = result["runs"][0]["epochs"]
     assert ["floor_time_s" in e for e in epochs] == [False, True, True]

@@ -18,9 +18,10 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from bnbench import compare, cli, reports
 from report_helpers import COMMITTED, as_pytest_benchmark, harness_report, made_report
+
+from bnbench import cli
+from bnbench.report import compare, reading
 
 pytestmark = pytest.mark.slow  # long fuzzing
 
@@ -119,16 +120,16 @@ def gateable(base: Path, later: Path) -> bool:
     """Whether the gate (``--gate auto``) could hold ``later`` to every figure ``base`` has: each
     variant, each kind of step time, and each accuracy (tested where the baseline has an interval,
     two or more seeds; named as not gated where it has none), on the same machine."""
-    b, o = reports.load(base), reports.load(later)
-    if reports.same_run(b, o) and b["kind"] != o["kind"]:
+    b, o = reading.load(base), reading.load(later)
+    if reading.same_run(b, o) and b["kind"] != o["kind"]:
         return False  # merged into one report: nothing left to compare against
     if compare.machine(b) != compare.machine(o):
         return False
     for name, bv in b["variants"].items():
         ov = o["variants"].get(name)
-        if ov is None or any(bv[k] and not ov[k] for k in reports.STEP_KINDS):
+        if ov is None or any(bv[k] and not ov[k] for k in reading.STEP_KINDS):
             return False
-        if any(bv.get(k) and not ov.get(k) for k in reports.ACCURACIES):
+        if any(bv.get(k) and not ov.get(k) for k in reading.ACCURACIES):
             return False
     return True
 

@@ -4,8 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bnbench import models, variants
-from bnbench.models import BatchNorm
+from bnbench import models
+from bnbench.models import BatchNorm, variants
 
 
 def init(name):

@@ -9,12 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bnbench import train, variants
+from bnbench.engine import train
 from bnbench.errors import BnbenchError
-from bnbench.models import BatchNorm, BatchRenorm
-from bnbench.models.norms import GroupNorm, LayerNorm
+from bnbench.models import BatchNorm, BatchRenorm, variants
 from bnbench.models.convnet import Conv
-from bnbench.models.norms import renorm_limits
+from bnbench.models.norms import GroupNorm, LayerNorm, renorm_limits
 
 EPS, MOMENTUM = 1e-3, 0.99
 
@@ -172,7 +171,7 @@ def test_batch_statistics_evaluation_uses_each_batch_of_32_and_leaves_the_moving
 
 @pytest.mark.slow
 def test_batch_statistics_evaluation_trains_exactly_as_seed_bn():
-    from bnbench.synthetic import synthetic_dataset
+    from bnbench.data.synthetic import synthetic_dataset
 
     data = train.DeviceData.from_dataset(synthetic_dataset(train=320, validation=64, test=64))
     results = [train.train(variants.get(name).model, train.Protocol(epochs=1), data, [0])

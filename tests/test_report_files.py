@@ -13,11 +13,11 @@ import time
 from pathlib import Path
 
 import pytest
+from report_helpers import made_report, write
 
 from bnbench import cli
 from bnbench.errors import BnbenchError
-from bnbench.io import MANIFEST, PathTaken, ReportClaim, ReportFolder, claim_default, lock_path
-from report_helpers import made_report, write
+from bnbench.record.io import MANIFEST, PathTaken, ReportClaim, ReportFolder, claim_default, lock_path
 
 
 def test_an_existing_report_is_kept_unless_replacing_is_asked(tmp_path):
@@ -96,7 +96,7 @@ def test_a_file_changed_under_a_claim_sends_the_report_to_a_new_name(tmp_path):
 @pytest.mark.slow
 def test_a_killed_writer_leaves_no_lock_that_stops_the_next(tmp_path):
     path = tmp_path / "r.json"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from bnbench.io import ReportClaim; "
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from bnbench.record.io import ReportClaim; "
                                f"c = ReportClaim({str(path)!r}); print('held', flush=True); time.sleep(60)"],
                               stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
@@ -204,7 +204,7 @@ def test_a_run_in_which_everything_diverged_exits_6_with_a_line(idx_dir, tmp_pat
 
 
 def test_some_runs_diverging_is_a_warning_and_success():
-    from bnbench.summary import divergence_news
+    from bnbench.report.summary import divergence_news
 
     report = {"runs": [{"variant": "a", "seed": 0}, {"variant": "b", "seed": 0, "diverged": {"epoch": 1, "update": 3}}]}
     status, line = divergence_news(report)
@@ -260,16 +260,16 @@ def test_a_report_folder_being_written_stops_a_second_writer(tmp_path):
 def test_plots_keep_titles_and_legends_whole_and_apart_from_tick_labels(tmp_path):
     """A long title on a narrow figure, and a legend under slanted long names: the saved PNG holds
     the whole title, and the legend lies below every tick label."""
-    from bnbench import citable
+    from bnbench.report import page
 
-    plt = citable._pyplot()
-    fig, axes = citable._panels(plt, 1)
+    plt = page._pyplot()
+    fig, axes = page._panels(plt, 1)
     ax = axes[0]
     ax.bar(range(3), [1, 2, 3], label="[1] a processor with a very long name, 2 cores (cpu)")
     ax.set_xticks(range(3), ["a_rather_long_variant_name:depth=16,width=256"] * 3, rotation=60, ha="right")
-    citable._legend(ax)
+    page._legend(ax)
     fig.suptitle("A title far wider than the figure it stands over, which a fixed canvas would cut at both ends")
-    citable._save(plt, fig, tmp_path / "p.png")
+    page._save(plt, fig, tmp_path / "p.png")
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     renderer = FigureCanvasAgg(fig).get_renderer()  # the figure is closed: measure it on a canvas of its own

@@ -4,11 +4,13 @@ import os
 import stat
 
 import pytest
-
-from bnbench import citable, cli, reports, runner
-from bnbench.io import write_json
-from bnbench.schema import PROTOCOL_KEYS
 from report_helpers import RESULTS, as_pytest_benchmark, harness_report, made_report, set_epoch_time, write
+
+from bnbench import cli
+from bnbench.measure import experiment
+from bnbench.record.io import write_json
+from bnbench.record.schema import PROTOCOL_KEYS
+from bnbench.report import page, reading
 
 
 @pytest.fixture(scope="module")
@@ -253,7 +255,7 @@ def test_e_section_titles_tell_apart_every_field_reports_are_grouped_by():
     changed = {str: lambda v: v + "x", int: lambda v: v + 1, float: lambda v: v * 2 + 1, list: lambda v: v + [99]}
     for key in PROTOCOL_KEYS:
         other = {**base, key: changed[type(base[key])](base[key])}
-        assert citable.protocol_title(other) != citable.protocol_title(base), key
+        assert page.protocol_title(other) != page.protocol_title(base), key
 
 
 # F. Strict JSON, and the usual permissions.
@@ -307,8 +309,8 @@ def test_g_committed_reports_are_one_run_by_run_id_and_without_it_by_their_timin
 
 def test_g_pytest_benchmark_json_alone_holds_the_same_figures(tmp_path, capsys):
     report = harness_report()
-    a = reports.load(write(tmp_path / "bnbench.json", report))
-    b = reports.load(write(tmp_path / "pytest.json", as_pytest_benchmark(report)))
+    a = reading.load(write(tmp_path / "bnbench.json", report))
+    b = reading.load(write(tmp_path / "pytest.json", as_pytest_benchmark(report)))
     for name in ("seed_plain", "seed_bn"):
         for key in ("lone_step", "epoch_per_update", "val_accuracy", "seed_scaling", "curves"):
             assert a["variants"][name][key] == b["variants"][name][key], (name, key)
@@ -318,22 +320,22 @@ def test_g_pytest_benchmark_json_alone_holds_the_same_figures(tmp_path, capsys):
 def plotted(monkeypatch):
     """The legends of every plot written, by file name."""
     legends = {}
-    real_save = citable._save
+    real_save = page._save
 
     def save(plt, fig, path):
         legends[path.name] = [ax.get_legend_handles_labels()[1] for ax in fig.axes]
         real_save(plt, fig, path)
 
-    monkeypatch.setattr(citable, "_save", save)
+    monkeypatch.setattr(page, "_save", save)
     return legends
 
 
 def test_g_no_plot_mixes_kinds_of_time_or_numbers_of_seeds(tmp_path, plotted):
     paths = [RESULTS / name for name in ("cpu-benchmark.json", "cpu-pytest-benchmark.json", "cpu-notebook-5seeds.json")]
     assert cli.main(["report", *map(str, paths), "--out", str(tmp_path / "cite")]) == 0
-    loaded = reports.load_all(paths)
-    assert list(citable.step_panels(loaded)) == [("lone_step", 0), ("epoch_per_update", 1), ("epoch_per_update", 5)]
-    curves = citable.curve_panels(loaded)  # one panel per protocol, so per number of seeds
+    loaded = reading.load_all(paths)
+    assert list(page.step_panels(loaded)) == [("lone_step", 0), ("epoch_per_update", 1), ("epoch_per_update", 5)]
+    curves = page.curve_panels(loaded)  # one panel per protocol, so per number of seeds
     assert [sorted({len(c) for _, _, c in lines}) for lines in curves.values()] == [[1], [5]]
     for labels in (labels for legends in plotted.values() for labels in legends):
         assert len(labels) == len(set(labels)), labels  # a legend names each line once
@@ -376,8 +378,8 @@ def test_committed_reports_compare_in_one_table(capsys):
 def test_time_to_target_counts_updates_and_time():
     run = {"epochs": [{"epoch": 1, "val_accuracy": 0.5, "time_s": 1.0},
                       {"epoch": 2, "val_accuracy": 0.9, "time_s": 2.0}]}
-    assert runner.time_to_target(run, 0.8, 10) == {"epoch": 2, "time_s": 3.0, "updates": 20}
-    assert runner.time_to_target(run, 0.95, 10) is None
+    assert experiment.time_to_target(run, 0.8, 10) == {"epoch": 2, "time_s": 3.0, "updates": 20}
+    assert experiment.time_to_target(run, 0.95, 10) is None
 
 
 def test_time_to_target_at_the_grain_of_evaluations_inside_the_epoch():
@@ -387,14 +389,14 @@ def test_time_to_target_at_the_grain_of_evaluations_inside_the_epoch():
                       {"epoch": 2, "val_accuracy": 0.9, "time_s": 2.0}],
            "evals": [{"update": 4, "val_accuracy": 0.1}, {"update": 8, "val_accuracy": 0.2},
                      {"update": 14, "val_accuracy": 0.85}, {"update": 18, "val_accuracy": 0.7}]}
-    assert runner.time_to_target(run, 0.8, 10) == {"epoch": 2, "time_s": 1.8, "updates": 14}
-    assert runner.time_to_target(run, 0.4, 10) == {"epoch": 1, "time_s": 1.0, "updates": 10}
+    assert experiment.time_to_target(run, 0.8, 10) == {"epoch": 2, "time_s": 1.8, "updates": 14}
+    assert experiment.time_to_target(run, 0.4, 10) == {"epoch": 1, "time_s": 1.0, "updates": 10}
 
 
 def test_a_diverged_run_stops_counting_towards_the_target():
     run = {"epochs": [{"epoch": 1, "val_accuracy": 0.5, "time_s": 1.0}, {"epoch": 2, "time_s": 2.0}],
            "diverged": {"epoch": 2, "update": 13}}
-    assert runner.time_to_target(run, 0.8, 10) is None
+    assert experiment.time_to_target(run, 0.8, 10) is None
 
 
 def test_merging_a_runs_two_files_keeps_figures_only_the_pytest_file_holds(tmp_path, capsys):
@@ -431,7 +433,7 @@ def test_epoch_times_of_different_seed_layouts_are_not_compared(report_file, tmp
 def test_difference_is_welchs_interval_and_p_value():
     from scipy import stats as scipy_stats
 
-    from bnbench.stats import difference, mean_ci
+    from bnbench.record.stats import difference, mean_ci
 
     a, b = [0.86, 0.87, 0.865, 0.872, 0.861], [0.83, 0.84, 0.828, 0.835]
     d = difference(mean_ci(a), mean_ci(b))
@@ -448,7 +450,7 @@ def test_difference_is_welchs_interval_and_p_value():
 
 
 def test_difference_says_when_there_are_too_few_seeds_or_no_spread():
-    from bnbench.stats import difference, format_difference, mean_ci
+    from bnbench.record.stats import difference, format_difference, mean_ci
 
     few = difference(mean_ci([0.8]), mean_ci([0.7, 0.72]))
     assert few["ci95"] is None and few["p_value"] is None and "1 and 2 seeds" in few["too_few"]
@@ -463,7 +465,7 @@ def test_compare_sets_each_variant_against_a_baseline_variant(report_file, capsy
     assert status == 0
     assert "Differences to baseline variants:" in out
     row = next(line for line in out.splitlines() if line.startswith("seed_plain") and " seed_bn " in line)
-    from bnbench.stats import difference, format_difference
+    from bnbench.record.stats import difference, format_difference
     s = json.loads(report_file.read_text())["summary"]
     for key in ("train_accuracy", "val_accuracy", "test_accuracy"):
         assert format_difference(difference(s["seed_plain"][key], s["seed_bn"][key])) in row
@@ -534,7 +536,7 @@ def test_b_accuracies_alone_are_gated_across_machines(tmp_path, capsys):
 
 
 def test_ratios_that_round_to_one_are_the_same():
-    from bnbench.compare import ratio_text
+    from bnbench.report.compare import ratio_text
 
     assert ratio_text(0.999) == "1.00x (the same)" and ratio_text(0.994) == "0.99x (faster)"
     assert ratio_text(1.3) == "1.30x (slower)"

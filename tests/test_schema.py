@@ -4,11 +4,13 @@ import json
 
 import pytest
 from jsonschema import Draft202012Validator
-
-from bnbench import cli, reports, schema
-from bnbench.errors import BnbenchError
-from bnbench.io import write_json
 from report_helpers import COMMITTED, RUN_ID, as_pytest_benchmark, harness_report, made_report, write
+
+from bnbench import cli
+from bnbench.errors import BnbenchError
+from bnbench.record import schema
+from bnbench.record.io import write_json
+from bnbench.report import reading
 
 
 def refused(path, capsys) -> str:
@@ -30,7 +32,7 @@ def test_the_schemas_are_valid_draft_2020_12(kind):
 
 @pytest.mark.parametrize("path", COMMITTED, ids=lambda p: p.name)
 def test_the_committed_reports_are_valid(path):
-    loaded = reports.load(path)
+    loaded = reading.load(path)
     assert loaded["variants"] or loaded["data_parallel_scaling"]  # figures, whichever kind
 
 
@@ -51,7 +53,7 @@ def with_contract_fields(report):
                                   lambda: as_pytest_benchmark(with_contract_fields(harness_report()))],
                          ids=["bnbench-run", "harness", "contract-fields", "pytest-benchmark"])
 def test_what_bnbench_writes_is_valid(make, tmp_path):
-    loaded = reports.load(write(tmp_path / "r.json", make()))
+    loaded = reading.load(write(tmp_path / "r.json", make()))
     assert set(loaded["variants"]) == {"seed_plain", "seed_bn"}
 
 
@@ -65,7 +67,7 @@ def test_a_diverged_run_is_written_as_strict_json_and_read_back(tmp_path):
     report["summary"]["seed_bn"]["train_loss"].update(mean=float("nan"), ci95=[float("nan"), float("nan")])
     path = tmp_path / "diverged.json"
     write_json(path, report)
-    assert reports.load(path)["variants"]["seed_bn"]["val_accuracy"]["n"] == 3
+    assert reading.load(path)["variants"]["seed_bn"]["val_accuracy"]["n"] == 3
 
 
 def edit_summary(variant, key, value):
@@ -146,6 +148,6 @@ def test_unreadable_reports_give_one_line_naming_the_file(tmp_path, content, mes
 def test_missing_file_and_the_error_type(tmp_path, capsys):
     assert cli.main(["report", str(tmp_path / "missing.json"), "--out", str(tmp_path / "out")]) == 2
     assert "missing.json: no such file" in capsys.readouterr().err
-    with pytest.raises(reports.ReportError) as error:
-        reports.load(tmp_path / "missing.json")
+    with pytest.raises(reading.ReportError) as error:
+        reading.load(tmp_path / "missing.json")
     assert isinstance(error.value, BnbenchError)

@@ -9,8 +9,12 @@ import sys
 import numpy as np
 import pytest
 
-from bnbench import data as data_lib, reports, runner, sweep, train, variants
+from bnbench.data import sources as data_lib
+from bnbench.engine import train
 from bnbench.errors import BnbenchError
+from bnbench.measure import experiment, sweep
+from bnbench.models import variants
+from bnbench.report import reading
 
 
 def run_cli(*args):
@@ -44,7 +48,7 @@ def histories(report, variant, **config):
     """Per seed, every epoch's four metrics and the test accuracy of the runs matching ``config``."""
     runs = [r for r in report["runs"] if r["variant"] == variant
             and all(r["config"][k] == v for k, v in config.items())]
-    return [([[e[k] for k in runner.METRICS] for e in r["epochs"]], r["test_accuracy"]) for r in runs]
+    return [([[e[k] for k in experiment.METRICS] for e in r["epochs"]], r["test_accuracy"]) for r in runs]
 
 
 def same(a, b):
@@ -61,8 +65,8 @@ def same(a, b):
 def as_run(small, variant, learning_rate=0.01, batch_size=32, epochs=2):
     _, _, data = small
     protocol = train.Protocol(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate)
-    result = runner.run_variant(variants.get(variant), protocol, data, [0, 1])
-    return [([[e[k] for k in runner.METRICS] for e in r["epochs"]], r["test_accuracy"]) for r in result["runs"]]
+    result = experiment.run_variant(variants.get(variant), protocol, data, [0, 1])
+    return [([[e[k] for k in experiment.METRICS] for e in r["epochs"]], r["test_accuracy"]) for r in result["runs"]]
 
 
 @pytest.mark.slow
@@ -92,12 +96,12 @@ def test_a_diverged_run_is_recorded_and_the_others_of_its_program_go_on_unharmed
     entry = report["summary"]["seed_plain lr=10000"]
     assert entry["diverged_seeds"] == 2 and entry["val_accuracy"] is None
     assert same(histories(report, "seed_plain", learning_rate=0.01), as_run(small, "seed_plain"))
-    from bnbench.io import write_json
+    from bnbench.record.io import write_json
 
     path = tmp_path / "sweep.json"
     write_json(path, report)
     json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"{c} in a report"))
-    loaded = reports.load(path)  # valid against the sweep schema
+    loaded = reading.load(path)  # valid against the sweep schema
     assert loaded["variants"]["seed_plain lr=10000"]["diverged_seeds"] == 2
 
 
@@ -149,11 +153,11 @@ def test_a_last_update_that_blows_up_the_weights_is_a_divergence_at_that_update(
                         "val_accuracy": np.array([0.1 if val_loss != val_loss else 0.9])})
     result = {"history": history, "epoch_times": [1.0, 1.0], "compile_time_s": 1.0,
               "test": {"loss": np.array([nan]), "accuracy": np.array([0.1])}}
-    run = runner.run_record("seed_plain", 0, 0, result, {}, 19, None, None)
+    run = experiment.run_record("seed_plain", 0, 0, result, {}, 19, None, None)
     assert run["diverged"] == {"epoch": 2, "update": 38} and "test_accuracy" not in run
     assert set(run["epochs"][1]) == {"epoch", "time_s"} and run["epochs"][0]["val_loss"] == 0.5
     history[1]["val_loss"] = np.array([0.5])  # only the test loss, after the very last update
-    run = runner.run_record("seed_plain", 0, 0, result, {}, 19, None, None)
+    run = experiment.run_record("seed_plain", 0, 0, result, {}, 19, None, None)
     assert run["diverged"] == {"epoch": 2, "update": 38}
 
 
@@ -186,7 +190,7 @@ def test_grids_that_cannot_mean_what_they_say_are_refused(changes, message):
 @pytest.mark.slow
 def test_sweeps_compare_only_with_sweeps_of_the_same_grid(small, tmp_path, capsys):
     from bnbench import cli
-    from bnbench.io import write_json
+    from bnbench.record.io import write_json
 
     report, _ = sweep_report(small, grid(learning_rates=(0.01,), epochs=1))
     write_json(tmp_path / "a.json", report)
@@ -194,8 +198,8 @@ def test_sweeps_compare_only_with_sweeps_of_the_same_grid(small, tmp_path, capsy
     assert cli.main(["compare", str(tmp_path / "a.json"), str(tmp_path / "b.json")]) == 2
     assert "sweep epochs 1 vs 2" in capsys.readouterr().err
     _, dataset, data = small
-    run = runner.make_report(dataset, train.Protocol(epochs=1), [0, 1],
-                             {"seed_bn": runner.run_variant(variants.get("seed_bn"), train.Protocol(epochs=1),
+    run = experiment.make_report(dataset, train.Protocol(epochs=1), [0, 1],
+                             {"seed_bn": experiment.run_variant(variants.get("seed_bn"), train.Protocol(epochs=1),
                                                             data, [0, 1])})
     write_json(tmp_path / "run.json", run)
     assert cli.main(["compare", str(tmp_path / "run.json"), str(tmp_path / "a.json")]) == 2

@@ -5,8 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bnbench import devices, train, variants
-from bnbench.data import load
+from bnbench.data.sources import load
+from bnbench.engine import train
+from bnbench.models import variants
+from bnbench.parallel import devices
 
 tx = train.Protocol().optimizer()
 

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from bnbench.models.mlp import glorot_uniform
-from bnbench.models.norms import KERAS_BN_MOMENTUM, CENTERING, check_common, make_norm, positive_widths, require
+from bnbench.models.norms import CENTERING, KERAS_BN_MOMENTUM, check_common, make_norm, positive_widths, require
 
 
 class Conv(nn.Module):

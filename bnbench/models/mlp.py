@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from bnbench.models.norms import KERAS_BN_MOMENTUM, CENTERING, check_common, make_norm, positive_widths, require
+from bnbench.models.norms import CENTERING, KERAS_BN_MOMENTUM, check_common, make_norm, positive_widths, require
 
 KERAS_LEAKY_RELU_SLOPE = 0.3  # Flax: 0.01
 glorot_uniform = nn.initializers.glorot_uniform()  # Keras Dense default; Flax's is lecun_normal

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bnbench.data import Dataset
+from bnbench.data.sources import Dataset
 
 
 def synthetic_split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -20,11 +20,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from bnbench import devices as device_lib
-from bnbench.data import Dataset
-from bnbench.devices import SINGLE_DEVICE, DataParallel
+from bnbench.data.sources import Dataset
 from bnbench.errors import BnbenchError
 from bnbench.models import normalize
+from bnbench.parallel import devices as device_lib
+from bnbench.parallel.devices import SINGLE_DEVICE, DataParallel
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bnbench.stats import format_ci
-from bnbench.table import format_table
+from bnbench.record.stats import format_ci
+from bnbench.report.table import format_table
 
 # What each swept axis is called, read from and drawn as.
 AXES = {"learning_rate": ("learning rate", "base_learning_rate", "log"),

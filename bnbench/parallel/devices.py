@@ -20,13 +20,20 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from bnbench.environment import usable_cores
 from bnbench.errors import BnbenchError
 
 SEED_AXIS = "seed"
 DATA_AXIS = "data"
 BATCH_STATS = ("sync", "local")
 _XLA_FLAG = "--xla_force_host_platform_device_count"
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity, e.g. under taskset), not all the machine has."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def expose_cpu_devices(count: int) -> None:

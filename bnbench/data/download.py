@@ -4,7 +4,7 @@ Only the standard library speaks HTTP here, so that a fresh machine needs neithe
 tensorflow-datasets to get the data. Every file is checked against the release's size and SHA-256
 (``RELEASES``) while it is written to a temporary file beside its target, and renamed into place
 only once it matched: a file in the download folder is always a verified release file, so a
-later run uses it by its size alone. The same table tells ``bnbench.data`` which dataset an IDX
+later run uses it by its size alone. The same table tells ``bnbench.data.sources`` which dataset an IDX
 folder holds.
 """
 
@@ -21,35 +21,14 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from bnbench.data import DOWNLOAD_URL_ENV as MIRROR_ENV, IDX_FILES, DataError, _cache_dir
-from bnbench.io import file_mode_for
+from bnbench.data import release as release_lib
+from bnbench.data.release import DOWNLOAD_URL_ENV as MIRROR_ENV
+from bnbench.data.release import IDX_FILES, RELEASES, DataError
+from bnbench.record.io import file_mode_for
 
 TIMEOUT_S = 30  # per connection attempt and per read: a stalled transfer fails instead of hanging
 CHUNK_BYTES = 1 << 16
 STALE_PART_S = 600  # a partial file untouched this long belongs to a download that died
-
-# file name -> (bytes, sha256) of each release file.
-RELEASES: dict[str, dict[str, tuple[int, str]]] = {
-    # Keras' keras/src/datasets/fashion_mnist.py FILE_HASHES and tfds'
-    # tensorflow_datasets/url_checksums/fashion_mnist.txt (sizes); checked against the copy in
-    # ../shared/data/fashion_mnist (SHA256SUMS).
-    "fashion_mnist": {
-        "train-images-idx3-ubyte.gz": (26421880, "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84"),
-        "train-labels-idx1-ubyte.gz": (29515, "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845"),
-        "t10k-images-idx3-ubyte.gz": (4422102, "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073"),
-        "t10k-labels-idx1-ubyte.gz": (5148, "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5"),
-    },
-    # tensorflow/datasets, tensorflow_datasets/url_checksums/mnist.txt (commit 31f1255e), the
-    # checksums tfds verifies its MNIST download against (the same values are in tfds' testing
-    # dataset_info "download_checksums").
-    "mnist": {
-        "train-images-idx3-ubyte.gz": (9912422, "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609"),
-        "train-labels-idx1-ubyte.gz": (28881, "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c"),
-        "t10k-images-idx3-ubyte.gz": (1648877, "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6"),
-        "t10k-labels-idx1-ubyte.gz": (4542, "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6"),
-    },
-}
-TITLES = {"fashion_mnist": "Fashion-MNIST", "mnist": "MNIST"}
 
 # Where the release files are fetched from, in order: the next is tried when one fails.
 LOCATIONS: dict[str, tuple[str, ...]] = {
@@ -97,7 +76,7 @@ def file_url(base: str, filename: str) -> str:
 
 
 def download_dir(name: str, cache_dir=None) -> Path:
-    return _cache_dir(cache_dir) / "downloads" / name
+    return release_lib.cache_dir(cache_dir) / "downloads" / name
 
 
 def fetch(name: str, mirror_url: str | None = None, cache_dir=None) -> tuple[Path, str]:
@@ -125,19 +104,6 @@ def fetch(name: str, mirror_url: str | None = None, cache_dir=None) -> tuple[Pat
             for filename in missing:
                 _fetch_file(name, filename, bases, folder, bar)
     return folder, f"{_origins(folder)} -> {folder}"
-
-
-def release_file(path: Path) -> tuple[str, str] | None:
-    """(dataset, file name) of the release file that ``path`` is byte for byte, else None.
-
-    Sizes are compared first, so only a file as large as a release file is hashed."""
-    size = path.stat().st_size
-    candidates = [(name, filename, sha) for name, files in RELEASES.items()
-                  for filename, (nbytes, sha) in files.items() if nbytes == size]
-    if not candidates:
-        return None
-    digest = _sha256(path)
-    return next(((name, filename) for name, filename, sha in candidates if sha == digest), None)
 
 
 def discard(folder: Path, filenames) -> None:
@@ -278,14 +244,6 @@ def _remove_stale_parts(folder: Path) -> None:
                 part.unlink()
         except OSError:
             pass
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _one_line(value) -> str:

@@ -10,7 +10,7 @@ Two on-disk layouts are understood:
 
 Without a folder, the dataset prepared in tfds' default data dir is read if there is one;
 otherwise, for Fashion-MNIST and MNIST, the four IDX files of the official release are downloaded
-into bnbench's cache (``bnbench.download``, source ``download``), which needs neither TensorFlow
+into bnbench's cache (``bnbench.data.download``, source ``download``), which needs neither TensorFlow
 nor tfds. KMNIST and CIFAR-10 come from a prepared tfds dataset only (KMNIST also from a folder of
 its IDX files). Image shapes and channels come from the data: (N, 28, 28) for the grayscale sets,
 (N, 32, 32, 3) for CIFAR-10.
@@ -33,28 +33,18 @@ from pathlib import Path
 
 import numpy as np
 
-from bnbench.errors import BnbenchError
-from bnbench.io import atomic_write
+from bnbench.data import release
+from bnbench.data.release import DOWNLOAD_URL_ENV, IDX_FILES, DataError
+from bnbench.record.io import atomic_write
 
 DATASETS = ("fashion_mnist", "mnist", "kmnist", "cifar10")
-DOWNLOADABLE = ("fashion_mnist", "mnist")  # bnbench holds their release checksums (bnbench.download)
+DOWNLOADABLE = ("fashion_mnist", "mnist")  # bnbench holds their release checksums (bnbench.data.download)
 IDX_DATASETS = ("fashion_mnist", "mnist", "kmnist")  # released as four IDX files of 28x28 images
-DOWNLOAD_URL_ENV = "BNBENCH_DOWNLOAD_URL"  # a mirror: the base URL of the four release files
 VALIDATION_SIZE = 5000  # the notebook: X_valid = X_train_full[:5000]
 CACHE_VERSION = 2  # 2: the entry also holds whether the files are the verified release
-IDX_FILES = {
-    "train_images": "train-images-idx3-ubyte",
-    "train_labels": "train-labels-idx1-ubyte",
-    "test_images": "t10k-images-idx3-ubyte",
-    "test_labels": "t10k-labels-idx1-ubyte",
-}
 # idx: a user's IDX folder; download: the release files fetched into the cache; tfds: a prepared
 # tensorflow-datasets dataset (its own order); synthetic: generated stand-ins.
 ORDER_OF_SOURCE = {"idx": "canonical", "download": "canonical", "tfds": "tfds", "synthetic": "synthetic"}
-
-
-class DataError(BnbenchError):
-    """The dataset is missing, damaged, or cannot be prepared here."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,14 +99,14 @@ def load(name: str = "fashion_mnist", data_dir: str | os.PathLike | None = None,
     source, folder = _choose_source(name, data_dir, download_url)
     where = str(folder if folder is not None else _tfds_default_dir())
     if source == "download":
-        from bnbench import download  # urllib and tqdm: only this path needs them
+        from bnbench.data import download  # urllib and tqdm: only this path needs them
 
         folder, where = download.fetch(name, download.mirror(download_url), cache_dir)
 
     fingerprint = _fingerprint(source, name, folder)
     cache_file = None
     if fingerprint is not None:
-        cache_file = _cache_dir(cache_dir) / f"{name}-{source}-{fingerprint}.npz"
+        cache_file = release.cache_dir(cache_dir) / f"{name}-{source}-{fingerprint}.npz"
         cached = _read_cache(cache_file)
         if cached is not None:
             return _split(name, source, where, *cached, validation_size)
@@ -185,17 +175,17 @@ def _check_release(name: str, source: str, folder: Path) -> bool:
     name. Files of no known release (a user's own copy, un-gzipped files) are accepted, unverified.
     A download that no longer matches was changed in the cache after it was verified: it is removed
     so that the next run fetches it afresh."""
-    from bnbench import download
+    from bnbench.data import download
 
     files = _find_idx_files(folder)
-    found = {key: download.release_file(path) for key, path in files.items()}
+    found = {key: release.release_file(path) for key, path in files.items()}
     others = sorted({hit[0] for hit in found.values() if hit is not None and hit[0] != name})
     if others:
         other = others[0]
-        what = (f"the {download.TITLES[other]} release" if all(h and h[0] == other for h in found.values())
-                else f"files of the {download.TITLES[other]} release")
+        what = (f"the {release.TITLES[other]} release" if all(h and h[0] == other for h in found.values())
+                else f"files of the {release.TITLES[other]} release")
         raise DataError(f"{folder} holds {what}, not {name}: pass --dataset {other}, or a --data-dir "
-                        f"with the {download.TITLES.get(name, name)} files")
+                        f"with the {release.TITLES.get(name, name)} files")
     verified = all(hit == (name, files[key].name) for key, hit in found.items())
     if source == "download" and not verified:
         changed = [files[key].name for key, hit in found.items() if hit != (name, files[key].name)]
@@ -300,14 +290,6 @@ def _tfds_default_dir() -> Path:
 
 
 # --- cache -------------------------------------------------------------------------------------
-
-def _cache_dir(cache_dir) -> Path:
-    if cache_dir is not None:
-        return Path(cache_dir)
-    if "BNBENCH_CACHE_DIR" in os.environ:
-        return Path(os.environ["BNBENCH_CACHE_DIR"])
-    return Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "bnbench"
-
 
 def _fingerprint(source: str, name: str, location: Path | None) -> str | None:
     """A short hash of the source files' paths, sizes and mtimes; None when there are no files."""

@@ -13,9 +13,11 @@ import time
 import jax
 import numpy as np
 
-from bnbench import floor, stats, train
-from bnbench.devices import SINGLE_DEVICE, DataParallel
-from bnbench.variants import Variant
+from bnbench.engine import train
+from bnbench.measure import floor
+from bnbench.models.variants import Variant
+from bnbench.parallel.devices import SINGLE_DEVICE, DataParallel
+from bnbench.record import stats
 
 FLOOR_REPEATS = 200  # floor steps per timing: long enough to swamp the dispatch of one program
 

@@ -1,7 +1,7 @@
 """Sweeps: variants trained over a grid of learning rates, batch sizes and BN momenta, for each seed.
 
 Configurations that differ only in numbers (learning rate, momentum) train together with the seeds
-in one compiled program (``runner.run_variant(configs=...)``); each batch size is a program of its
+in one compiled program (``experiment.run_variant(configs=...)``); each batch size is a program of its
 own. The report is written again, atomically, after each program finishes, so that an interrupted
 sweep keeps every finished program, and ``--resume`` runs only what the report lacks.
 """
@@ -11,18 +11,19 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import math
-
-import numpy as np
 from typing import Callable, Sequence
 
-from bnbench import runner, train
-from bnbench.data import Dataset
-from bnbench.devices import SINGLE_DEVICE, DataParallel
-from bnbench.errors import BnbenchError
+import numpy as np
+
 from bnbench.config import MOVING_STATISTICS
+from bnbench.data.sources import Dataset
+from bnbench.engine import train
+from bnbench.errors import BnbenchError
+from bnbench.measure import experiment
 from bnbench.models.norms import KERAS_BN_MOMENTUM
-from bnbench.schema import SCHEMA_VERSION, SWEEP_KIND
-from bnbench.variants import Variant
+from bnbench.models.variants import Variant
+from bnbench.parallel.devices import SINGLE_DEVICE, DataParallel
+from bnbench.record.schema import SCHEMA_VERSION, SWEEP_KIND
 
 BUDGETS = ("epochs", "updates")
 LR_SCALINGS = ("none", "linear")
@@ -179,7 +180,7 @@ def sweep_protocol(dataset: Dataset, grid: Grid, parallel: DataParallel = SINGLE
 
 def make_sweep_report(dataset: Dataset, grid: Grid, runs: list[dict], summary: dict, command: str | None,
                       run_id: str, created: str, parallel: DataParallel = SINGLE_DEVICE) -> dict:
-    from bnbench.environment import environment
+    from bnbench.measure.environment import environment
 
     return {"schema_version": SCHEMA_VERSION, "kind": SWEEP_KIND, "run_id": run_id, "created": created,
             "command": command, "environment": environment(), "protocol": sweep_protocol(dataset, grid, parallel),
@@ -215,7 +216,7 @@ def run_sweep(grid: Grid, chosen: Sequence[Variant], dataset: Dataset, data: tra
     train_examples = len(dataset.train_labels)
     runs = list(previous["runs"]) if previous else []
     summary = dict(previous["summary"]) if previous else {}
-    run_id = previous["run_id"] if previous else runner.new_run_id()
+    run_id = previous["run_id"] if previous else experiment.new_run_id()
     created = previous["created"] if previous else datetime.datetime.now(datetime.timezone.utc).isoformat(
         timespec="seconds")
     todo = [p for p in programs(grid, chosen, train_examples)
@@ -223,7 +224,7 @@ def run_sweep(grid: Grid, chosen: Sequence[Variant], dataset: Dataset, data: tra
     for i, program in enumerate(todo):
         if on_program is not None:
             on_program(program, i, len(todo))
-        result = runner.run_variant(program.variant, program.protocol, data, list(grid.seeds), target=grid.target,
+        result = experiment.run_variant(program.variant, program.protocol, data, list(grid.seeds), target=grid.target,
                                     configs=program.configs, eval_every=grid.eval_every, parallel=parallel)
         names = [label(program.variant.name, c, grid) for c in program.configs]
         runs = [r for r in runs if not (r["variant"] == program.variant.name and r.get("config") in program.configs)]

@@ -14,9 +14,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bnbench import schema
-from bnbench.errors import BnbenchError
 from bnbench.config import MOVING_STATISTICS
+from bnbench.errors import BnbenchError
+from bnbench.record import schema
 
 ACCURACIES = ("train_accuracy", "val_accuracy", "test_accuracy")
 # The kinds of step time. They measure different things and are never compared with each other:

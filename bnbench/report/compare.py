@@ -1,6 +1,6 @@
 """``bnbench compare``: reports side by side, refusing to compare what is not comparable.
 
-Step times are compared only with the same kind of step time (reports.STEP_KINDS). The gate
+Step times are compared only with the same kind of step time (reading.STEP_KINDS). The gate
 (``--fail-on-regression PCT``) fails closed: whatever the baseline holds that a later report
 lacks, or that cannot be tested (an accuracy without an interval), fails it, named.
 """
@@ -10,11 +10,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from bnbench import reports, scaling
-from bnbench.reports import ACCURACIES, STEP_KINDS
-from bnbench.schema import PROTOCOL_KEYS
-from bnbench.stats import difference, format_ci, format_difference
-from bnbench.table import format_table
+from bnbench.record.schema import PROTOCOL_KEYS
+from bnbench.record.stats import difference, format_ci, format_difference
+from bnbench.report import reading, scaling
+from bnbench.report.reading import ACCURACIES, STEP_KINDS
+from bnbench.report.table import format_table
 
 KEY = "\n".join([
     "Accuracy: mean ± 95% CI half-width over seeds.",
@@ -74,7 +74,7 @@ def check_comparable(loaded: list[dict]) -> None:
     for other in loaded[1:]:
         diff = differences(base, other)
         if diff:
-            raise reports.ReportError(f"{other['path']} is not comparable with {base['path']}: " + "; ".join(diff))
+            raise reading.ReportError(f"{other['path']} is not comparable with {base['path']}: " + "; ".join(diff))
 
 
 def _ms(figure: dict) -> str:
@@ -97,7 +97,7 @@ def _time_cells(kind: str, figure: dict | None, base: dict | None) -> list[str]:
     text = _ms(figure) + (f", {_runs(figure['seeds'])}" if kind == "epoch_per_update" else "")
     if kind == "epoch_per_update" and figure.get("data_devices", 1) > 1:
         text += f", each batch over {figure['data_devices']} devices"
-    same = base is not None and reports.same_layout(base, figure)
+    same = base is not None and reading.same_layout(base, figure)
     if figure is base:
         return [text, "baseline"]
     return [text, ratio_text(figure["median"] / base["median"]) if same else "-"]
@@ -211,10 +211,10 @@ def check_baselines(loaded: list[dict], baselines) -> None:
                                                                 r["variants"].values() if "variant" in v}
     missing = [b for b in baselines if b not in names]
     if missing and not names:
-        raise reports.ReportError(f"--baseline {missing[0]}: the reports hold no variant's accuracies (only "
+        raise reading.ReportError(f"--baseline {missing[0]}: the reports hold no variant's accuracies (only "
                                   "scaling points), so there is nothing to set against it: drop --baseline")
     if missing:
-        raise reports.ReportError(f"baseline variant {missing[0]!r} is in none of the reports: choose one of "
+        raise reading.ReportError(f"baseline variant {missing[0]!r} is in none of the reports: choose one of "
                                   f"{', '.join(sorted(names))}")
 
 
@@ -304,7 +304,7 @@ def _gate_time(g: Gate, name: str, kind: str, b: dict | None, o: dict | None, ot
     if o is None:
         g.not_compared.append(f"{name}: {label}: the baseline has it, {other['path']} has none")
         return None
-    if not reports.same_layout(b, o):
+    if not reading.same_layout(b, o):
         g.not_compared.append(f"{name}: {label}: {_layout(b)} in the baseline, {_layout(o)} in {other['path']}")
         return None
     if min(b.get("n", 2), o.get("n", 2)) < 2:  # one timing has no spread: noise cannot be told apart
@@ -385,20 +385,20 @@ def gate(base: dict, others: list[dict], pct: float, what: str = "auto", across_
 def compare(paths: list[str], markdown: bool = False, fail_on_regression: float | None = None,
             baselines=(), gate_what: str = "auto", across_machines: bool = False) -> tuple[str, bool]:
     """The reports at ``paths`` side by side; returns the text and whether the gate failed."""
-    return compare_loaded(reports.load_all(paths), markdown, fail_on_regression, baselines=baselines,
+    return compare_loaded(reading.load_all(paths), markdown, fail_on_regression, baselines=baselines,
                           gate_what=gate_what, across_machines=across_machines)
 
 
 def legend(loaded: list[dict]) -> str:
     """Each report's file and hardware, once."""
     return "\n".join(f"[{r['ref']}] {r['path']}: {r['label']}, jax {r['environment'].get('jax') or '?'}"
-                     f"{reports.merged_text(r)}" for r in loaded)
+                     f"{reading.merged_text(r)}" for r in loaded)
 
 
 def compare_loaded(loaded: list[dict], markdown: bool = False, fail_on_regression: float | None = None,
                    standalone: bool = True, baselines=(), gate_what: str = "auto",
                    across_machines: bool = False) -> tuple[str, bool]:
-    """``compare`` for reports already read with ``reports.load_all``. Standalone output names each
+    """``compare`` for reports already read with ``reading.load_all``. Standalone output names each
     report's hardware and explains the columns; a page of several tables (``bnbench report``) does
     that once, above them. With ``baselines`` (variant names), each report's variants are also
     set against those variants of the same report."""

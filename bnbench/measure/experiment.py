@@ -11,12 +11,15 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from bnbench import devices, distributed, floor, stats, train
-from bnbench.data import Dataset
-from bnbench.devices import SINGLE_DEVICE, DataParallel
-from bnbench.environment import environment
-from bnbench.schema import REPORT_KIND, SCHEMA_VERSION
-from bnbench.variants import Variant
+from bnbench.data.sources import Dataset
+from bnbench.engine import train
+from bnbench.measure import floor
+from bnbench.measure.environment import environment
+from bnbench.models.variants import Variant
+from bnbench.parallel import devices, distributed
+from bnbench.parallel.devices import SINGLE_DEVICE, DataParallel
+from bnbench.record import stats
+from bnbench.record.schema import REPORT_KIND, SCHEMA_VERSION
 
 # Unrolling the epoch's scan by 2 or 4 made neither epoch faster on a 2-core x86 CPU and raised
 # the epoch/floor ratio (1.17 to 1.26x for seed_plain), and it multiplies compile time (see README).

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bnbench.config import MOVING_STATISTICS
-from bnbench.table import format_table
+from bnbench.report.table import format_table
 
 
 def _curves(report: dict) -> dict[str, list[dict]]:

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from bnbench import reports, scaling
-from bnbench.compare import KEY, batch_stats, check_baselines, compare_loaded, protocol_key
-from bnbench.io import ReportFolder, atomic_write
-from bnbench.reports import STEP_KINDS
-from bnbench.schema import PROTOCOL_KEYS
-from bnbench.table import format_table
+from bnbench.record.io import ReportFolder, atomic_write
+from bnbench.record.schema import PROTOCOL_KEYS
+from bnbench.report import reading, scaling
+from bnbench.report.compare import KEY, batch_stats, check_baselines, compare_loaded, protocol_key
+from bnbench.report.reading import STEP_KINDS
+from bnbench.report.table import format_table
 
 ENV_ROWS = ("device_kind", "backend", "device_count", "cpu_model", "cpu_count", "usable_cores", "cpu_flags",
             "jax", "jaxlib", "flax", "optax", "python", "xla_flags", "git_commit")
@@ -209,7 +209,7 @@ def _title(p: dict) -> str:
 def _where_they_ran(loaded: list[dict]) -> list[str]:
     """Each report once with its file, then its environment: the fields all share once, the rest
     as a table, so that the hardware is named once."""
-    lines = [f"[{r['ref']}] `{r['path']}`{reports.merged_text(r)}  " for r in loaded]
+    lines = [f"[{r['ref']}] `{r['path']}`{reading.merged_text(r)}  " for r in loaded]
     values = {key: [_env_value(r["environment"].get(key)) for r in loaded] for key in ENV_ROWS}
     common = [[key, vals[0]] for key, vals in values.items() if len(set(vals)) == 1 and vals[0]]
     differ = [[key, *vals] for key, vals in values.items() if len(set(vals)) > 1]
@@ -232,7 +232,7 @@ def study(loaded: list[dict], out: Path) -> tuple[list[str], list[Path]]:
     sweeps = [r for r in loaded if "sweep" in r]
     if not sweeps:
         return [], []
-    from bnbench import study as study_lib
+    from bnbench.report import sweeps as study_lib
 
     plt = _pyplot()
     lines, written = [], []
@@ -261,7 +261,7 @@ def markdown(loaded: list[dict], baselines=(), extra: list[str] = ()) -> str:
 
 
 def write_citable(paths: list[str], out: str | Path, baselines=(), force: bool = False) -> list[Path]:
-    loaded = reports.load_all(paths)
+    loaded = reading.load_all(paths)
     check_baselines(loaded, baselines)
     folder = ReportFolder(out, force=force)
     try:
@@ -285,6 +285,6 @@ def _write_page(loaded: list[dict], out: Path, baselines) -> list[Path]:
             _plot_curves(loaded, plots[0])
             _plot_step_times(loaded, plots[1])
     except OSError as e:  # a read-only folder, or a folder where a file should go
-        raise reports.ReportError(f"cannot write the report into {out} ({e.strerror or e}: "
+        raise reading.ReportError(f"cannot write the report into {out} ({e.strerror or e}: "
                                   f"{e.filename or out}): choose a writable --out folder") from None
     return [readme, *plots, *studied, *scaling_plots]

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from bnbench.errors import EXIT_ALL_DIVERGED
-from bnbench.stats import format_ci
-from bnbench.table import format_table
+from bnbench.record.stats import format_ci
+from bnbench.report.table import format_table
 
 HEADERS = ("variant", "seeds", "train acc", "val acc", "test acc", "epoch s (median)", "vs floor", "compile s")
 

@@ -9,16 +9,15 @@ report afterwards trusts the types. A new kind (say ``bnbench.sweep``) adds its 
 and a reader to ``reports.READERS``.
 
 Objects allow additional properties, where future fields will appear; what readers use is required.
-``python -m bnbench.schema [KIND]`` prints a schema as JSON.
+``python -m bnbench.record.schema [KIND]`` prints a schema as JSON.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import sys
-
-import functools
 
 # What a report declares itself to be; written by runner.make_report, checked here.
 SCHEMA_VERSION = 1
@@ -501,7 +500,7 @@ def describe(error, root: dict) -> str:
 
 
 def main(argv: list[str]) -> int:
-    """``python -m bnbench.schema [KIND]``: the JSON Schema of a report kind, for other tools."""
+    """``python -m bnbench.record.schema [KIND]``: the JSON Schema of a report kind, for other tools."""
     kind = argv[0] if argv else REPORT_KIND
     if kind not in SCHEMAS or len(argv) > 1:
         print(f"bnbench: error: no report kind {' '.join(argv)!r}: choose one of {', '.join(SCHEMAS)}",

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from bnbench import devices
+from bnbench.parallel import devices
 
 
 @dataclasses.dataclass(frozen=True)

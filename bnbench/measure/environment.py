@@ -10,6 +10,8 @@ from pathlib import Path
 
 import jax
 
+from bnbench.parallel.devices import usable_cores
+
 
 def _version(package: str) -> str | None:
     try:
@@ -58,18 +60,10 @@ def cpu_flags() -> list[str]:
     return [flag for flag in VECTOR_FLAGS if flag in present]
 
 
-def usable_cores() -> int:
-    """Cores this process may run on (its CPU affinity, e.g. under taskset), not all the machine has."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
 def git_commit() -> str | None:
     """The commit of the bnbench checkout this runs from, with '-dirty' if its code has changes
     (reports being rewritten under results/ or reports/ do not change what ran)."""
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
                                 timeout=5, check=True).stdout.strip()
