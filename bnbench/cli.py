@@ -3,51 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import math
 import shlex
 import sys
 
-from bnbench import config
+from bnbench import config, options
 from bnbench.errors import BnbenchError
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be greater than 0")
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number")
-    return value
-
-
-def cpu_devices_option(text: str) -> int | None:
-    """``auto`` (None: chosen from the seeds and the cores, ``devices.cpu_devices_for``) or a count."""
-    if text == "auto":
-        return None
-    try:
-        return _positive_int(text)
-    except argparse.ArgumentTypeError as e:
-        raise argparse.ArgumentTypeError(f"{e}; or use 'auto'") from None
-
-
-def _fraction(text: str) -> float:
-    value = _positive_float(text)
-    if value > 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be an accuracy between 0 and 1")
-    return value
+from bnbench.options import positive_float, positive_int
 
 
 class Parser(argparse.ArgumentParser):
@@ -282,23 +243,9 @@ def cmd_report(args) -> int:
 
 
 def add_scale_out_options(parser) -> None:
-    """Data-parallel training and several processes: the same options for run and sweep."""
-    group = parser.add_argument_group("data-parallel training (see Scale out in the README)")
-    group.add_argument("--data-parallel", type=_positive_int, default=1, metavar="N",
-                       help="split each batch over N devices, parameters replicated (default 1); on a CPU, "
-                            "--cpu-devices defaults to N (per process: N over --num-processes)")
-    group.add_argument("--batch-stats", choices=("sync", "local"), default="sync",
-                       help="with --data-parallel: BatchNorm's statistics over the whole batch (sync, default: "
-                            "what one device computes) or over each device's shard (local, 'ghost' BatchNorm; "
-                            "moving statistics averaged over the devices)")
-    group.add_argument("--coordinator", metavar="HOST:PORT",
-                       help="one process of several: process 0's address, the same for every process "
-                            "(with --num-processes and --process-id; under SLURM, found from the job)")
-    group.add_argument("--num-processes", type=_positive_int, metavar="P", help="processes in the job")
-    group.add_argument("--process-id", type=int, metavar="I", help="this process's number, 0 to P-1")
-    group.add_argument("--peer-timeout", type=_positive_int, default=60, metavar="S",
-                       help="seconds to wait for every process to join, and for a silent one before the "
-                            "job stops (default 60)")
+    """Data-parallel training and several processes: the same options for run, sweep and the harness."""
+    options.add_to_argparse(parser.add_argument_group("data-parallel training and several processes"),
+                            options.SCALE_OUT)
 
 
 BASELINE_HELP = ("also set every variant of each report against this variant of the same report: difference of "
@@ -317,24 +264,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--variant", action="append", metavar="NAME",
                      help="a variant to train (repeatable; default: seed_plain and seed_bn); NAME:FIELD=VALUE,... "
                           "changes fields of its model, as in group_norm:groups=2")
-    run.add_argument("--epochs", type=_positive_int, default=10, help="epochs (default 10)")
-    run.add_argument("--seeds", type=_positive_int, default=1, help="seeds trained together (default 1)")
-    run.add_argument("--cpu-devices", type=cpu_devices_option, default=None, metavar="N",
-                     help="on a CPU, split it into N JAX devices and spread the seeds over them, so that "
-                          "they train on all cores at once (default auto: at least one per core, as many as "
-                          "split the seeds evenly); more devices than cores slow each one's work")
+    options.add_to_argparse(run, options.RUN)
     run.add_argument("--seed", type=int, default=0, help="first seed; seeds are SEED, SEED+1, ... (default 0)")
-    run.add_argument("--batch-size", type=_positive_int, default=32, help="batch size (default 32)")
-    run.add_argument("--learning-rate", type=_positive_float, default=1e-3, help="SGD learning rate (default 1e-3)")
-    run.add_argument("--dataset", default="fashion_mnist",
-                     help="fashion_mnist (default), mnist, kmnist or cifar10 (the last two from a prepared tfds "
-                          "data dir; see Data in the README)")
-    run.add_argument("--data-dir", metavar="DIR",
-                     help="a folder with the four IDX files, or a tfds data dir (default: tfds' prepared copy if "
-                          "any, else the release files, downloaded once into the cache)")
-    run.add_argument("--download-url", metavar="URL",
-                     help="without --data-dir, download the four release IDX files from this mirror (a base "
-                          "URL) instead of the official locations (default: $BNBENCH_DOWNLOAD_URL)")
+    run.add_argument("--batch-size", type=positive_int, default=32, help="batch size (default 32)")
+    run.add_argument("--learning-rate", type=positive_float, default=1e-3, help="SGD learning rate (default 1e-3)")
     run.add_argument("--out", metavar="FILE.json",
                      help="where to write the JSON report (default: reports/run-<date>-<time>.json); an existing "
                           "file is kept unless --force")
@@ -342,11 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-save", action="store_true", help="print the summary only; write no report")
     run.add_argument("--floor", action="store_true",
                      help="also time each variant's matmul floor after every epoch and report the ratio")
-    run.add_argument("--target", type=_fraction, default=0.84,
-                     help="validation accuracy whose time to reach is reported (default 0.84)")
     add_scale_out_options(run)
-    run.add_argument("--unroll", type=_positive_int, default=None, help=argparse.SUPPRESS)
-    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.add_argument("--unroll", type=positive_int, default=None, help=argparse.SUPPRESS)
     run.set_defaults(func=cmd_run)
 
     sweep = sub.add_parser("sweep", help="train variants over a grid of learning rates, batch sizes and BN momenta")
@@ -366,28 +296,19 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--lr-scaling", choices=("none", "linear"), default="none",
                        help="linear: each learning rate is for --reference-batch-size and scales with the batch "
                             "size (Goyal et al., 2017); none (default): the same rate at every batch size")
-    sweep.add_argument("--reference-batch-size", type=_positive_int, default=32, metavar="B",
+    sweep.add_argument("--reference-batch-size", type=positive_int, default=32, metavar="B",
                        help="the batch size the learning rates and the updates budget refer to (default 32)")
-    sweep.add_argument("--eval-every", type=_positive_int, default=None, metavar="N",
+    sweep.add_argument("--eval-every", type=positive_int, default=None, metavar="N",
                        help="also evaluate validation accuracy every N updates of each epoch, inside the compiled "
                             "epoch, for time and updates to the target at that grain (default: each epoch's end)")
-    sweep.add_argument("--epochs", type=_positive_int, default=10, help="epochs (default 10)")
-    sweep.add_argument("--seeds", type=_positive_int, default=1, help="seeds per configuration (default 1)")
+    options.add_to_argparse(sweep, options.SWEEP)
     sweep.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
-    sweep.add_argument("--cpu-devices", type=cpu_devices_option, default=None, metavar="N",
-                       help="on a CPU, the JAX devices the runs of a program are spread over (default auto)")
-    sweep.add_argument("--dataset", default="fashion_mnist", help="as for run")
-    sweep.add_argument("--data-dir", metavar="DIR", help="as for run")
-    sweep.add_argument("--download-url", metavar="URL", help="as for run")
-    sweep.add_argument("--target", type=_fraction, default=0.84,
-                       help="validation accuracy whose time and updates to reach are reported (default 0.84)")
     sweep.add_argument("--out", required=True, metavar="FILE.json",
                        help="the report, rewritten as each program finishes")
     sweep.add_argument("--resume", action="store_true",
                        help="finish the sweep whose report is at --out: run only what it lacks (same arguments)")
     sweep.add_argument("--force", action="store_true", help="replace the report at --out and start the sweep anew")
     add_scale_out_options(sweep)
-    sweep.add_argument("--quiet", action="store_true", help="no progress lines")
     sweep.set_defaults(func=cmd_sweep)
 
     compare = sub.add_parser("compare", help="put reports side by side")
@@ -395,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="bnbench reports or pytest-benchmark JSON files; the first is the baseline")
     compare.add_argument("--format", choices=("text", "markdown"), default="text",
                          help="plain-text tables (default) or Markdown, for a pull request or a page")
-    compare.add_argument("--fail-on-regression", type=_positive_float, metavar="PCT",
+    compare.add_argument("--fail-on-regression", type=positive_float, metavar="PCT",
                          help="exit 1 if a time got slower by more than PCT%% beyond the noise (compared only with "
                               "the same kind of time), an accuracy fell below the baseline's 95%% CI, or a figure "
                               "of the baseline that --gate asks for could not be compared (missing from a later "

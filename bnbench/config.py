@@ -9,3 +9,7 @@ MOVING_STATISTICS = frozenset({"batch_norm", "batch_renorm"})
 
 # What `compare --fail-on-regression` can hold later reports to (`--gate`).
 GATES = ("auto", "time", "accuracy", "all")
+
+# Over which examples data-parallel BatchNorm takes its statistics: the whole batch (sync, what one
+# device computes), or each device's shard (local); the first is the default.
+BATCH_STATS = ("sync", "local")

@@ -14,9 +14,9 @@ The products are chained: each waits for the one before it, in the order the pro
 them, and the last feeds the first of the next iteration, as in a training step, where every
 layer's product needs the one before and the next update needs this one's weights. (Run
 independently, the products of one step overlap on a multi-core CPU in a way a training step's
-chain of dependent products cannot, and the floor came out about 20% lower than that chain
-allows.) The link is one element of each product's output, added into the next product's left
-operand: one scalar add per product. An optimization barrier keeps XLA from shrinking a product
+chain of dependent products cannot, and the floor came out lower than that chain allows.) The
+link is one element of each product's output, added into the next product's left operand: one
+scalar add per product. An optimization barrier keeps XLA from shrinking a product
 to the one element the link reads.
 """
 

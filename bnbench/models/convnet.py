@@ -5,7 +5,7 @@ kernels, zero biases, 'same' padding), so that the parity test can build the sam
 Convolutions are computed as im2col products by default (``Conv``): the 9 shifted views of the
 padded input side by side, times the kernel as a (9 x in, out) matrix. Why: XLA's CPU backend runs
 the backward convolutions (the kernel's and the input's gradients) many times slower inside a loop,
-such as the epoch's scan, than in a program of their own (README, "The ConvNet"), while products
+such as the epoch's scan, than in a program of their own (docs/performance.md), while products
 run at full speed anywhere. The values are those of ``lax.conv_general_dilated`` (tested), the
 products the same in number and size; ``im2col=False`` uses XLA's convolutions instead.
 

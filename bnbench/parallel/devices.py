@@ -2,13 +2,11 @@
 
 On a CPU, JAX has one device by default, and a training step of this size keeps about one core
 busy. ``expose_cpu_devices`` asks JAX for several CPU devices, each run by its own thread, so that
-the seeds of one run train on all cores at once (on a 2-core CPU, 8 seeds of seed_plain took
-3.3-3.9 s per epoch over 2 devices against 6.1 s vmapped on one). By default bnbench asks for
-``cpu_devices_for`` the run: at least one device per core, as many as split the seeds evenly.
-More devices than cores slow the work on each one (a single seed's epoch: 1.0-1.4 s with 8 CPU
-devices against 0.72-0.95 s with one on 2 cores; JAX then runs more threads than there are
-cores): a multi-seed run gains more than that, a step timing only loses, so the benchmarks stop
-at one device per core, which cost a single seed nothing measurable. GPUs are left alone.
+the seeds of one run train on all cores at once. By default bnbench asks for ``cpu_devices_for``
+the run: at least one device per core, as many as split the seeds evenly. More devices than cores
+slow the work on each one (JAX then runs more threads than there are cores): a multi-seed run
+gains more than that, a step timing only loses, so the benchmarks stop at one device per core.
+GPUs are left alone. The measurements behind these choices are in docs/performance.md.
 """
 
 from __future__ import annotations
@@ -20,11 +18,11 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from bnbench.config import BATCH_STATS
 from bnbench.errors import BnbenchError
 
 SEED_AXIS = "seed"
 DATA_AXIS = "data"
-BATCH_STATS = ("sync", "local")
 _XLA_FLAG = "--xla_force_host_platform_device_count"
 
 
@@ -169,12 +167,10 @@ def seeds_one_after_another(mesh: Mesh | None) -> bool:
     """Whether each device of ``mesh`` should train its seeds one after another rather than
     batched with vmap: yes where the devices are parts of one CPU.
 
-    Why: batching buys a CPU core nothing here (4 vmapped seeds of seed_plain cost 4.0x one seed
-    on one core; the big matmuls already run near the core's peak), while one seed at a time keeps
-    that seed's weights (1 MB) in the core's cache instead of four seeds' (on a 2-core CPU, 8 seeds
-    over 2 devices: 3.5-3.8 s per seed_plain epoch against 4.4-4.8 s vmapped, seed_bn 4.9-6.1 s
-    against 5.8-7.8 s). On one device vmap stays, since its bigger operations use every core, and
-    on a GPU batching is what makes seeds cheap.
+    Why: batching buys a CPU core nothing here (the big matmuls already run near the core's peak),
+    while one seed at a time keeps that seed's weights (1 MB) in the core's cache instead of four
+    seeds' (measured in docs/performance.md). On one device vmap stays, since its bigger
+    operations use every core, and on a GPU batching is what makes seeds cheap.
     """
     return mesh is not None and all(d.platform == "cpu" for d in mesh.devices.flat)
 

@@ -21,17 +21,14 @@ import os
 import signal
 import sys
 
+from bnbench import options
 from bnbench.errors import EXIT_PEER_LOST, BnbenchError
 
-DEFAULT_TIMEOUT_S = 60
+DEFAULT_TIMEOUT_S = options.PEER_TIMEOUT.default
+# This process's place in a job: one per process, as jax.distributed's own state is.
 joined = False  # whether this process has joined a job of several (``initialize``)
 _agreed = False  # whether it has said it is ready (``agree``): from then on a failure is mid-run
 _timeout_s = DEFAULT_TIMEOUT_S
-# Arguments that may differ between processes without changing what they train together: options
-# with a value, then flags (the pytest harness's file options among them; only process 0 writes).
-PER_PROCESS_OPTIONS = ("--process-id", "--out", "--data-dir", "--download-url", "--cpu-devices", "--bnbench-report",
-                       "--benchmark-json", "--benchmark-save", "--benchmark-storage")
-PER_PROCESS_FLAGS = ("--quiet", "--benchmark-autosave")
 
 
 class PeerFailed(BnbenchError):
@@ -90,23 +87,26 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
 def fingerprint(argv, *facts) -> str:
     """What every process of a job must share: its arguments but the per-process ones, and ``facts``
     (the data each loaded)."""
+    per_process_options, per_process_flags = options.per_process()
     shared, skip = [], False
     for word in argv:
         if skip:
             skip = False
             continue
         name = word.split("=", 1)[0]
-        if name in PER_PROCESS_OPTIONS:
+        if name in per_process_options:
             skip = "=" not in word
             continue
-        if name in PER_PROCESS_FLAGS:
+        if name in per_process_flags:
             continue
         shared.append(word)
     return hashlib.sha256(repr((shared, facts)).encode()).hexdigest()[:16]
 
 
 def _client():
-    from jax._src import distributed as jax_distributed  # the key-value store JAX's processes share
+    # The key-value store JAX's processes share. jax (0.10) has no public API for it, and the
+    # handshake needs it: a collective cannot carry "process 2 stopped, and why".
+    from jax._src import distributed as jax_distributed
 
     return jax_distributed.global_state.client
 
@@ -160,8 +160,7 @@ def stop_after(error: BaseException) -> None:
     if not _agreed or isinstance(error, PeerFailed):
         _stop_together(error)
     print(f"bnbench: error: {mid_run_message(error)}", file=sys.stderr, flush=True)
-    sys.stdout.flush()
-    os._exit(EXIT_PEER_LOST if lost_peer(error) else 2)
+    _exit_now(EXIT_PEER_LOST if lost_peer(error) else 2)
 
 
 def mid_run_message(error: BaseException) -> str:
@@ -202,8 +201,17 @@ def _stop_together(error: BaseException) -> None:
         jax.distributed.shutdown()
     except Exception:  # noqa: BLE001 - a peer already gone: nothing left to wait for
         pass
+    _exit_now(2)
+
+
+def _exit_now(status: int) -> None:
+    """The one place bnbench ends a process without Python's shutdown. JAX runs a shutdown barrier
+    at exit that waits for every process of the job; after a peer is lost (or after the others were
+    already told to stop) that barrier can only hang until the coordination service kills the
+    process with its own message. Output is flushed first; reports were written atomically before."""
     sys.stdout.flush()
-    os._exit(2)
+    sys.stderr.flush()
+    os._exit(status)
 
 
 def _first_line(error: BaseException) -> str:

@@ -1,0 +1,187 @@
+"""Every option that `bnbench run`, `bnbench sweep` and `pytest benchmarks/` share, declared once.
+
+An ``Option`` holds its flag, default, help and how its text becomes a value (checked, with a
+message that says what was wrong). ``add_to_argparse`` adds options to a command of the CLI and
+``add_to_pytest`` to the harness's option group, as pytest-benchmark declares its options once for
+its plugin and its CLI; ``read_pytest`` checks the harness's values with the same parsers, so that
+a bad value is one line in both front ends. Adding an option is one declaration here and its name
+in the front ends' lists below.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+from typing import Any, Callable, Sequence
+
+from bnbench import config
+
+
+class BadValue(argparse.ArgumentTypeError):
+    """An option's text is not a value it takes; the message says why."""
+
+
+def whole(least: int) -> Callable[[str], int]:
+    """A parser of whole numbers of at least ``least``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise BadValue(f"{text!r} is not a whole number") from None
+        if value < least:
+            raise BadValue(f"{text!r} must be at least {least}")
+        return value
+    return parse
+
+
+positive_int = whole(1)
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise BadValue(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise BadValue(f"{text!r} must be greater than 0")
+    if not math.isfinite(value):
+        raise BadValue(f"{text!r} must be a finite number")
+    return value
+
+
+def fraction(text: str) -> float:
+    """An accuracy in (0, 1]."""
+    value = positive_float(text)
+    if value > 1:
+        raise BadValue(f"{text!r} must be an accuracy between 0 and 1")
+    return value
+
+
+def cpu_devices(text: str) -> int | None:
+    """``auto`` (None: chosen from the runs and the cores) or a count."""
+    if text == "auto":
+        return None
+    try:
+        return positive_int(text)
+    except BadValue as e:
+        raise BadValue(f"{e}; or use 'auto'") from None
+
+
+def one_of(choices: Sequence[str]) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text not in choices:
+            raise BadValue(f"{text!r} is not one of {', '.join(choices)}")
+        return text
+    return parse
+
+
+def text(value: str) -> str:
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class Option:
+    """One option of the front ends: ``parse`` turns its text into its value or raises BadValue."""
+
+    flag: str
+    help: str
+    default: Any = None
+    parse: Callable[[str], Any] = text
+    metavar: str | None = None
+    choices: tuple[str, ...] | None = None
+    switch: bool = False  # a flag without a value (store_true)
+    # May differ between the processes of one job without changing what they train together.
+    per_process: bool = False
+
+    @property
+    def dest(self) -> str:
+        return self.flag[2:].replace("-", "_")
+
+    def help_text(self) -> str:
+        if self.switch or self.default is None or "(default" in self.help:
+            return self.help
+        return f"{self.help} (default {self.default})"
+
+
+EPOCHS = Option("--epochs", "training epochs", 10, positive_int)
+SEEDS = Option("--seeds", "seeds trained together", 1, positive_int)
+CPU_DEVICES = Option(
+    "--cpu-devices", "on a CPU, split it into N JAX devices and spread the runs over them, so that they train on "
+    "all cores at once (default auto: at least one per core, as many as split the runs evenly); more devices "
+    "than cores slow each one's work", None, cpu_devices, metavar="N", per_process=True)
+DATASET = Option("--dataset", "fashion_mnist (default), mnist, kmnist or cifar10 (the last two from a prepared "
+                 "tfds data dir)", "fashion_mnist")
+DATA_DIR = Option("--data-dir", "a folder with the four IDX files, or a tfds data dir (default: tfds' prepared "
+                  "copy if any, else the release files, downloaded once into the cache)", metavar="DIR",
+                  per_process=True)
+DOWNLOAD_URL = Option("--download-url", "without --data-dir, download the four release IDX files from this mirror "
+                      "(a base URL) instead of the official locations (default: $BNBENCH_DOWNLOAD_URL)",
+                      metavar="URL", per_process=True)
+TARGET = Option("--target", "validation accuracy whose time and updates to reach are reported", 0.84, fraction)
+DATA_PARALLEL = Option(
+    "--data-parallel", "split each batch over N devices, parameters replicated; on a CPU, --cpu-devices "
+    "defaults to N (per process: N over --num-processes)", 1, positive_int, metavar="N")
+BATCH_STATS = Option(
+    "--batch-stats", "with --data-parallel: BatchNorm's statistics over the whole batch (sync: what one "
+    "device computes) or over each device's shard (local, 'ghost' BatchNorm; moving statistics averaged over "
+    "the devices)", config.BATCH_STATS[0], one_of(config.BATCH_STATS), choices=config.BATCH_STATS)
+COORDINATOR = Option("--coordinator", "one process of several: process 0's address, the same for every process "
+                     "(with --num-processes and --process-id; under SLURM, found from the job)", metavar="HOST:PORT")
+NUM_PROCESSES = Option("--num-processes", "processes in the job", None, positive_int, metavar="P")
+PROCESS_ID = Option("--process-id", "this process's number, 0 to P-1", None, whole(0), metavar="I",
+                    per_process=True)
+PEER_TIMEOUT = Option("--peer-timeout", "seconds to wait for every process to join, and for a silent one before "
+                      "the job stops", 60, positive_int, metavar="S")
+QUIET = Option("--quiet", "no progress output", False, switch=True, per_process=True)
+
+DATA = (DATASET, DATA_DIR, DOWNLOAD_URL)
+SCALE_OUT = (DATA_PARALLEL, BATCH_STATS, COORDINATOR, NUM_PROCESSES, PROCESS_ID, PEER_TIMEOUT)
+# What each front end takes from here (each adds its own options beside them).
+RUN = (EPOCHS, SEEDS, CPU_DEVICES, *DATA, TARGET, QUIET)
+SWEEP = (EPOCHS, SEEDS, CPU_DEVICES, *DATA, TARGET, QUIET)
+HARNESS = (EPOCHS, SEEDS, CPU_DEVICES, *DATA, TARGET, *SCALE_OUT)
+
+# Options of the front ends' own that may differ between processes too (the files each writes).
+PER_PROCESS_OPTIONS = ("--out", "--bnbench-report", "--benchmark-json", "--benchmark-save", "--benchmark-storage")
+PER_PROCESS_FLAGS = ("--benchmark-autosave",)
+
+
+def per_process() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(options with a value, flags) whose values may differ between the processes of one job."""
+    declared = [o for o in (*RUN, *SCALE_OUT) if o.per_process]
+    return (tuple(sorted({o.flag for o in declared if not o.switch} | set(PER_PROCESS_OPTIONS))),
+            tuple(sorted({o.flag for o in declared if o.switch} | set(PER_PROCESS_FLAGS))))
+
+
+def add_to_argparse(group, options: Sequence[Option]) -> None:
+    for o in options:
+        if o.switch:
+            group.add_argument(o.flag, action="store_true", help=o.help_text())
+        else:
+            group.add_argument(o.flag, type=o.parse, default=o.default, metavar=o.metavar, choices=o.choices,
+                               help=o.help_text().replace("%", "%%"))
+
+
+def add_to_pytest(group, options: Sequence[Option]) -> None:
+    """As text: pytest would answer a bad typed value with its usage block; ``read_pytest`` checks them."""
+    for o in options:
+        if o.switch:
+            group.addoption(o.flag, action="store_true", help=o.help_text())
+        else:
+            group.addoption(o.flag, default=None, metavar=o.metavar, help=o.help_text())
+
+
+def read_pytest(option_values, options: Sequence[Option]) -> None:
+    """Parses the harness's values in place (``config.option``); raises BadValue naming the option."""
+    for o in options:
+        if o.switch:
+            continue
+        value = getattr(option_values, o.dest, None)
+        if value is None:
+            setattr(option_values, o.dest, o.default)
+        elif isinstance(value, str):
+            try:
+                setattr(option_values, o.dest, o.parse(value))
+            except BadValue as e:
+                raise BadValue(f"{o.flag}: {e}") from None
