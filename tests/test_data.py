@@ -4,7 +4,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import make_idx_folder, write_idx
+from data_helpers import make_idx_folder, write_idx
 
 from bnbench.data import download
 from bnbench.data import release as release_lib

@@ -1,6 +1,7 @@
 """The release files, downloaded from a local HTTP server into the isolated cache, and the dataset
 identity that the same checksums give an IDX folder. Nothing here reaches beyond 127.0.0.1."""
 
+import gzip
 import hashlib
 import http.server
 import json
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_idx_folder
+from data_helpers import make_idx_folder
 
 from bnbench import cli
 from bnbench.data import download
@@ -384,3 +385,40 @@ def test_the_real_release_downloads_with_the_real_checksums(real_data_dir, serve
     assert np.bincount(ds.test_labels).tolist() == [1000] * 10
     for f in FILES:
         assert (cache_folder() / f).read_bytes() == (real_data_dir / f).read_bytes()
+
+
+def gunzipped(folder: Path, into: Path) -> Path:
+    """``folder``'s four files decompressed into ``into``, under the release's names without .gz."""
+    into.mkdir()
+    for name in FILES:
+        (into / name.removesuffix(".gz")).write_bytes(gzip.decompress((folder / name).read_bytes()))
+    return into
+
+
+def content_table(folder: Path) -> dict[str, tuple[int, str]]:
+    return {p.name: (p.stat().st_size, hashlib.sha256(p.read_bytes()).hexdigest()) for p in folder.iterdir()}
+
+
+def test_un_gzipped_files_are_identified_by_their_content(two_releases, tmp_path, monkeypatch):
+    fashion, _ = two_releases
+    raw = gunzipped(fashion, tmp_path / "raw-fashion")
+    monkeypatch.setitem(release_lib.CONTENTS, "fashion_mnist", content_table(raw))
+    with pytest.raises(DataError, match=f"{raw} holds the Fashion-MNIST release, not mnist: pass --dataset "
+                                        "fashion_mnist") as info:
+        data.load("mnist", data_dir=raw)
+    assert "\n" not in str(info.value)
+    assert data.load("fashion_mnist", data_dir=raw).verified
+    # One file changed by a byte: that file is no longer the release's, so the folder is unverified.
+    images = raw / "t10k-labels-idx1-ubyte"
+    images.write_bytes(images.read_bytes()[:-1] + bytes([(images.read_bytes()[-1] + 1) % 10]))
+    assert not data.load("fashion_mnist", data_dir=raw).verified
+
+
+@pytest.mark.slow
+def test_the_content_table_is_the_release_decompressed(real_data_dir, tmp_path):
+    """CONTENTS holds what the release files decompress to: the real Fashion-MNIST, un-gzipped,
+    is refused as MNIST and verified as itself."""
+    raw = gunzipped(real_data_dir, tmp_path / "raw")
+    assert content_table(raw) == release_lib.CONTENTS["fashion_mnist"]
+    with pytest.raises(DataError, match="holds the Fashion-MNIST release, not mnist"):
+        data.load("mnist", data_dir=raw)

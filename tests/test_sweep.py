@@ -23,7 +23,7 @@ def run_cli(*args):
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
-    from conftest import make_idx_folder
+    from data_helpers import make_idx_folder
 
     folder = make_idx_folder(tmp_path_factory.mktemp("idx-sweep"), train=5600)  # 600 train: 19 updates of 32
     dataset = data_lib.load("fashion_mnist", str(folder))
