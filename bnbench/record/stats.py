@@ -69,3 +69,139 @@ def format_difference(d: dict, digits: int = 4) -> str:
     p = d["p_value"]
     p_text = f"p={p:.2g}" if p >= 1e-4 else "p<1e-4"
     return f"{d['difference']:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}] {p_text}"
+
+
+# --- comparisons: paired or unpaired, corrected for the family, with a verdict -------------------
+
+EQUIVALENCE_MARGIN = 0.005  # accuracy: a difference smaller than this is "equivalent" if shown so
+POWER = 0.8
+
+
+def paired_difference(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -> dict:
+    """``a`` minus ``b`` seed by seed (the same seeds, shuffles and initial keys on both sides):
+    the mean of the differences, its t interval and the paired t-test's two-sided p-value.
+    ``sd`` is the differences' standard deviation, what the power of the comparison rests on."""
+    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    n, diff = int(len(d)), float(d.mean())
+    out = {"test": "paired", "n": n, "difference": diff, "ci95": None, "p_value": None, "df": None, "sd": None}
+    if n < 2:
+        return {**out, "too_few": f"{n} seed: an interval and a p-value need 2 or more"}
+    sd = float(d.std(ddof=1))
+    if sd == 0:
+        return {**out, "sd": 0.0,
+                "too_few": "no spread between seeds on either side: nothing to measure the difference against"}
+    from scipy import stats
+
+    se = sd / math.sqrt(n)
+    half = float(stats.t.ppf((1 + confidence) / 2, n - 1)) * se
+    p = float(2 * stats.t.sf(abs(diff) / se, n - 1))
+    return {**out, "ci95": [diff - half, diff + half], "p_value": p, "df": n - 1, "sd": sd, "se": se}
+
+
+def welch_difference(a: dict, b: dict, confidence: float = 0.95) -> dict:
+    """``difference`` (Welch's, unpaired), labelled as such, with its standard error."""
+    d = difference(a, b, confidence)
+    out = {**d, "test": "welch", "n": [a["n"], b["n"]]}
+    if d["ci95"] is not None:
+        out["se"] = math.sqrt(a["std"] ** 2 / a["n"] + b["std"] ** 2 / b["n"])
+    return out
+
+
+def holm(p_values: Sequence[float | None]) -> list[float | None]:
+    """Holm's step-down adjustment of a family's p-values (None, a comparison without a test, is
+    left out of the family and stays None): controls the chance of any false "different" at the
+    level the adjusted values are read at."""
+    tested = sorted((p, i) for i, p in enumerate(p_values) if p is not None)
+    adjusted: list[float | None] = [None] * len(p_values)
+    running = 0.0
+    for rank, (p, i) in enumerate(tested):
+        running = max(running, min(1.0, (len(tested) - rank) * p))
+        adjusted[i] = running
+    return adjusted
+
+
+def equivalence_p(d: dict, margin: float = EQUIVALENCE_MARGIN) -> float | None:
+    """Two one-sided tests: the p-value that the true difference lies within ±``margin`` (the
+    larger of the two one-sided p-values), on the comparison's own standard error and df."""
+    if d.get("ci95") is None or not d.get("se"):
+        return None
+    from scipy import stats
+
+    lower = float(stats.t.sf((d["difference"] + margin) / d["se"], d["df"]))
+    upper = float(stats.t.cdf((d["difference"] - margin) / d["se"], d["df"]))
+    return max(lower, upper)
+
+
+def detectable(d: dict, power: float = POWER, alpha: float = 0.05) -> float | None:
+    """The smallest true difference this comparison would call different with probability
+    ``power`` at level ``alpha`` (two-sided): (t_{1-alpha/2} + t_{power}) x its standard error."""
+    if d.get("ci95") is None or not d.get("se"):
+        return None
+    from scipy import stats
+
+    return float((stats.t.ppf(1 - alpha / 2, d["df"]) + stats.t.ppf(power, d["df"])) * d["se"])
+
+
+def seeds_for(d: dict, margin: float = EQUIVALENCE_MARGIN, power: float = POWER, alpha: float = 0.05,
+              most: int = 1000) -> int | None:
+    """About how many seeds (per side) would detect a difference of ``margin`` with ``power``, at
+    the spread this comparison saw; None without a spread, ``most`` + 1 for "more than ``most``"."""
+    if d.get("ci95") is None or not d.get("se"):
+        return None
+    from scipy import stats
+
+    n_now = d["n"] if d["test"] == "paired" else min(d["n"])
+    sd = d["se"] * math.sqrt(n_now)  # per-seed spread (paired: of the differences; Welch: pooled-ish)
+    for n in range(2, most + 1):
+        if (stats.t.ppf(1 - alpha / 2, n - 1) + stats.t.ppf(power, n - 1)) * sd / math.sqrt(n) <= margin:
+            return n
+    return most + 1
+
+
+def verdict(d: dict, adjusted_p: float | None = None, margin: float = EQUIVALENCE_MARGIN,
+            alpha: float = 0.05) -> str:
+    """better / worse (different at ``alpha``, on the family-adjusted p-value when given), else
+    equivalent (within ±``margin`` by two one-sided tests at ``alpha``), else inconclusive."""
+    p = adjusted_p if adjusted_p is not None else d.get("p_value")
+    if p is None:
+        return "untested"
+    if p < alpha:
+        return "better" if d["difference"] > 0 else "worse"
+    tost = equivalence_p(d, margin)
+    if tost is not None and tost < alpha:
+        return "equivalent"
+    return "inconclusive"
+
+
+def compare_family(differences: Sequence[dict], margin: float = EQUIVALENCE_MARGIN) -> list[dict]:
+    """Each comparison of one family with its Holm-adjusted p-value, verdict, equivalence p-value,
+    smallest detectable difference and the seeds that would settle ``margin``."""
+    adjusted = holm([d.get("p_value") for d in differences])
+    out = []
+    for d, p_holm in zip(differences, adjusted):
+        out.append({**d, "p_holm": p_holm, "verdict": verdict(d, p_holm, margin), "margin": margin,
+                    "p_equivalence": equivalence_p(d, margin), "detectable": detectable(d),
+                    "seeds_for_margin": seeds_for(d, margin)})
+    return out
+
+
+def format_verdict(d: dict, digits: int = 4) -> str:
+    """``worse, p=0.003 (Holm 0.01), paired n=5`` / ``inconclusive (detects 0.0071 at 80% power; ~9 seeds
+    would settle ±0.005), Welch n=3+3``."""
+    n = d["n"] if d["test"] == "paired" else "+".join(map(str, d["n"]))
+    test = f"{'paired' if d['test'] == 'paired' else 'Welch'} n={n}"
+    if d["verdict"] == "untested":
+        return f"untested ({d.get('too_few', 'no interval')}), {test}"
+    p_text = _p(d["p_value"]) + (f" (Holm {_p(d['p_holm'])[2:]})" if d.get("p_holm") is not None else "")
+    if d["verdict"] in ("better", "worse"):
+        return f"{d['verdict']}, {p_text}, {test}"
+    if d["verdict"] == "equivalent":
+        return f"equivalent within ±{d['margin']:g} (TOST {_p(d['p_equivalence'])}), {test}"
+    seeds = d.get("seeds_for_margin")
+    settle = "" if seeds is None else (f"; ~{seeds} seeds would settle ±{d['margin']:g}" if seeds <= 1000
+                                        else f"; over 1000 seeds to settle ±{d['margin']:g}")
+    return f"inconclusive, {p_text} (detects {d['detectable']:.{digits}f} at 80% power{settle}), {test}"
+
+
+def _p(p: float) -> str:
+    return f"p={p:.2g}" if p >= 1e-4 else "p<1e-4"
