@@ -116,12 +116,13 @@ def _run(args, chosen, parallel, main_process: bool, claim) -> int:
 
     from bnbench.engine import train
     from bnbench.measure import experiment
+    from bnbench.parallel import preflight
     from bnbench.report.summary import summary_table
 
     protocol = train.Protocol(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate)
     dataset, device_data = _load_data(args, chosen, quiet=not main_process)
     seeds = list(range(args.seed, args.seed + args.seeds))
-    experiment.ready_to_train(parallel, [protocol.batch_size], len(seeds), dataset, sys.argv[1:])
+    preflight.ready_to_train(parallel, [protocol.batch_size], len(seeds), dataset, sys.argv[1:])
     results = {}
     for variant in chosen:
         with tqdm(total=protocol.epochs, desc=f"{variant.name} ({len(seeds)} seed{'s' * (len(seeds) > 1)})",
@@ -164,9 +165,9 @@ def cmd_sweep(args) -> int:
 
     grid = sweep.Grid(
         variants=tuple(args.variant or variants.NOTEBOOK_VARIANTS),
-        learning_rates=tuple(sweep.parse_grid(args.learning_rate, "--learning-rate")),
-        batch_sizes=tuple(sweep.parse_grid(args.batch_size, "--batch-size", int)),
-        bn_momenta=tuple(sweep.parse_grid(args.bn_momentum, "--bn-momentum")) if args.bn_momentum else (),
+        learning_rates=tuple(options.number_list(args.learning_rate, "--learning-rate")),
+        batch_sizes=tuple(options.number_list(args.batch_size, "--batch-size", int)),
+        bn_momenta=tuple(options.number_list(args.bn_momentum, "--bn-momentum")) if args.bn_momentum else (),
         epochs=args.epochs, seeds=tuple(range(args.seed, args.seed + args.seeds)), budget=args.budget,
         lr_scaling=args.lr_scaling, reference_batch_size=args.reference_batch_size, eval_every=args.eval_every,
         target=args.target)
@@ -185,7 +186,8 @@ def cmd_sweep(args) -> int:
 
 
 def _sweep(args, grid, chosen, parallel, main_process: bool, claim, runs_per_program: int) -> int:
-    from bnbench.measure import experiment, sweep
+    from bnbench.measure import sweep
+    from bnbench.parallel import preflight
     from bnbench.report import reading
 
     previous = None
@@ -196,7 +198,7 @@ def _sweep(args, grid, chosen, parallel, main_process: bool, claim, runs_per_pro
     if previous is not None:
         sweep.check_resumable(previous, dataset, grid, parallel)
     sweep.programs(grid, chosen, len(dataset.train_labels))  # a grid a variant cannot take fails now
-    experiment.ready_to_train(parallel, grid.batch_sizes, runs_per_program, dataset, sys.argv[1:])
+    preflight.ready_to_train(parallel, grid.batch_sizes, runs_per_program, dataset, sys.argv[1:])
 
     def on_program(program, i, total):
         if not args.quiet and main_process:

@@ -16,6 +16,7 @@ import math
 from typing import Any, Callable, Sequence
 
 from bnbench import config
+from bnbench.errors import BnbenchError
 
 
 class BadValue(argparse.ArgumentTypeError):
@@ -78,6 +79,28 @@ def one_of(choices: Sequence[str]) -> Callable[[str], str]:
 
 def text(value: str) -> str:
     return value
+
+
+def number_list(text: str, option: str, kind: type = float) -> list:
+    """A sweep's values: ``1e-3,1e-2,0.1`` as a list of numbers; one line naming the bad item otherwise."""
+    items = text.split(",")
+    values = []
+    for item in items:
+        item = item.strip()
+        if not item:
+            raise BnbenchError(f"{option} {text!r}: an empty item; give numbers separated by commas, as in "
+                               f"{option} {'1e-3,1e-2,0.1' if kind is float else '16,32,64'}")
+        try:
+            value = kind(item)
+        except ValueError:
+            raise BnbenchError(f"{option} {text!r}: {item!r} is not a {'number' if kind is float else 'whole number'}"
+                               ) from None
+        if isinstance(value, float) and not math.isfinite(value):
+            raise BnbenchError(f"{option} {text!r}: {item!r} is not a finite number")
+        values.append(value)
+    if len(set(values)) != len(values):
+        raise BnbenchError(f"{option} {text!r}: a value is repeated; give each once")
+    return values
 
 
 @dataclasses.dataclass(frozen=True)

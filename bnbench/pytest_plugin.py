@@ -22,7 +22,7 @@ from bnbench.errors import EXIT_REPORT_MOVED, BnbenchError
 from bnbench.measure import environment, experiment
 from bnbench.models import variants
 from bnbench.options import Option, positive_int, whole
-from bnbench.parallel import devices, distributed
+from bnbench.parallel import devices, distributed, preflight
 from bnbench.record.io import ReportClaim, claim_default, finite
 from bnbench.report.summary import divergence_news, summary_table
 
@@ -109,7 +109,7 @@ class Session:
         for name in variant_names(config):
             variants.get(name).check(self.dataset.train_images.shape[1:], self.dataset.num_classes)
         # Before any benchmark, in one line; and every process of a job ready with the same arguments.
-        experiment.ready_to_train(self.parallel, [self.protocol.batch_size], len(self.seeds), self.dataset,
+        preflight.ready_to_train(self.parallel, [self.protocol.batch_size], len(self.seeds), self.dataset,
                               config.invocation_params.args, device_counts=scaling_devices(config))
         self.data = train.DeviceData.from_dataset(self.dataset)
         self.backend = jax.default_backend()
@@ -270,12 +270,8 @@ def pytest_sessionfinish(session, exitstatus):
                                 "ran are in pytest-benchmark's JSON (--benchmark-json FILE)")
         return
     report = experiment.make_report(state.dataset, state.protocol, state.seeds, state.results,
-                                command="pytest benchmarks/", run_id=state.run_id, parallel=state.parallel)
-    for name, figures in state.summary_extras.items():
-        if name in report["summary"]:
-            report["summary"][name].update(figures)
-    if state.scaling:
-        report["data_parallel_scaling"] = state.scaling
+                                    command="pytest benchmarks/", run_id=state.run_id, parallel=state.parallel,
+                                    summary_extras=state.summary_extras, data_parallel_scaling=state.scaling)
     claim = session.config._bnbench_claim
     written = claim.write_json(report)
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")

@@ -1,4 +1,4 @@
-"""An experiment: variants x seeds under one protocol, measured, and turned into a report dict.
+"""An experiment: variants x seeds under one protocol, measured, and turned into a report.
 
 This is what ``bnbench run`` and the pytest benchmarks share, so that both produce the same figures.
 """
@@ -16,13 +16,12 @@ from bnbench.engine import train
 from bnbench.measure import floor
 from bnbench.measure.environment import environment
 from bnbench.models.variants import Variant
-from bnbench.parallel import devices, distributed
 from bnbench.parallel.devices import SINGLE_DEVICE, DataParallel
-from bnbench.record import stats
-from bnbench.record.schema import REPORT_KIND, SCHEMA_VERSION
+from bnbench.record import model, stats
+from bnbench.record.model import REPORT_KIND, SCHEMA_VERSION
 
-# Unrolling the epoch's scan by 2 or 4 made neither epoch faster on a 2-core x86 CPU and raised
-# the epoch/floor ratio (1.17 to 1.26x for seed_plain), and it multiplies compile time (see README).
+# Unrolling the epoch's scan made no epoch faster on a CPU and multiplies compile time
+# (docs/performance.md).
 DEFAULT_UNROLL = 1
 METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy")
 
@@ -199,34 +198,25 @@ def summarize(runs: list[dict], updates_per_epoch: int, target: float | None = N
     return summary
 
 
+def protocol_model(dataset: Dataset, seeds: Sequence[int], parallel: DataParallel = SINGLE_DEVICE,
+                   protocol: train.Protocol | None = None) -> model.SharedProtocol:
+    """What a run trained on and how: the fields ``bnbench compare`` checks before comparing. The
+    one protocol builder of every report: without ``protocol`` (a sweep), what all its
+    configurations share, each run's ``config`` holding the rest (batch size, learning rate, epochs,
+    updates per epoch)."""
+    shared = {**dataset.describe(), "optimizer": "sgd", "momentum": 0.0, "seeds": [int(s) for s in seeds],
+              **parallel.protocol_fields()}
+    if protocol is None:
+        return model.SharedProtocol(**shared)
+    return model.Protocol(**shared, batch_size=protocol.batch_size, learning_rate=protocol.learning_rate,
+                          epochs=protocol.epochs,
+                          updates_per_epoch=protocol.updates_per_epoch(len(dataset.train_labels)))
+
+
 def protocol_record(dataset: Dataset, protocol: train.Protocol, seeds: Sequence[int],
                     parallel: DataParallel = SINGLE_DEVICE) -> dict:
-    """What a run trained on and how: the fields ``bnbench compare`` checks before comparing."""
-    return {
-        **dataset.describe(),
-        "batch_size": protocol.batch_size,
-        "optimizer": "sgd",
-        "learning_rate": protocol.learning_rate,
-        "momentum": 0.0,
-        "epochs": protocol.epochs,
-        "updates_per_epoch": protocol.updates_per_epoch(len(dataset.train_labels)),
-        "seeds": [int(s) for s in seeds],
-        **parallel.protocol_fields(),
-    }
-
-
-def ready_to_train(parallel: DataParallel, batch_sizes: Sequence[int], runs: int, dataset: Dataset,
-                   argv: Sequence[str], device_counts: Sequence[int] = ()) -> None:
-    """What can stop a data-parallel run, checked before any training: every batch splits over
-    the devices (and over each of ``device_counts``), the layout reaches every process; then, in a
-    job of several processes, every process's word that it is ready with the same arguments and
-    data (where each process read it from and how may differ)."""
-    for batch_size in batch_sizes:
-        for count in [parallel.devices, *device_counts]:
-            DataParallel(count).check_batches(batch_size, len(dataset.train_labels))
-    devices.seed_mesh(runs, None, parallel.devices)
-    facts = {k: v for k, v in dataset.describe().items() if k not in ("location", "source")}
-    distributed.agree(distributed.fingerprint(list(argv), facts))
+    """A run's protocol as its report holds it (the harness's accuracy benchmark keeps it too)."""
+    return protocol_model(dataset, seeds, parallel, protocol).dump()
 
 
 def new_run_id() -> str:
@@ -235,17 +225,31 @@ def new_run_id() -> str:
     return uuid.uuid4().hex
 
 
+def now() -> str:
+    """When a report is created, as it records it."""
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def envelope(kind: str, protocol: model.SharedProtocol, command: str | None, run_id: str | None,
+             created: str | None) -> dict:
+    """The fields every report starts with (``model.Envelope``), shared by the run report, the
+    harness's (a run report too) and the sweep report; a new run id unless given."""
+    return {"schema_version": SCHEMA_VERSION, "kind": kind, "run_id": run_id or new_run_id(),
+            "created": created, "command": command, "environment": model.Environment(**environment()),
+            "protocol": protocol}
+
+
 def make_report(dataset: Dataset, protocol: train.Protocol, seeds: Sequence[int],
                 results: dict[str, dict], command: str | None = None, run_id: str | None = None,
-                parallel: DataParallel = SINGLE_DEVICE) -> dict:
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "kind": REPORT_KIND,
-        "run_id": run_id or new_run_id(),
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": command,
-        "environment": environment(),
-        "protocol": protocol_record(dataset, protocol, seeds, parallel),
-        "runs": [run for result in results.values() for run in result["runs"]],
-        "summary": {name: result["summary"] for name, result in results.items()},
-    }
+                parallel: DataParallel = SINGLE_DEVICE, summary_extras: dict[str, dict] | None = None,
+                data_parallel_scaling: list | None = None) -> dict:
+    """The run report (``model.RunReport``), built and checked, as the JSON it is written as.
+    ``summary_extras``: figures added to a variant's summary (the harness's lone-step time and seed
+    scaling); ``data_parallel_scaling``: the harness's scaling points, if any."""
+    extras = summary_extras or {}
+    report = model.RunReport(
+        **envelope(REPORT_KIND, protocol_model(dataset, seeds, parallel, protocol), command, run_id, now()),
+        runs=[run for result in results.values() for run in result["runs"]],
+        summary={name: {**result["summary"], **extras.get(name, {})} for name, result in results.items()},
+        **({"data_parallel_scaling": data_parallel_scaling} if data_parallel_scaling else {}))
+    return report.dump()

@@ -23,32 +23,11 @@ from bnbench.measure import experiment
 from bnbench.models.norms import KERAS_BN_MOMENTUM
 from bnbench.models.variants import Variant
 from bnbench.parallel.devices import SINGLE_DEVICE, DataParallel
-from bnbench.record.schema import SCHEMA_VERSION, SWEEP_KIND
+from bnbench.record import model
+from bnbench.record.model import SWEEP_KIND
 
 BUDGETS = ("epochs", "updates")
 LR_SCALINGS = ("none", "linear")
-
-
-def parse_grid(text: str, option: str, kind: type = float) -> list:
-    """``1e-3,1e-2,0.1`` as a list of numbers; one line naming the bad item otherwise."""
-    items = text.split(",")
-    values = []
-    for item in items:
-        item = item.strip()
-        if not item:
-            raise BnbenchError(f"{option} {text!r}: an empty item; give numbers separated by commas, as in "
-                               f"{option} {'1e-3,1e-2,0.1' if kind is float else '16,32,64'}")
-        try:
-            value = kind(item)
-        except ValueError:
-            raise BnbenchError(f"{option} {text!r}: {item!r} is not a {'number' if kind is float else 'whole number'}"
-                               ) from None
-        if isinstance(value, float) and not math.isfinite(value):
-            raise BnbenchError(f"{option} {text!r}: {item!r} is not a finite number")
-        values.append(value)
-    if len(set(values)) != len(values):
-        raise BnbenchError(f"{option} {text!r}: a value is repeated; give each once")
-    return values
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,18 +152,18 @@ def label(variant: str, config: dict, grid: Grid) -> str:
 
 
 def sweep_protocol(dataset: Dataset, grid: Grid, parallel: DataParallel = SINGLE_DEVICE) -> dict:
-    """What every configuration shares; each run's ``config`` holds the rest."""
-    return {**dataset.describe(), "optimizer": "sgd", "momentum": 0.0, "seeds": list(grid.seeds),
-            **parallel.protocol_fields()}
+    """What every configuration shares (the run protocol less what each run's ``config`` holds)."""
+    return experiment.protocol_model(dataset, grid.seeds, parallel).dump()
 
 
 def make_sweep_report(dataset: Dataset, grid: Grid, runs: list[dict], summary: dict, command: str | None,
                       run_id: str, created: str, parallel: DataParallel = SINGLE_DEVICE) -> dict:
-    from bnbench.measure.environment import environment
-
-    return {"schema_version": SCHEMA_VERSION, "kind": SWEEP_KIND, "run_id": run_id, "created": created,
-            "command": command, "environment": environment(), "protocol": sweep_protocol(dataset, grid, parallel),
-            "sweep": grid.record(), "runs": runs, "summary": summary}
+    """The sweep report (``model.SweepReport``), built and checked, as the JSON it is written as."""
+    report = model.SweepReport(
+        **experiment.envelope(SWEEP_KIND, experiment.protocol_model(dataset, grid.seeds, parallel), command,
+                              run_id, created),
+        sweep=grid.record(), runs=runs, summary=summary)
+    return report.dump()
 
 
 def check_resumable(previous: dict, dataset: Dataset, grid: Grid, parallel: DataParallel = SINGLE_DEVICE) -> None:

@@ -1,12 +1,15 @@
 """Reading reports back: bnbench's own JSON and pytest-benchmark's, validated, into one shape.
 
-A loaded report is a dict with ``path``, ``kind``, ``ref`` (its number in the output, [1], [2], ...),
-``label`` (the device it ran on), ``run_id``, ``environment``, ``protocol`` and ``variants``. Per
-variant, step times by their kind (STEP_KINDS; a kind a report lacks is None), the final
-``train_accuracy``/``val_accuracy``/``test_accuracy`` summaries (mean, ci95, n), ``seeds``,
-``time_to_target``, the per-seed ``curves`` of validation accuracy and ``seed_scaling``.
-Every file is checked against its schema (bnbench/schema.py) once, here; anything wrong is a
-one-line ReportError naming the file and the field.
+Every file is checked once, here, into its typed model (``record.model``, by ``record.schema.check``);
+anything wrong is a one-line ReportError naming the file and the field. The readers below build the
+view from the model's attributes.
+
+A loaded report is a dict with ``path``, ``kind``, ``report`` (the typed model), ``ref`` (its number
+in the output, [1], [2], ...), ``label`` (the device it ran on), ``run_id``, ``environment``,
+``protocol`` and ``variants``. Per variant, step times by their kind (STEP_KINDS; a kind a report
+lacks is None), the final ``train_accuracy``/``val_accuracy``/``test_accuracy`` summaries (mean, ci95,
+n), ``seeds``, ``time_to_target``, the per-seed ``curves`` of validation accuracy and ``seed_scaling``.
+The figures are plain dicts (the models' ``dump``), as compare, page, sweeps and scaling read them.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from pathlib import Path
 
 from bnbench.config import MOVING_STATISTICS
 from bnbench.errors import BnbenchError
-from bnbench.record import schema
+from bnbench.record import model, schema
 
 ACCURACIES = ("train_accuracy", "val_accuracy", "test_accuracy")
 # The kinds of step time. They measure different things and are never compared with each other:
@@ -34,26 +37,37 @@ class ReportError(BnbenchError):
 
 def load(path: str | Path) -> dict:
     path = Path(path)
-    raw, kind = _read_checked(path)
+    report, kind = read_report(path)
     try:
-        loaded = READERS[kind](raw)
+        loaded = READERS[kind](report)
     except schema.Invalid as e:
         raise ReportError(f"{path}: {e}") from None
-    return {"path": str(path), "kind": kind, "label": _label(loaded["environment"]), **loaded}
+    environment = report.machine_info.bnbench if kind == schema.PYTEST_BENCHMARK else report.environment
+    return {"path": str(path), "kind": kind, "report": report, "label": _label(environment), **loaded}
+
+
+def read_report(path: str | Path) -> tuple:
+    """The report at ``path`` as its typed model, and its kind; one line naming the file if it is
+    not one."""
+    path = Path(path)
+    raw = _read_json(path)
+    try:
+        kind, report = schema.check(raw)
+    except schema.Invalid as e:
+        raise ReportError(f"{path}: {e}") from None
+    return report, kind
 
 
 def read_valid(path: str | Path) -> dict:
-    """A report as written, checked against its schema (``bnbench sweep --resume`` reads it so)."""
-    return _read_checked(Path(path))[0]
-
-
-def _read_checked(path: Path) -> tuple:
-    """The parsed file and its kind, checked once against its schema; one line naming the file if not."""
+    """A report as written, every field of it, once it is checked into its model (``bnbench sweep
+    --resume`` reads it so)."""
+    path = Path(path)
     raw = _read_json(path)
     try:
-        return raw, schema.validate(raw)
+        schema.check(raw)
     except schema.Invalid as e:
         raise ReportError(f"{path}: {e}") from None
+    return raw
 
 
 def load_all(paths) -> list[dict]:
@@ -85,30 +99,34 @@ def _read_json(path: Path):
         raise ReportError(f"{path}: not valid JSON ({type(e).__name__}: {str(e).splitlines()[0]})") from None
 
 
-def _label(env: dict) -> str:
+def _label(env: model.Environment) -> str:
     """The device a report ran on: the GPU's name, or the CPU's model and cores."""
-    if env["backend"] == "cpu":
+    if env.backend == "cpu":
         # The cores the run could use (under taskset, fewer than the machine has); older reports
         # recorded only the machine's.
-        cores = env.get("usable_cores") or env.get("cpu_count") or "?"
-        return f"{env.get('cpu_model') or '?'}, {cores} cores (cpu)"
-    return f"{env.get('device_count') or '?'}x {env.get('device_kind') or '?'} ({env['backend']})"
+        cores = env.usable_cores or env.cpu_count or "?"
+        return f"{env.cpu_model or '?'}, {cores} cores (cpu)"
+    return f"{env.device_count or '?'}x {env.device_kind or '?'} ({env.backend})"
 
 
-def _lone_step(spread: dict | None) -> dict | None:
+def _dump(record: model.Record | None) -> dict | None:
+    return None if record is None else record.dump()
+
+
+def _lone_step(spread: model.Spread | None) -> dict | None:
     if spread is None:
         return None
-    return {"median": spread["median"], "iqr": spread["iqr"], "n": spread["n"]}
+    return {"median": spread.median, "iqr": spread.iqr, "n": spread.n}
 
 
-def _epoch_per_update(summary: dict) -> dict:
+def _epoch_per_update(summary: model.VariantSummary) -> dict:
     """An epoch's time over its updates: an update's cost inside compiled epochs, with ``seeds``
     trained together (they share the epoch's time)."""
-    updates, epoch = summary["updates_per_epoch"], summary["epoch_time_s"]
-    return {"median": epoch["median"] / updates, "iqr": epoch["iqr"] / updates, "n": epoch["n"],
+    updates, epoch = summary.updates_per_epoch, summary.epoch_time_s
+    return {"median": epoch.median / updates, "iqr": epoch.iqr / updates, "n": epoch.n,
             # Runs trained together share the epoch: a sweep's configurations too, not only its seeds.
-            "seeds": summary.get("runs_together", summary["seeds"]), "seed_devices": summary.get("seed_devices"),
-            "data_devices": summary.get("data_devices", 1)}
+            "seeds": summary.runs_together or summary.seeds, "seed_devices": summary.seed_devices,
+            "data_devices": summary.data_devices or 1}
 
 
 def same_layout(a: dict, b: dict) -> bool:
@@ -118,82 +136,87 @@ def same_layout(a: dict, b: dict) -> bool:
     return all(a.get(k) == b.get(k) for k in ("seeds", "seed_devices", "data_devices"))
 
 
-def _variant(summary: dict | None, runs: list[dict], lone_step: dict | None = None,
+def _variant(summary: model.VariantSummary | None, runs: list[model.Run], lone_step: dict | None = None,
              seed_scaling: dict | None = None) -> dict:
     """One variant's figures; ``summary`` is None for a pytest-benchmark file without its accuracy benchmark."""
-    entry = {"lone_step": _lone_step(lone_step), "epoch_per_update": None, "seed_scaling": seed_scaling,
-             "curves": [[e.get("val_accuracy") for e in r["epochs"]] for r in runs]}
+    entry = {"lone_step": lone_step, "epoch_per_update": None, "seed_scaling": seed_scaling,
+             "curves": [[e.val_accuracy for e in r.epochs] for r in runs]}
     if summary is not None:
-        entry.update({key: summary[key] for key in ACCURACIES})
-        model = summary.get("model")  # absent in the oldest reports: then assume batch statistics
-        entry["batch_statistics"] = model.get("norm") in MOVING_STATISTICS if model else True
-        entry.update(epoch_per_update=_epoch_per_update(summary), seeds=summary["seeds"],
-                     time_to_target=summary.get("time_to_target"), diverged_seeds=summary.get("diverged_seeds", 0))
-        entry["lone_step"] = entry["lone_step"] or _lone_step(summary.get("step_time_s"))
-        entry["seed_scaling"] = entry["seed_scaling"] or summary.get("seed_scaling")
+        entry.update({key: _dump(getattr(summary, key)) for key in ACCURACIES})
+        # The model is absent in the oldest reports: then assume batch statistics.
+        entry["batch_statistics"] = summary.model.norm in MOVING_STATISTICS if summary.model else True
+        entry.update(epoch_per_update=_epoch_per_update(summary), seeds=summary.seeds,
+                     time_to_target=_dump(summary.time_to_target),
+                     diverged_seeds=summary.diverged_seeds if summary.diverged_seeds is not None else 0)
+        entry["lone_step"] = entry["lone_step"] or _lone_step(summary.step_time_s)
+        entry["seed_scaling"] = entry["seed_scaling"] or _dump(summary.seed_scaling)
     return entry
 
 
-def _fingerprint(runs: list[dict]):
+def _fingerprint(runs: list[model.Run]):
     """Every epoch's time of every run: two files holding the same ones hold the same session (the
     times are measured to the nanosecond), which identifies reports written before run_id."""
     if not runs:
         return None
-    return tuple(sorted((r["variant"], r["seed"], tuple(e["time_s"] for e in r["epochs"])) for r in runs))
+    return tuple(sorted((r.variant, r.seed, tuple(e.time_s for e in r.epochs)) for r in runs))
 
 
-def _from_run(raw: dict) -> dict:
+def _from_run(report: model.RunReport) -> dict:
     runs: dict[str, list] = {}
-    for run in raw["runs"]:
-        runs.setdefault(run["variant"], []).append(run)
-    return {"run_id": raw.get("run_id"), "fingerprint": _fingerprint(raw["runs"]),
-            "environment": raw["environment"], "protocol": raw["protocol"],
-            "variants": {name: _variant(summary, runs.get(name, [])) for name, summary in raw["summary"].items()},
-            "data_parallel_scaling": raw.get("data_parallel_scaling", [])}
+    for run in report.runs:
+        runs.setdefault(run.variant, []).append(run)
+    return {"run_id": report.run_id, "fingerprint": _fingerprint(report.runs),
+            "environment": report.environment.dump(), "protocol": report.protocol.dump(),
+            "variants": {name: _variant(summary, runs.get(name, [])) for name, summary in report.summary.items()},
+            "data_parallel_scaling": [point.dump() for point in report.data_parallel_scaling or []]}
 
 
-def _from_pytest_benchmark(raw: dict) -> dict:
+def _figures(info: model.Record, *leave_out: str) -> dict:
+    """A tagged benchmark's extra_info as the report keeps it: without the tag, and ``leave_out``."""
+    return {key: value for key, value in info.dump().items() if key not in ("bnbench", *leave_out)}
+
+
+def _from_pytest_benchmark(report: model.PytestBenchmark) -> dict:
     """Rebuilds a report from the extra_info bnbench's benchmarks store in pytest-benchmark's JSON."""
     found: dict[str, dict] = {}
     protocol, all_runs, scaling = {}, [], []
-    for bench in raw["benchmarks"]:
-        info = bench.get("extra_info", {})
-        tag = info.get("bnbench")
-        if tag == "step" and info.get("batch_size", 32) == 32:  # the notebook's batch, not a scaling one
-            s = bench["stats"]
-            found.setdefault(info["variant"], {})["lone_step"] = {"median": s["median"], "iqr": s["iqr"],
-                                                                  "n": s["rounds"]}
+    for bench in report.benchmarks:
+        tag, info = bench.tag, bench.info
+        if tag == "step" and info.batch_size in (None, 32):  # the notebook's batch, not a scaling one
+            s = bench.step_stats
+            found.setdefault(info.variant, {})["lone_step"] = {"median": s.median, "iqr": s.iqr, "n": s.rounds}
         elif tag in ("seed_scaling", "sweep_cost"):  # sweep_cost: --sweep-configs' epochs against --seeds'
-            found.setdefault(info["variant"], {})[tag] = {key: value for key, value in info.items()
-                                                          if key not in ("bnbench", "variant")}
+            found.setdefault(info.variant, {})[tag] = _figures(info, "variant")
         elif tag == "data_parallel_scaling":
-            scaling.append({key: value for key, value in info.items() if key != "bnbench"})
+            scaling.append(_figures(info))
         elif tag == "accuracy":
-            protocol = info["protocol"]
-            all_runs += info["runs"]
-            found.setdefault(info["variant"], {}).update(summary=info["summary"], runs=info["runs"])
+            protocol = info.protocol.dump()
+            all_runs += info.runs
+            found.setdefault(info.variant, {}).update(summary=info.summary, runs=info.runs)
     if not found and not scaling:
         raise schema.Invalid("holds no bnbench benchmark results (no step, accuracy, seed_scaling, sweep_cost or "
                              "data_parallel_scaling benchmark)")
     variants = {name: {**_variant(f.get("summary"), f.get("runs", []), f.get("lone_step"), f.get("seed_scaling")),
                        "sweep_cost": f.get("sweep_cost")}
                 for name, f in found.items()}
-    return {"run_id": raw["machine_info"].get("bnbench_run_id"), "fingerprint": _fingerprint(all_runs),
-            "environment": raw["machine_info"]["bnbench"], "protocol": protocol, "variants": variants,
+    return {"run_id": report.machine_info.bnbench_run_id, "fingerprint": _fingerprint(all_runs),
+            "environment": report.machine_info.bnbench.dump(), "protocol": protocol, "variants": variants,
             "data_parallel_scaling": scaling}
 
 
-def _from_sweep(raw: dict) -> dict:
+def _from_sweep(report: model.SweepReport) -> dict:
     """A sweep as a report of one entry per variant and configuration, each also keeping its
     variant, config and runs for the study's plots; ``sweep`` is the grid."""
+    configs = [(run, run.config.dump()) for run in report.runs]
     variants = {}
-    for name, summary in raw["summary"].items():
-        runs = [r for r in raw["runs"] if r["variant"] == summary["variant"] and r["config"] == summary["config"]]
-        variants[name] = {**_variant(summary, runs), "variant": summary["variant"], "config": summary["config"],
-                          "runs": runs}
-    return {"run_id": raw.get("run_id"), "fingerprint": _fingerprint(raw["runs"]),
-            "environment": raw["environment"], "protocol": raw["protocol"], "sweep": raw["sweep"],
-            "variants": variants}
+    for name, summary in report.summary.items():
+        config = summary.config.dump()
+        runs = [run for run, c in configs if run.variant == summary.variant and c == config]
+        variants[name] = {**_variant(summary, runs), "variant": summary.variant, "config": config,
+                          "runs": [run.dump() for run in runs]}
+    return {"run_id": report.run_id, "fingerprint": _fingerprint(report.runs),
+            "environment": report.environment.dump(), "protocol": report.protocol.dump(),
+            "sweep": report.sweep.dump(), "variants": variants}
 
 
 READERS = {schema.REPORT_KIND: _from_run, schema.SWEEP_KIND: _from_sweep,
