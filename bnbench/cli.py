@@ -231,7 +231,8 @@ def cmd_compare(args) -> int:
 
     text, regressed = compare(args.reports, markdown=args.format == "markdown",
                               fail_on_regression=args.fail_on_regression, baselines=args.baseline or (),
-                              gate_what=args.gate or "auto", across_machines=args.across_machines)
+                              gate_what=args.gate or "auto", across_machines=args.across_machines,
+                              margin=args.margin)
     print(text)
     return 1 if regressed else 0
 
@@ -239,7 +240,8 @@ def cmd_compare(args) -> int:
 def cmd_report(args) -> int:
     from bnbench.report.page import write_citable
 
-    for path in write_citable(args.reports, args.out, baselines=args.baseline or (), force=args.force):
+    for path in write_citable(args.reports, args.out, baselines=args.baseline or (), force=args.force,
+                              margin=args.margin):
         print(path)
     return 0
 
@@ -250,8 +252,17 @@ def add_scale_out_options(parser) -> None:
                             options.SCALE_OUT)
 
 
-BASELINE_HELP = ("also set every variant of each report against this variant of the same report: difference of "
-                 "mean accuracies with its Welch 95%% CI and p-value (repeatable)")
+def _margin(text: str) -> float:
+    value = positive_float(text)
+    if value >= 1:
+        raise options.BadValue(f"{text!r} must be an accuracy difference below 1, as 0.005")
+    return value
+
+
+MARGIN_HELP = ("the accuracy difference within which two variants count as equivalent (two one-sided tests at "
+               "5%%; default 0.005)")
+BASELINE_HELP = ("also set every variant of each report against this variant of the same report, seed by seed: "
+                 "paired difference with its 95%% CI, p-value, Holm-adjusted p-value and verdict (repeatable)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -333,6 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "than the baseline; without it such a gate fails, since the ratio compares hardware, "
                               "not code (--gate accuracy compares across machines without it)")
     compare.add_argument("--baseline", action="append", metavar="VARIANT", help=BASELINE_HELP)
+    compare.add_argument("--margin", type=_margin, default=0.005, metavar="ACC", help=MARGIN_HELP)
     compare.set_defaults(func=cmd_compare)
 
     report = sub.add_parser("report", help="write a citable Markdown summary with plots")
@@ -344,6 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--force", action="store_true",
                         help="also replace files of the page's names that bnbench report did not write (a README.md)")
     report.add_argument("--baseline", action="append", metavar="VARIANT", help=BASELINE_HELP)
+    report.add_argument("--margin", type=_margin, default=0.005, metavar="ACC", help=MARGIN_HELP)
     report.set_defaults(func=cmd_report)
     return parser
 

@@ -3,6 +3,7 @@ import math
 import os
 import stat
 
+import numpy as np
 import pytest
 from report_helpers import RESULTS, as_pytest_benchmark, harness_report, made_report, set_epoch_time, write
 
@@ -40,9 +41,11 @@ def test_compare_puts_reports_side_by_side_in_markdown(report_file, capsys):
     assert cli.main(["compare", str(report_file), str(report_file), "--format", "markdown"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("| variant")
-    side_by_side, differences = out.split("Differences to [1]:")
+    side_by_side, differences = out.split("Differences to [1] (unpaired: other runs):")
     assert side_by_side.count("| seed_bn ") == 2 and "1.00x" in side_by_side and "±" in side_by_side
-    assert differences.count("| seed_bn ") == 1 and "| [2] - [1] |" in differences
+    # One row per accuracy, each unpaired (Welch) with both sides' seeds.
+    assert differences.count("| seed_bn ") == 3 and differences.count("| [2] - [1] |") == 6
+    assert "| Welch, n=3+3 " in differences
 
 
 def test_compare_refuses_reports_with_different_protocols(report_file, tmp_path, capsys):
@@ -463,12 +466,10 @@ def test_difference_says_when_there_are_too_few_seeds_or_no_spread():
 def test_compare_sets_each_variant_against_a_baseline_variant(report_file, capsys):
     status, out, _ = compare(report_file, "--baseline", "seed_bn", capsys=capsys)
     assert status == 0
-    assert "Differences to baseline variants:" in out
-    row = next(line for line in out.splitlines() if line.startswith("seed_plain") and " seed_bn " in line)
-    from bnbench.record.stats import difference, format_difference
-    s = json.loads(report_file.read_text())["summary"]
-    for key in ("train_accuracy", "val_accuracy", "test_accuracy"):
-        assert format_difference(difference(s["seed_plain"][key], s["seed_bn"][key])) in row
+    assert "Differences to baseline variants (paired: the same seeds):" in out
+    rows = [line for line in out.splitlines() if line.startswith("seed_plain") and " seed_bn " in line]
+    assert [row.split()[3] for row in rows] == ["train", "val", "test"]
+    assert all("paired, n=3" in row for row in rows)
 
 
 def test_compare_gives_the_difference_of_each_variant_between_reports(report_file, tmp_path, capsys):
@@ -481,8 +482,9 @@ def test_compare_gives_the_difference_of_each_variant_between_reports(report_fil
 
     other = edited(tmp_path, report_file, "lower.json", lower)
     status, out, _ = compare(report_file, other, capsys=capsys)
-    assert status == 0 and "Differences to [1]:" in out
-    row = next(line for line in out.splitlines() if line.startswith("seed_bn") and "[2] - [1]" in line)
+    assert status == 0 and "Differences to [1] (unpaired: other runs):" in out
+    row = next(line for line in out.splitlines() if line.startswith("seed_bn") and "[2] - [1]" in line
+               and " val " in line)
     assert "-0.0100" in row  # with its interval, or "(no spread)" where the seeds agree exactly
 
 
@@ -496,8 +498,8 @@ def test_report_shows_differences_to_the_baselines_and_too_few_seeds_plainly(rep
     out = tmp_path / "page"
     assert cli.main(["report", str(report_file), str(one_seed), "--out", str(out), "--baseline", "seed_bn"]) == 0
     page = (out / "README.md").read_text()
-    assert page.count("Differences to baseline variants:") == 2  # one per protocol's section
-    assert "(too few seeds)" in page and "|\n\nToo few seeds for an interval or a p-value" in page
+    assert page.count("Differences to baseline variants (paired: the same seeds):") == 2  # one per section
+    assert "untested: too few seeds" in page and "|\n\nToo few seeds for an interval or a p-value" in page
 
 
 def test_b_the_gate_names_what_it_could_not_gate_and_fails_only_where_asked(tmp_path, capsys):
@@ -540,3 +542,51 @@ def test_ratios_that_round_to_one_are_the_same():
 
     assert ratio_text(0.999) == "1.00x (the same)" and ratio_text(0.994) == "0.99x (faster)"
     assert ratio_text(1.3) == "1.30x (slower)"
+
+
+def test_variants_of_one_report_are_compared_seed_by_seed_as_scipy_does(capsys):
+    """The committed 5-seed report: each variant minus seed_bn is scipy's paired t-test on the runs'
+    final values, Holm-adjusted within each accuracy's family, with a verdict."""
+    from scipy import stats as scipy_stats
+
+    from bnbench.record import stats
+
+    path = RESULTS / "cpu-mlp-variants-5seeds.json"
+    status, out, _ = compare(path, "--baseline", "seed_bn", capsys=capsys)
+    assert status == 0
+    raw = json.loads(path.read_text())
+    finals = {}
+    for run in raw["runs"]:
+        finals.setdefault(run["variant"], {})[run["seed"]] = run
+    names = [n for n in raw["summary"] if n != "seed_bn"]
+    for metric, column in (("val_accuracy", "val"), ("test_accuracy", "test")):
+        def value(run):
+            return run["epochs"][-1][metric] if metric != "test_accuracy" else run["test_accuracy"]
+        tests = {}
+        for name in names:
+            seeds = sorted(finals[name])
+            a, b = [value(finals[name][s]) for s in seeds], [value(finals["seed_bn"][s]) for s in seeds]
+            tests[name] = scipy_stats.ttest_rel(a, b) if len(set(x - y for x, y in zip(a, b))) > 1 else None
+        holm = dict(zip(names, stats.holm([t.pvalue if t else None for t in tests.values()])))
+        for name, t in tests.items():
+            row = next(line for line in out.splitlines() if line.startswith(f"{name} ") and f" {column} " in line)
+            assert "paired, n=5" in row
+            if t is None:
+                continue
+            low, high = t.confidence_interval(0.95)
+            diff = float(np.mean([value(finals[name][s]) - value(finals["seed_bn"][s]) for s in sorted(finals[name])]))
+            assert f"{diff:+.4f} [{low:+.4f}, {high:+.4f}]" in row
+            p_text = f"{t.pvalue:.2g}" if t.pvalue >= 1e-4 else "<1e-4"
+            h_text = f"{holm[name]:.2g}" if holm[name] >= 1e-4 else "<1e-4"
+            assert f" {p_text} " in row and f" {h_text} " in row
+    row = next(line for line in out.splitlines() if line.startswith("bn_before_activation ") and " val " in line)
+    assert " 0.0033 " in row and row.rstrip().endswith("worse")  # the paired p the audit computed
+
+
+def test_reports_of_different_machines_are_compared_unpaired_and_say_so(capsys):
+    a, b = RESULTS / "cpu-notebook-5seeds.json", RESULTS / "cpu-amd-epyc-notebook-5seeds.json"
+    status, out, _ = compare(a, b, capsys=capsys)
+    assert status == 0 and "Differences to [1] (unpaired: other runs):" in out
+    rows = [line for line in out.splitlines() if "[2] - [1]" in line]
+    assert rows and all("Welch, n=5+5" in row for row in rows)
+    assert "another machine" in out

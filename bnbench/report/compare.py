@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
+from bnbench.record import stats
 from bnbench.record.schema import PROTOCOL_KEYS
-from bnbench.record.stats import difference, format_ci, format_difference
+from bnbench.record.stats import format_ci
 from bnbench.report import reading, scaling
 from bnbench.report.reading import ACCURACIES, STEP_KINDS
 from bnbench.report.table import format_table
@@ -23,10 +24,15 @@ KEY = "\n".join([
     "vs [N]: this time over report [N]'s time of the same kind (and seeds): below 1x faster, above 1x slower. "
     "Times of different kinds are never compared.",
     "K seeds vs 1: an epoch of K seeds trained together against one seed's, timed in alternation.",
-    "Differences: mean of one minus mean of the other [Welch 95% CI] and Welch's t-test p-value (two-sided), "
-    "which treat the two sides' seeds as independent samples; none where either side has fewer than 2 seeds "
-    "or neither varies. Variants of one protocol share their seeds (the same shuffles and initial keys): where "
-    "runs of a seed are alike on both sides, the interval is wider than a paired one would be.",
+    "Differences: one side's mean accuracy minus the other's, with its 95% CI and two-sided p-value. Variants "
+    "of one report share their seeds (the same shuffles and initial keys), so they are compared seed by seed "
+    "(paired t-test, n = the seeds both trained without diverging); across reports, Welch's unpaired test "
+    "(n = each side's seeds).",
+    "Families: the comparisons against one baseline on one accuracy in one report (or of one later report "
+    "against the first) form a family; p Holm is Holm's adjustment within it, and the verdict reads it.",
+    "Verdict: better or worse (p Holm < 0.05); equivalent (within ±margin by two one-sided tests at 5%); else "
+    "inconclusive, with the smallest difference these seeds detect at 80% power and about how many seeds "
+    "would settle the margin.",
 ])
 
 
@@ -170,40 +176,101 @@ def table(loaded: list[dict], markdown: bool = False) -> str:
     return format_table(headers, rows, markdown=markdown)
 
 
-def _difference_cells(v: dict, base: dict) -> list[str]:
-    return [format_difference(difference(v[k], base[k])) if v.get(k) and base.get(k) else "-" for k in ACCURACIES]
+def comparison(v: dict, b: dict, metric: str, paired: bool) -> dict | None:
+    """``v`` minus ``b`` on ``metric``: seed by seed where they share seeds (``paired``: variants
+    of one report), else Welch's unpaired test on their summaries; None without both figures."""
+    if not (v.get(metric) and b.get(metric)):
+        return None
+    if paired:
+        seeds = sorted(s for s in set(v.get("finals", {})) & set(b.get("finals", {}))
+                       if metric in v["finals"][s] and metric in b["finals"][s])
+        if seeds:
+            return stats.paired_difference([v["finals"][s][metric] for s in seeds],
+                                           [b["finals"][s][metric] for s in seeds])
+    return stats.welch_difference(v[metric], b[metric])
 
 
-def _too_few(rows: list[tuple[dict, dict]]) -> list[str]:
+def _ci_text(d: dict) -> str:
+    if d["ci95"] is None:
+        return f"{d['difference']:+.4f}"
+    low, high = d["ci95"]
+    return f"{d['difference']:+.4f} [{low:+.4f}, {high:+.4f}]"
+
+
+def _p_text(p: float | None) -> str:
+    return "-" if p is None else f"{p:.2g}" if p >= 1e-4 else "<1e-4"
+
+
+def _verdict_text(d: dict) -> str:
+    if d["verdict"] == "untested":
+        return "untested: " + ("too few seeds" if not d.get("too_few", "").startswith("no spread") else "no spread")
+    if d["verdict"] == "equivalent":
+        return f"equivalent within ±{d['margin']:g}"
+    if d["verdict"] == "inconclusive":
+        seeds = d.get("seeds_for_margin")
+        settle = "" if seeds is None else f"; ~{seeds} seeds settle ±{d['margin']:g}" if seeds <= 1000 else \
+            f"; >1000 seeds to settle ±{d['margin']:g}"
+        return f"inconclusive (detects {d['detectable']:.4f}{settle})"
+    return d["verdict"]
+
+
+def _test_text(d: dict) -> str:
+    return f"paired, n={d['n']}" if d["test"] == "paired" else f"Welch, n={d['n'][0]}+{d['n'][1]}"
+
+
+def _family_rows(labels: list[list[str]], comparisons: list[dict], margin: float) -> list[list[str]]:
+    """One family's rows: each comparison with its Holm-adjusted p-value and verdict."""
+    rows = []
+    for label, d in zip(labels, stats.compare_family(comparisons, margin)):
+        rows.append([*label, _test_text(d), _ci_text(d), _p_text(d["p_value"]), _p_text(d["p_holm"]),
+                     _verdict_text(d)])
+    return rows
+
+
+DIFFERENCE_HEADERS = ["test", "difference [95% CI]", "p", "p Holm", "verdict"]
+
+
+def _too_few(comparisons: list[dict]) -> list[str]:
     """What the page says plainly when a difference has no interval for want of seeds."""
-    few = sorted({min(a[k]["n"], b[k]["n"]) for a, b in rows for k in ACCURACIES
-                  if a.get(k) and b.get(k) and min(a[k]["n"], b[k]["n"]) < 2})
+    few = [d for d in comparisons if d.get("too_few") and not d["too_few"].startswith("no spread")]
     # After a blank line, so that Markdown does not read the sentence as a row of the table above.
-    return ["", f"Too few seeds for an interval or a p-value where a side has {few[0]} seed: train 2 or more "
+    return ["", "Too few seeds for an interval or a p-value where a side has 1 seed: train 2 or more "
                 "(5 give useful intervals)."] if few else []
 
 
-def _differences(title: str, headers: list[str], rows: list[list], pairs: list[tuple[dict, dict]],
-                 markdown: bool) -> str | None:
-    """A titled table of difference rows (``headers``, then one column per accuracy), or None."""
+def _differences(title: str, headers: list[str], families: dict[tuple, list[tuple[list[str], dict]]],
+                 margin: float, markdown: bool) -> str | None:
+    """A titled table of the families' rows (``headers`` name each row, then the comparison), or None."""
+    rows, comparisons = [], []
+    for members in families.values():
+        rows += _family_rows([label for label, _ in members], [d for _, d in members], margin)
+        comparisons += [d for _, d in members]
     if not rows:
         return None
-    headers = [*headers, *[f"{k.replace('_', ' ')} difference" for k in ACCURACIES]]
-    return "\n".join([title, "", format_table(headers, rows, markdown=markdown), *_too_few(pairs)])
+    return "\n".join([title, "", format_table([*headers, *DIFFERENCE_HEADERS], rows, markdown=markdown),
+                      *_too_few(comparisons)])
 
 
-def across_reports(loaded: list[dict], markdown: bool = False) -> str | None:
-    """Each variant's accuracies in every later report minus the baseline report's."""
+def _metric(key: str) -> str:
+    return key.removesuffix("_accuracy").replace("_", " ")
+
+
+def across_reports(loaded: list[dict], markdown: bool = False, margin: float = stats.EQUIVALENCE_MARGIN
+                   ) -> str | None:
+    """Each variant's accuracies in every later report minus the baseline report's: unpaired
+    (other runs), one family per later report and accuracy."""
     base = loaded[0]
-    rows, pairs = [], []
+    families: dict[tuple, list] = {}
     for r in loaded[1:]:
         for name, v in r["variants"].items():
             b = base["variants"].get(name)
-            if b is None or not any(v.get(k) and b.get(k) for k in ACCURACIES):
-                continue
-            rows.append([name, f"[{r['ref']}] - [{base['ref']}]", *_difference_cells(v, b)])
-            pairs.append((v, b))
-    return _differences(f"Differences to [{base['ref']}]:", ["variant", "reports"], rows, pairs, markdown)
+            for metric in ACCURACIES:
+                d = comparison(v, b, metric, paired=False) if b is not None else None
+                if d is not None:
+                    families.setdefault((r["ref"], metric), []).append(
+                        ([name, f"[{r['ref']}] - [{base['ref']}]", _metric(metric)], d))
+    return _differences(f"Differences to [{base['ref']}] (unpaired: other runs):", ["variant", "reports", "accuracy"],
+                        families, margin, markdown)
 
 
 def check_baselines(loaded: list[dict], baselines) -> None:
@@ -231,20 +298,24 @@ def baseline_entry(report: dict, entry: dict, baseline: str) -> dict | None:
                 same[0] if same else None)
 
 
-def against_baselines(loaded: list[dict], baselines, markdown: bool = False) -> str | None:
+def against_baselines(loaded: list[dict], baselines, markdown: bool = False,
+                      margin: float = stats.EQUIVALENCE_MARGIN) -> str | None:
     """Within each report, every other variant's accuracies minus each baseline variant's (in a
-    sweep, at the same configuration)."""
-    rows, pairs = [], []
+    sweep, at the same configuration), seed by seed: one family per baseline, report and accuracy."""
+    families: dict[tuple, list] = {}
     for baseline in baselines:
         for r in loaded:
             for name, v in r["variants"].items():
                 b = baseline_entry(r, v, baseline)
-                if b is None or b is v:
+                if b is None or b is v or name == baseline:
                     continue
-                if name != baseline and any(v.get(k) and b.get(k) for k in ACCURACIES):
-                    rows.append([name, baseline, f"[{r['ref']}]", *_difference_cells(v, b)])
-                    pairs.append((v, b))
-    return _differences("Differences to baseline variants:", ["variant", "minus", "report"], rows, pairs, markdown)
+                for metric in ACCURACIES:
+                    d = comparison(v, b, metric, paired=True)
+                    if d is not None:
+                        families.setdefault((baseline, r["ref"], metric), []).append(
+                            ([name, baseline, f"[{r['ref']}]", _metric(metric)], d))
+    return _differences("Differences to baseline variants (paired: the same seeds):",
+                        ["variant", "minus", "report", "accuracy"], families, margin, markdown)
 
 
 @dataclass
@@ -383,10 +454,11 @@ def gate(base: dict, others: list[dict], pct: float, what: str = "auto", across_
 
 
 def compare(paths: list[str], markdown: bool = False, fail_on_regression: float | None = None,
-            baselines=(), gate_what: str = "auto", across_machines: bool = False) -> tuple[str, bool]:
+            baselines=(), gate_what: str = "auto", across_machines: bool = False,
+            margin: float = stats.EQUIVALENCE_MARGIN) -> tuple[str, bool]:
     """The reports at ``paths`` side by side; returns the text and whether the gate failed."""
     return compare_loaded(reading.load_all(paths), markdown, fail_on_regression, baselines=baselines,
-                          gate_what=gate_what, across_machines=across_machines)
+                          gate_what=gate_what, across_machines=across_machines, margin=margin)
 
 
 def legend(loaded: list[dict]) -> str:
@@ -397,7 +469,7 @@ def legend(loaded: list[dict]) -> str:
 
 def compare_loaded(loaded: list[dict], markdown: bool = False, fail_on_regression: float | None = None,
                    standalone: bool = True, baselines=(), gate_what: str = "auto",
-                   across_machines: bool = False) -> tuple[str, bool]:
+                   across_machines: bool = False, margin: float = stats.EQUIVALENCE_MARGIN) -> tuple[str, bool]:
     """``compare`` for reports already read with ``reading.load_all``. Standalone output names each
     report's hardware and explains the columns; a page of several tables (``bnbench report``) does
     that once, above them. With ``baselines`` (variant names), each report's variants are also
@@ -406,8 +478,8 @@ def compare_loaded(loaded: list[dict], markdown: bool = False, fail_on_regressio
     if standalone:
         check_baselines(loaded, baselines)
     parts = [table(loaded, markdown)] if any(r["variants"] for r in loaded) else []
-    parts += [text for text in (across_reports(loaded, markdown), against_baselines(loaded, baselines, markdown))
-              if text]
+    parts += [text for text in (across_reports(loaded, markdown, margin),
+                                against_baselines(loaded, baselines, markdown, margin)) if text]
     if standalone:
         parts += scaling.tables(loaded, markdown)
         notice = machine_notice(loaded[0], loaded[1:])

@@ -16,6 +16,7 @@ import numpy as np
 
 from bnbench.record.io import ReportFolder, atomic_write
 from bnbench.record.schema import PROTOCOL_KEYS
+from bnbench.record.stats import EQUIVALENCE_MARGIN
 from bnbench.report import reading, scaling
 from bnbench.report.compare import KEY, batch_stats, check_baselines, compare_loaded, protocol_key
 from bnbench.report.reading import STEP_KINDS
@@ -243,7 +244,7 @@ def study(loaded: list[dict], out: Path) -> tuple[list[str], list[Path]]:
     return lines, written
 
 
-def markdown(loaded: list[dict], baselines=(), extra: list[str] = ()) -> str:
+def markdown(loaded: list[dict], baselines=(), extra: list[str] = (), margin: float = EQUIVALENCE_MARGIN) -> str:
     sections = ["# bnbench results", "", *_where_they_ran(loaded)]
     groups: dict[tuple, list[dict]] = {}
     for r in loaded:
@@ -251,7 +252,8 @@ def markdown(loaded: list[dict], baselines=(), extra: list[str] = ()) -> str:
             groups.setdefault(protocol_key(r), []).append(r)
     for members in groups.values():
         sections += [f"## {protocol_title(members[0]['protocol'])}", "",
-                     compare_loaded(members, markdown=True, standalone=False, baselines=baselines)[0], ""]
+                     compare_loaded(members, markdown=True, standalone=False, baselines=baselines,
+                                    margin=margin)[0], ""]
     sections += [*(f"- {line}" for line in KEY.splitlines()), ""]
     if any("sweep" not in r and r["variants"] for r in loaded):  # a sweep's plots are its study's
         sections += ["## Plots", "", "![validation accuracy per epoch](val_accuracy.png)", "",
@@ -260,24 +262,25 @@ def markdown(loaded: list[dict], baselines=(), extra: list[str] = ()) -> str:
     return "\n".join(sections)
 
 
-def write_citable(paths: list[str], out: str | Path, baselines=(), force: bool = False) -> list[Path]:
+def write_citable(paths: list[str], out: str | Path, baselines=(), force: bool = False,
+                   margin: float = EQUIVALENCE_MARGIN) -> list[Path]:
     loaded = reading.load_all(paths)
     check_baselines(loaded, baselines)
     folder = ReportFolder(out, force=force)
     try:
-        drawn = _write_page(loaded, folder.staging, baselines)
+        drawn = _write_page(loaded, folder.staging, baselines, margin)
         folder.finish()
     finally:
         folder.release()
     return [folder.path / p.name for p in drawn]  # README.md first, then the plots as drawn
 
 
-def _write_page(loaded: list[dict], out: Path, baselines) -> list[Path]:
+def _write_page(loaded: list[dict], out: Path, baselines, margin: float = EQUIVALENCE_MARGIN) -> list[Path]:
     readme = out / "README.md"
     try:
         extra, studied = study(loaded, out)
         scaling_text, scaling_plots = scaling.sections(_pyplot(), loaded, out, _save)
-        text = markdown(loaded, baselines, extra + scaling_text)
+        text = markdown(loaded, baselines, extra + scaling_text, margin)
         atomic_write(readme, lambda f: f.write(text))
         plots = []
         if any("sweep" not in r and r["variants"] for r in loaded):

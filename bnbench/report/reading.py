@@ -140,7 +140,7 @@ def _variant(summary: model.VariantSummary | None, runs: list[model.Run], lone_s
              seed_scaling: dict | None = None) -> dict:
     """One variant's figures; ``summary`` is None for a pytest-benchmark file without its accuracy benchmark."""
     entry = {"lone_step": lone_step, "epoch_per_update": None, "seed_scaling": seed_scaling,
-             "curves": [[e.val_accuracy for e in r.epochs] for r in runs]}
+             "curves": [[e.val_accuracy for e in r.epochs] for r in runs], "finals": _finals(runs)}
     if summary is not None:
         entry.update({key: _dump(getattr(summary, key)) for key in ACCURACIES})
         # The model is absent in the oldest reports: then assume batch statistics.
@@ -151,6 +151,18 @@ def _variant(summary: model.VariantSummary | None, runs: list[model.Run], lone_s
         entry["lone_step"] = entry["lone_step"] or _lone_step(summary.step_time_s)
         entry["seed_scaling"] = entry["seed_scaling"] or _dump(summary.seed_scaling)
     return entry
+
+
+def _finals(runs: list[model.Run]) -> dict[int, dict[str, float]]:
+    """Each seed's final accuracies, over the runs that did not diverge: what paired comparisons
+    set against each other seed by seed."""
+    finals = {}
+    for r in runs:
+        last = r.epochs[-1]
+        if r.diverged is None and last.train_accuracy is not None and last.val_accuracy is not None:
+            finals[r.seed] = {"train_accuracy": last.train_accuracy, "val_accuracy": last.val_accuracy,
+                              **({"test_accuracy": r.test_accuracy} if r.test_accuracy is not None else {})}
+    return finals
 
 
 def _fingerprint(runs: list[model.Run]):
