@@ -312,6 +312,13 @@ def seed_keys(seeds: Sequence[int]) -> tuple[jax.Array, jax.Array]:
 _split_seeds = jax.jit(jax.vmap(lambda s: jax.random.split(jax.random.PRNGKey(s))))
 
 
+# Training accuracy as evaluation measures it (moving statistics, the model in inference mode), on
+# a fixed subset: the first TRAIN_EVAL_EXAMPLES examples of the training split, in the dataset's
+# order, after every epoch and outside its timing. The running mean of training-mode accuracies
+# over the epoch (``train_accuracy``) mixes weights of the whole epoch and batch statistics.
+TRAIN_EVAL_EXAMPLES = 10_000
+
+
 class Trainer:
     """Compiles one variant's programs for a number of seeds trained together, and runs them.
 
@@ -335,6 +342,8 @@ class Trainer:
         self.mesh_devices = self.mesh.size if self.mesh is not None else 1
         self.sequential = device_lib.seeds_one_after_another(self.mesh)
         self.data = device_lib.replicate(data, self.mesh)
+        subset = min(TRAIN_EVAL_EXAMPLES, int(data.train_labels.shape[0]))
+        self.train_subset = device_lib.replicate((data.train_images[:subset], data.train_labels[:subset]), self.mesh)
         share = num_seeds // self.seed_devices
 
         def seeded(fn, in_axes):
@@ -353,7 +362,7 @@ class Trainer:
                    (0, 0, 0, None, None, None, None)),
             donate_argnums=0)
         self._evaluate_program = jax.jit(seeded(functools.partial(evaluate, model), (0, None, None)))
-        self._epoch = self._evaluate = None  # compiled on first use, then reused by every fit
+        self._epoch = self._evaluate = self._evaluate_train = None  # compiled on first use, then reused
         self.compile_time_s = 0.0
 
     def init(self, init_keys: jax.Array) -> TrainState:
@@ -393,6 +402,7 @@ class Trainer:
         self._epoch = self.epoch_program.lower(state, epoch_keys, hyperparams, *self._train_val()).compile()
         self._evaluate = self._evaluate_program.lower(
             state, self.data.test_images, self.data.test_labels).compile()
+        self._evaluate_train = self._evaluate_program.lower(state, *self.train_subset).compile()
         self.compile_time_s = time.perf_counter() - start
 
     def epoch_args(self) -> tuple:
@@ -417,6 +427,10 @@ class Trainer:
     def test(self, state: TrainState) -> dict:
         return self._evaluate(state, self.data.test_images, self.data.test_labels)
 
+    def evaluate_train(self, state: TrainState) -> dict:
+        """Loss and accuracy on the fixed training subset (``TRAIN_EVAL_EXAMPLES``), as evaluated."""
+        return self._evaluate_train(state, *self.train_subset)
+
 
 @jax.jit
 def epoch_keys(shuffle_roots: jax.Array, epoch_index: int) -> jax.Array:
@@ -437,7 +451,9 @@ def fit(trainer: Trainer, seeds: Sequence[int],
     history, epoch_times = [], []
     for i in range(trainer.protocol.epochs):
         state, metrics, seconds = trainer.run_epoch(state, epoch_keys(shuffle_roots, i), hyperparams)
-        metrics = device_lib.fetch(metrics)
+        as_evaluated = trainer.evaluate_train(state)  # after the timed epoch: not in its time
+        metrics = device_lib.fetch({**metrics, "train_eval_loss": as_evaluated["loss"],
+                                    "train_eval_accuracy": as_evaluated["accuracy"]})
         history.append(metrics)
         epoch_times.append(seconds)
         if on_epoch is not None:

@@ -183,6 +183,9 @@ class Epoch(Record):
     epoch: Count
     train_loss: float | None = _loss()
     train_accuracy: Fraction = None
+    # The training subset's loss and accuracy as evaluation measures them (train.TRAIN_EVAL_EXAMPLES).
+    train_eval_loss: float | None = _loss()
+    train_eval_accuracy: Fraction = None
     val_loss: float | None = _loss()
     val_accuracy: Fraction = None
     time_s: Time
@@ -291,6 +294,8 @@ class VariantSummary(Record):
     # null where every seed diverged
     train_loss: Loss | None = _nullable("a loss over seeds {mean, std, ci95, n}", None)
     train_accuracy: Accuracy | None = _nullable("an accuracy over seeds {mean, std, ci95, n}")
+    train_eval_loss: Loss | None = _nullable("a loss over seeds {mean, std, ci95, n}", None)
+    train_eval_accuracy: Accuracy | None = _nullable("an accuracy over seeds {mean, std, ci95, n}", None)
     val_loss: Loss | None = _nullable("a loss over seeds {mean, std, ci95, n}", None)
     val_accuracy: Accuracy | None = _nullable("an accuracy over seeds {mean, std, ci95, n}")
     test_loss: Loss | None = _nullable("a loss over seeds {mean, std, ci95, n}", None)

@@ -14,11 +14,13 @@ from bnbench.record import stats
 from bnbench.record.schema import PROTOCOL_KEYS
 from bnbench.record.stats import format_ci
 from bnbench.report import reading, scaling
-from bnbench.report.reading import ACCURACIES, STEP_KINDS
+from bnbench.report.reading import ACCURACIES, COMPARED, STEP_KINDS
 from bnbench.report.table import format_table
 
 KEY = "\n".join([
-    "Accuracy: mean ± 95% CI half-width over seeds.",
+    "Accuracy: mean ± 95% CI half-width over seeds. Train acc: the running mean over the last epoch, in "
+    "training mode (batch statistics, weights changing); train acc (eval): the first 10,000 training examples "
+    "evaluated as validation is, after the epoch (compared where reports record it).",
     "One update: a lone compiled update on a fixed batch, synchronised (`pytest benchmarks/` only).",
     "Per update in epochs: an epoch's time over its updates; the seeds trained together share the epoch.",
     "vs [N]: this time over report [N]'s time of the same kind (and seeds): below 1x faster, above 1x slower. "
@@ -159,7 +161,7 @@ def table(loaded: list[dict], markdown: bool = False) -> str:
     vs = f"vs [{base['ref']}]"
     headers = ["variant", "report", f"{STEP_KINDS['lone_step']} (median ± IQR)", vs,
                f"{STEP_KINDS['epoch_per_update']} (median ± IQR)", vs, "K seeds vs 1",
-               "train acc", "val acc", "test acc", "to target"]
+               "train acc", "train acc (eval)", "val acc", "test acc", "to target"]
     rows = []
     for name in dict.fromkeys(name for r in loaded for name in r["variants"]):
         base_variant = base["variants"].get(name, {})
@@ -171,7 +173,8 @@ def table(loaded: list[dict], markdown: bool = False) -> str:
             diverged = v.get("diverged_seeds", 0)
             rows.append([f"{name} ({diverged}/{v['seeds']} diverged)" if diverged else name, f"[{r['ref']}]", *times,
                          _seeds_cell(v["seed_scaling"]),
-                         *[format_ci(v[k]) if v.get(k) else ("diverged" if diverged else "-") for k in ACCURACIES],
+                         *[format_ci(v[k]) if v.get(k) else ("diverged" if diverged else "-")
+                           for k in ("train_accuracy", "train_eval_accuracy", "val_accuracy", "test_accuracy")],
                          _target_cell(v.get("time_to_target"))])
     return format_table(headers, rows, markdown=markdown)
 
@@ -252,7 +255,7 @@ def _differences(title: str, headers: list[str], families: dict[tuple, list[tupl
 
 
 def _metric(key: str) -> str:
-    return key.removesuffix("_accuracy").replace("_", " ")
+    return {"train_eval_accuracy": "train (eval)"}.get(key, key.removesuffix("_accuracy").replace("_", " "))
 
 
 def across_reports(loaded: list[dict], markdown: bool = False, margin: float = stats.EQUIVALENCE_MARGIN
@@ -264,7 +267,7 @@ def across_reports(loaded: list[dict], markdown: bool = False, margin: float = s
     for r in loaded[1:]:
         for name, v in r["variants"].items():
             b = base["variants"].get(name)
-            for metric in ACCURACIES:
+            for metric in COMPARED:
                 d = comparison(v, b, metric, paired=False) if b is not None else None
                 if d is not None:
                     families.setdefault((r["ref"], metric), []).append(
@@ -309,7 +312,7 @@ def against_baselines(loaded: list[dict], baselines, markdown: bool = False,
                 b = baseline_entry(r, v, baseline)
                 if b is None or b is v or name == baseline:
                     continue
-                for metric in ACCURACIES:
+                for metric in COMPARED:
                     d = comparison(v, b, metric, paired=True)
                     if d is not None:
                         families.setdefault((baseline, r["ref"], metric), []).append(

@@ -22,6 +22,9 @@ from bnbench.errors import BnbenchError
 from bnbench.record import model, schema
 
 ACCURACIES = ("train_accuracy", "val_accuracy", "test_accuracy")
+# What comparisons set against each other: training accuracy as evaluated (reports before it was
+# recorded have none), not the running training-mode mean, which batch statistics colour.
+COMPARED = ("train_eval_accuracy", "val_accuracy", "test_accuracy")
 # The kinds of step time. They measure different things and are never compared with each other:
 # a lone update also pays one dispatch and one synchronisation, which an epoch spreads over all
 # its updates, and an epoch's time is shared by the seeds trained together in it.
@@ -142,7 +145,7 @@ def _variant(summary: model.VariantSummary | None, runs: list[model.Run], lone_s
     entry = {"lone_step": lone_step, "epoch_per_update": None, "seed_scaling": seed_scaling,
              "curves": [[e.val_accuracy for e in r.epochs] for r in runs], "finals": _finals(runs)}
     if summary is not None:
-        entry.update({key: _dump(getattr(summary, key)) for key in ACCURACIES})
+        entry.update({key: _dump(getattr(summary, key)) for key in (*ACCURACIES, "train_eval_accuracy")})
         # The model is absent in the oldest reports: then assume batch statistics.
         entry["batch_statistics"] = summary.model.norm in MOVING_STATISTICS if summary.model else True
         entry.update(epoch_per_update=_epoch_per_update(summary), seeds=summary.seeds,
@@ -161,6 +164,8 @@ def _finals(runs: list[model.Run]) -> dict[int, dict[str, float]]:
         last = r.epochs[-1]
         if r.diverged is None and last.train_accuracy is not None and last.val_accuracy is not None:
             finals[r.seed] = {"train_accuracy": last.train_accuracy, "val_accuracy": last.val_accuracy,
+                              **({"train_eval_accuracy": last.train_eval_accuracy}
+                                 if last.train_eval_accuracy is not None else {}),
                               **({"test_accuracy": r.test_accuracy} if r.test_accuracy is not None else {})}
     return finals
 
