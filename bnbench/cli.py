@@ -240,10 +240,25 @@ def cmd_compare(args) -> int:
 def cmd_report(args) -> int:
     from bnbench.report.page import write_citable
 
+    formats = list(dict.fromkeys(f for given in args.format or [["markdown"]] for f in given))
     for path in write_citable(args.reports, args.out, baselines=args.baseline or (), force=args.force,
-                              margin=args.margin):
+                              margin=args.margin, formats=formats):
         print(path)
     return 0
+
+
+def _report_formats(text: str) -> list[str]:
+    """``--format latex,csv``: the formats named, each one ``bnbench report`` writes."""
+    from bnbench.report.tables import FORMATS
+
+    items = [item.strip() for item in text.split(",")]
+    for item in items:
+        if not item:
+            raise options.BadValue(f"{text!r} has an empty item: name formats separated by commas, as in latex,csv")
+        if item not in FORMATS:
+            raise options.BadValue(f"{item!r} is not a format: choose from {', '.join(FORMATS)} (repeat --format "
+                                   "or separate them with commas, as in --format latex,csv)")
+    return items
 
 
 def add_scale_out_options(parser) -> None:
@@ -347,7 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--margin", type=_margin, default=0.005, metavar="ACC", help=MARGIN_HELP)
     compare.set_defaults(func=cmd_compare)
 
-    report = sub.add_parser("report", help="write a citable Markdown summary with plots")
+    report = sub.add_parser("report", help="write a citable Markdown summary with plots, and tables for papers")
     report.add_argument("reports", nargs="+", metavar="REPORT.json",
                         help="bnbench reports (run, sweep or harness) and pytest-benchmark JSON files to summarize")
     report.add_argument("--out", required=True, metavar="DIR",
@@ -357,6 +372,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also replace files of the page's names that bnbench report did not write (a README.md)")
     report.add_argument("--baseline", action="append", metavar="VARIANT", help=BASELINE_HELP)
     report.add_argument("--margin", type=_margin, default=0.005, metavar="ACC", help=MARGIN_HELP)
+    report.add_argument("--format", action="append", type=_report_formats, metavar="FORMAT[,FORMAT...]",
+                        help="also write tables for papers (repeatable, or comma-separated): markdown, the page "
+                             "(README.md, always written; the default); latex, tables.tex (one booktabs table per "
+                             "report, to \\input{}, with --baseline's paired differences and verdicts); csv, runs.csv "
+                             "(one row per run) and summary.csv (one row per variant of each report). Each table "
+                             "names its report's command, commit, machine, seeds and citation key.")
     report.set_defaults(func=cmd_report)
     return parser
 

@@ -17,7 +17,7 @@ import numpy as np
 from bnbench.record.io import ReportFolder, atomic_write
 from bnbench.record.schema import PROTOCOL_KEYS
 from bnbench.record.stats import EQUIVALENCE_MARGIN
-from bnbench.report import reading, scaling
+from bnbench.report import plots, reading, scaling
 from bnbench.report.compare import KEY, batch_stats, check_baselines, compare_loaded, protocol_key
 from bnbench.report.reading import STEP_KINDS
 from bnbench.report.table import format_table
@@ -35,24 +35,22 @@ def _pyplot():
 
 
 def _panels(plt, count: int, legend_rows: int = 2):
-    """One row of panels, tall enough for the plot and the legend below it (``legend_rows`` lines)."""
-    height = 4.2 + 0.22 * legend_rows
-    fig, axes = plt.subplots(1, max(count, 1), figsize=(4.6 * max(count, 1) + 1.0, height), squeeze=False)
-    return fig, list(axes[0])
+    """Panels for ``count`` plots (at most ``plots.MAX_PANELS``: one row of three, or two by two),
+    tall enough for the plot and a legend of ``legend_rows`` lines below each (``_legend``)."""
+    return plots.grid(plt, count, panel=(4.8, 4.2 + 0.22 * legend_rows))
 
 
 def _colors(plt, names) -> dict:
-    """A color per name, none repeated: matplotlib's ten, or tab20's twenty for more names."""
-    if len(names) <= 10:
-        return {name: f"C{i}" for i, name in enumerate(names)}
-    cmap = plt.get_cmap("tab20")
-    return {name: cmap(i % 20) for i, name in enumerate(names)}
+    """A colour per name from Okabe and Ito's colour-blind-safe eight; past eight they come round
+    again, so that a plot of more names tells them apart by style as well (``plots.styles``)."""
+    return {name: style["color"] for name, style in plots.styles(names).items()}
 
 
 def _save(plt, fig, path: Path) -> None:
-    """Writes the figure as a PNG, atomically, with nothing cut off: the title wrapped to the
-    figure's width, legends placed below their panel's tick labels once the layout is final, and
-    the canvas grown to hold whatever lies outside the panels."""
+    """Writes the figure as a PNG (and an SVG beside it), atomically, with nothing cut off: the
+    title wrapped to the figure's width, legends placed below their panel's tick labels once the
+    layout is final, and the canvas grown to hold whatever lies outside the panels (a figure's
+    legend on the right)."""
     title = fig._suptitle
     if title is not None:  # about 9 characters of a 12-point title per inch
         title.set_text(textwrap.fill(title.get_text(), max(40, int(fig.get_figwidth() * 9))))
@@ -62,8 +60,14 @@ def _save(plt, fig, path: Path) -> None:
         # The lowest point of the panel's labels (slanted names included), in the panel's coordinates.
         low = ax.transAxes.inverted().transform((0, ax.get_tightbbox().y0))[1]
         ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, low - 0.02))
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=150, bbox_inches="tight", pad_inches=0.15),
-                 mode="wb")
+    if title is not None and fig.axes:  # a clear gap between the title and the panels' own titles
+        renderer = fig.canvas.get_renderer()
+        top = max(ax.get_tightbbox(renderer).y1 for ax in fig.axes)
+        gap = title.get_window_extent(renderer).y0 - top
+        need = 10 * fig.dpi / 72
+        if gap < need:
+            title.set_y(title.get_position()[1] + (need - gap) / (fig.get_figheight() * fig.dpi))
+    plots.write(plt, fig, path)
     plt.close(fig)
 
 
@@ -98,35 +102,60 @@ def _legend(ax) -> None:
     fig._bnbench_legends = [*getattr(fig, "_bnbench_legends", []), ax]
 
 
+REPORT_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p")
+
+
 def _plot_curves(loaded: list[dict], path: Path) -> None:
+    """Validation accuracy per epoch, a panel per protocol and at most ``plots.MAX_PANELS`` a file
+    (``val_accuracy.png``, then ``val_accuracy_2.png``...): a variant keeps its colour and line
+    style in every panel, a report its marker, and one legend beside the panels names each once."""
     plt = _pyplot()
     panels = curve_panels(loaded)
-    fig, axes = _panels(plt, len(panels), legend_rows=max([len(lines) for lines in panels.values()] or [1]))
-    names = list(dict.fromkeys(n for r in loaded for n in r["variants"]))
-    colors = _colors(plt, names)
-    styles = ["-", "--", ":", "-."]
-    for ax, (title, lines) in zip(axes, panels.items()):
-        refs = sorted({ref for _, ref, _ in lines})
-        for name, ref, curves in lines:
-            epochs = np.arange(1, curves.shape[1] + 1)
-            label = name if len(refs) == 1 else f"{name} [{ref}]"
-            ax.plot(epochs, curves.mean(0), marker="o", ms=3, color=colors[name],
-                    linestyle=styles[refs.index(ref) % len(styles)], label=label)
-            if len(curves) > 1:
-                ax.fill_between(epochs, curves.min(0), curves.max(0), color=colors[name], alpha=0.2)
-        which = f"[{refs[0]}] " if len(refs) == 1 else ""
-        ax.set_title(textwrap.fill(which + title, 48), fontsize=8)
-        ax.set_xlabel("epoch")
-        epochs = max(curves.shape[1] for _, _, curves in lines)
-        ax.set_xlim(0.5, epochs + 0.5)
-        ax.set_xticks(range(1, epochs + 1, max(1, epochs // 10)))  # whole epochs, also for one
-        ax.set_ylabel("validation accuracy")
-        ax.grid(alpha=0.3)
-        _legend(ax)
-    if not panels:
-        _empty(axes[0], "no per-epoch curves in these reports")
-    fig.suptitle("Validation accuracy per epoch, one panel per protocol (mean over seeds; band: min to max)")
-    _save(plt, fig, path)
+    names = list(dict.fromkeys(n for lines in panels.values() for n, _, _ in lines))
+    looks = plots.styles(names)
+    for index, page in enumerate(plots.pages(list(panels.items()))):
+        fig, axes = plots.grid(plt, len(page), panel=(4.8, 4.0))
+        refs = list(dict.fromkeys(ref for _, lines in page for _, ref, _ in lines))
+        markers = {ref: REPORT_MARKERS[i % len(REPORT_MARKERS)] for i, ref in enumerate(refs)}
+        for ax, (title, lines) in zip(axes, page):
+            here = sorted({ref for _, ref, _ in lines})
+            values = []
+            for name, ref, curves in lines:
+                epochs = np.arange(1, curves.shape[1] + 1)
+                look = looks[name]
+                label = name if len(here) == 1 else f"{name} [{ref}]"
+                ax.plot(epochs, curves.mean(0), marker=markers[ref], ms=3.5, color=look["color"],
+                        linestyle=look["linestyle"], lw=1.3, label=label)
+                values += [*curves.mean(0)]
+                if len(curves) > 1:
+                    ax.fill_between(epochs, curves.min(0), curves.max(0), color=look["color"], alpha=0.15, lw=0)
+                    values += [*curves.min(0), *curves.max(0)]
+            low, high = min(values), max(values)
+            pad = max(high - low, 0.01) * 0.06
+            ax.set_ylim(low - pad, high + pad)
+            which = f"[{here[0]}] " if len(here) == 1 else ""
+            ax.set_title(textwrap.fill(which + title, 56), fontsize=8)
+            ax.set_xlabel("epoch")
+            epochs = max(curves.shape[1] for _, _, curves in lines)
+            ax.set_xlim(0.5, epochs + 0.5)
+            ax.set_xticks(range(1, epochs + 1, max(1, epochs // 10)))  # whole epochs, also for one
+            ax.set_ylabel("validation accuracy")
+            ax.grid(alpha=0.3)
+        shown = list(dict.fromkeys(n for _, lines in page for n, _, _ in lines))
+        line = plt.matplotlib.lines.Line2D
+        handles = [line([], [], color=looks[n]["color"], linestyle=looks[n]["linestyle"], lw=1.5) for n in shown]
+        handles += [line([], [], color=plots.GREY, marker=markers[ref], ls="none") for ref in refs]
+        labels = [*shown, *(textwrap.shorten(f"[{ref}] {_label(loaded, ref)}", 44) for ref in refs)]
+        plots.figure_legend(fig, handles, labels, title="variant (colour, line); report (marker)", below=True)
+        if not panels:
+            _empty(axes[0], "no per-epoch curves in these reports")
+        fig.suptitle("Validation accuracy per epoch, one panel per protocol (mean over seeds; band: min to max)"
+                     + (f", part {index + 1}" if index else ""))
+        _save(plt, fig, plots.page_path(path, index))
+
+
+def _label(loaded: list[dict], ref) -> str:
+    return next(r["label"] for r in loaded if r["ref"] == ref)
 
 
 def step_panels(loaded: list[dict]) -> dict[tuple, dict[int, dict[str, dict]]]:
@@ -151,31 +180,49 @@ def _step_title(kind: str, seeds: int) -> str:
 
 
 def _plot_step_times(loaded: list[dict], path: Path) -> None:
+    """Median time per update with its IQR, a panel per kind of time (two by two, at most
+    ``plots.MAX_PANELS`` a file): variants down the side, a bar per report that has them (a report
+    keeps its colour and hatch in every panel), one legend beside the panels."""
     plt = _pyplot()
     panels = step_panels(loaded)
     labels = {r["ref"]: textwrap.fill(f"[{r['ref']}] {r['label']}", 48) for r in loaded}
-    colors = _colors(plt, [r["ref"] for r in loaded])  # a report keeps its color across the panels
-    fig, axes = _panels(plt, len(panels), legend_rows=10)  # room for slanted names and the legend
-    for ax, ((kind, seeds), series) in zip(axes, panels.items()):
-        names = list(dict.fromkeys(n for figures in series.values() for n in figures))
-        width = 0.8 / len(series)
-        for i, (ref, figures) in enumerate(series.items()):
-            medians = [figures[n]["median"] * 1e3 if n in figures else np.nan for n in names]
-            errors = [figures[n]["iqr"] * 1e3 / 2 if n in figures else 0 for n in names]
-            if any(math.isinf(x) for x in medians + errors):
-                continue  # a time beyond a double's range once in ms cannot be drawn
-            ax.bar(np.arange(len(names)) + i * width, medians, width, yerr=errors, capsize=3, label=labels[ref],
-                   color=colors[ref])
-        ax.set_xticks(np.arange(len(names)) + width * (len(series) - 1) / 2, names, rotation=60, ha="right",
-                      fontsize=8)
-        ax.set_title(_step_title(kind, seeds), fontsize=10)
-        ax.set_ylabel("ms per training update (median, IQR bar)")
-        ax.grid(axis="y", alpha=0.3)
-        _legend(ax)
-    if not panels:
-        _empty(axes[0], "no step times in these reports")
-    fig.suptitle("Time per training update, by kind of time (never compare across panels)")
-    _save(plt, fig, path)
+    looks = plots.styles([r["ref"] for r in loaded])  # a report keeps its look across the panels
+    items = list(panels.items())
+    for index, page in enumerate(plots.pages(items)):
+        bars = max([sum(len(figures) for figures in series.values()) + len(series) for _, series in page] or [1])
+        fig, axes = plots.grid(plt, len(page), panel=(5.2, 1.4 + 0.15 * bars), columns=2 if len(page) > 1 else 1)
+        shown = []
+        for ax, ((kind, seeds), series) in zip(axes, page):
+            names = list(dict.fromkeys(n for figures in series.values() for n in figures))
+            rows, y = {}, 0.0  # each variant's bars together, one per report that has it, none left blank
+            for name in names:
+                refs = [ref for ref, figures in series.items() if name in figures]
+                rows[name] = {ref: y + i for i, ref in enumerate(refs)}
+                y += len(refs) + 0.6
+            for ref, figures in series.items():
+                at = [rows[n][ref] for n in names if n in figures]
+                medians = [figures[n]["median"] * 1e3 for n in names if n in figures]
+                errors = [figures[n]["iqr"] * 1e3 / 2 for n in names if n in figures]
+                if any(math.isinf(x) for x in medians + errors):
+                    continue  # a time beyond a double's range once in ms cannot be drawn
+                ax.barh(at, medians, 0.85, xerr=errors, capsize=2, label=labels[ref], color=looks[ref]["color"],
+                        hatch=looks[ref]["hatch"], edgecolor="white", lw=0.5, error_kw={"lw": 0.8})
+                shown.append(ref)
+            ax.set_yticks([np.mean(list(at.values())) for at in rows.values()], names, fontsize=8)
+            ax.set_ylim(y - 0.6 + 0.2, -0.8)  # the first variant on top
+            ax.set_title(_step_title(kind, seeds), fontsize=9)
+            ax.set_xlabel("ms per training update (median; whisker: IQR)", fontsize=8)
+            ax.set_xlim(left=0)
+            ax.grid(axis="x", alpha=0.3)
+        shown = [r["ref"] for r in loaded if r["ref"] in shown]  # in the page's order of reports
+        handles = [plt.matplotlib.patches.Patch(facecolor=looks[ref]["color"], hatch=looks[ref]["hatch"],
+                                                edgecolor="white") for ref in shown]
+        plots.figure_legend(fig, handles, [labels[ref] for ref in shown], title="report")
+        if not panels:
+            _empty(axes[0], "no step times in these reports")
+        fig.suptitle("Time per training update, by kind of time (never compare across panels)"
+                     + (f", part {index + 1}" if index else ""))
+        _save(plt, fig, plots.page_path(path, index))
 
 
 def _seeds_text(seeds: list[int]) -> str:
@@ -253,7 +300,7 @@ def markdown(loaded: list[dict], baselines=(), extra: list[str] = (), margin: fl
     for members in groups.values():
         sections += [f"## {protocol_title(members[0]['protocol'])}", "",
                      compare_loaded(members, markdown=True, standalone=False, baselines=baselines,
-                                    margin=margin)[0], ""]
+                                    margin=margin)[0], "", *plots.difference_links(members, baselines, margin)]
     sections += [*(f"- {line}" for line in KEY.splitlines()), ""]
     if any("sweep" not in r and r["variants"] for r in loaded):  # a sweep's plots are its study's
         sections += ["## Plots", "", "![validation accuracy per epoch](val_accuracy.png)", "",
@@ -263,31 +310,37 @@ def markdown(loaded: list[dict], baselines=(), extra: list[str] = (), margin: fl
 
 
 def write_citable(paths: list[str], out: str | Path, baselines=(), force: bool = False,
-                   margin: float = EQUIVALENCE_MARGIN) -> list[Path]:
+                   margin: float = EQUIVALENCE_MARGIN, formats=("markdown",)) -> list[Path]:
     loaded = reading.load_all(paths)
     check_baselines(loaded, baselines)
     folder = ReportFolder(out, force=force)
     try:
-        drawn = _write_page(loaded, folder.staging, baselines, margin)
+        drawn = _write_page(loaded, folder.staging, baselines, margin, formats)
         folder.finish()
     finally:
         folder.release()
-    return [folder.path / p.name for p in drawn]  # README.md first, then the plots as drawn
+    return [folder.path / p.name for p in drawn]  # README.md first, then the plots as drawn, then the tables
 
 
-def _write_page(loaded: list[dict], out: Path, baselines, margin: float = EQUIVALENCE_MARGIN) -> list[Path]:
+def _write_page(loaded: list[dict], out: Path, baselines, margin: float = EQUIVALENCE_MARGIN,
+                formats=()) -> list[Path]:
     readme = out / "README.md"
     try:
         extra, studied = study(loaded, out)
         scaling_text, scaling_plots = scaling.sections(_pyplot(), loaded, out, _save)
         text = markdown(loaded, baselines, extra + scaling_text, margin)
-        atomic_write(readme, lambda f: f.write(text))
-        plots = []
+        plotted = []
         if any("sweep" not in r and r["variants"] for r in loaded):
-            plots = [out / "val_accuracy.png", out / "step_time.png"]
-            _plot_curves(loaded, plots[0])
-            _plot_step_times(loaded, plots[1])
+            plotted = [out / "val_accuracy.png", out / "step_time.png"]
+            _plot_curves(loaded, plotted[0])
+            _plot_step_times(loaded, plotted[1])
+        plotted += plots.plot_differences_all(_pyplot(), loaded, baselines, margin, out, _save)
+        text = plots.link_pages(text, out)  # a figure's further pages and its SVG, once drawn
+        atomic_write(readme, lambda f: f.write(text))
+        from bnbench.report import tables  # --format latex, csv: tables.tex, runs.csv, summary.csv
+
+        written = tables.write(loaded, out, formats, baselines, margin)
     except OSError as e:  # a read-only folder, or a folder where a file should go
         raise reading.ReportError(f"cannot write the report into {out} ({e.strerror or e}: "
                                   f"{e.filename or out}): choose a writable --out folder") from None
-    return [readme, *plots, *studied, *scaling_plots]
+    return plots.written(out, [readme, *plotted, *studied, *scaling_plots, *written])

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from bnbench.config import MOVING_STATISTICS
 from bnbench.report.table import format_table
 
@@ -83,20 +85,60 @@ def _rows(curves: dict[str, list[dict]]) -> list[list]:
 
 
 def _plot(plt, report: dict, curves: dict[str, list[dict]], path: Path, save) -> None:
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4))
-    for name, points in curves.items():
-        counts = [p["devices"] for p in points]
-        axes[0].plot(counts, [p["examples_per_s"] for p in points], marker="o", label=name)
-        axes[1].plot(counts, [p["update_s"] * 1e3 for p in points], marker="o", label=name)
+    """Examples per second and time per update against the devices, each point with its spread over
+    the timed epochs: a thick bar over the epochs' interquartile range (about the median), a thin
+    one from the fastest to the slowest epoch."""
+    from bnbench.report import plots
+
+    looks = plots.styles(list(curves))
+    fig, axes = plots.grid(plt, 2, panel=(5.0, 4.2))
+    count = len(curves)
+    for row, (name, points) in enumerate(curves.items()):
+        look = looks[name]
+        dodge = 1.04 ** (row - (count - 1) / 2)  # curves side by side, so that their bars stay apart
+        counts = np.array([p["devices"] for p in points], dtype=float) * dodge
+        for ax, per_epoch in zip(axes, (_examples, _update_ms)):
+            centre, quartiles, extremes = zip(*[per_epoch(p) for p in points])
+            ax.plot(counts, centre, ms=5, lw=1.3, label=name, **plots.line_style(look))
+            for x, c, (q_low, q_high), (e_low, e_high) in zip(counts, centre, quartiles, extremes):
+                ax.plot([x, x], [e_low, e_high], color=look["color"], lw=0.8)
+                ax.plot([x, x], [q_low, q_high], color=look["color"], lw=3.5, solid_capstyle="butt", alpha=0.6)
     label = "simulated CPU devices (sharing the cores)" if simulated(report) else "devices"
     for ax, ylabel in zip(axes, ("training examples per second", "time per update (ms)")):
         ax.set_xscale("log", base=2)
         ax.set_xticks(sorted({p["devices"] for ps in curves.values() for p in ps}))
         ax.get_xaxis().set_major_formatter(plt.matplotlib.ticker.ScalarFormatter())
-        ax.set_xlabel(label)
-        ax.set_ylabel(ylabel)
+        ax.xaxis.set_minor_locator(plt.matplotlib.ticker.NullLocator())
+        ax.set_xlabel(label + "; curves dodged sideways", fontsize=9)
+        ax.set_ylabel(ylabel + " (median)")
         ax.grid(alpha=0.3)
     axes[0].set_ylim(bottom=0)
-    axes[0].legend(fontsize=8)
+    axes[1].set_ylim(bottom=0)
+    line = plt.matplotlib.lines.Line2D
+    handles = [line([], [], ms=5, **plots.line_style(look)) for look in looks.values()]
+    handles += [line([], [], color=plots.GREY, lw=3.5, alpha=0.6), line([], [], color=plots.GREY, lw=0.8)]
+    plots.figure_legend(fig, handles, [*curves, "IQR over the timed epochs", "fastest to slowest epoch"])
     fig.suptitle(f"Data-parallel scaling [{report['ref']}]: {report['label']}", fontsize=10)
     save(plt, fig, path)
+
+
+def _spread(p: dict) -> tuple[float, tuple[float, float], tuple[float, float]]:
+    """The epoch's time: median, (median - IQR/2, median + IQR/2), (fastest, slowest); the quartiles
+    are not recorded, so the IQR is drawn about the median."""
+    e = p["epoch_s"]
+    half = (e.get("iqr") or 0.0) / 2
+    return e["median"], (e["median"] - half, e["median"] + half), (e.get("min", e["median"]), e.get("max", e["median"]))
+
+
+def _examples(p: dict):
+    """Examples per second, which fall as the epoch's time grows: the spread inverted."""
+    work = p["examples_per_s"] * p["epoch_s"]["median"]
+    median, (q_low, q_high), (fast, slow) = _spread(p)
+    return p["examples_per_s"], (work / q_high, work / max(q_low, 1e-12)), (work / slow, work / max(fast, 1e-12))
+
+
+def _update_ms(p: dict):
+    """Time per update in ms, which scales with the epoch's time."""
+    scale = p["update_s"] * 1e3 / p["epoch_s"]["median"]
+    median, (q_low, q_high), (fast, slow) = _spread(p)
+    return p["update_s"] * 1e3, (q_low * scale, q_high * scale), (fast * scale, slow * scale)

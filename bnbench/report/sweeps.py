@@ -9,6 +9,7 @@ seeds. And a Markdown table per sweep: validation accuracy per variant and value
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,9 @@ def swept_axes(grid: dict) -> list[str]:
     return [axis for axis in AXES if len(grid[axis]) > 1]
 
 
+SHORT = {"learning_rate": "lr", "batch_size": "batch", "bn_momentum": "m"}
+
+
 def _lines(report: dict, axis: str) -> dict[str, list[dict]]:
     """Entries grouped into lines along ``axis``: one line per variant and value of the other axes
     (a line per variant where only ``axis`` is swept), each sorted along the axis."""
@@ -35,127 +39,301 @@ def _lines(report: dict, axis: str) -> dict[str, list[dict]]:
     for entry in report["variants"].values():
         if "config" not in entry:
             continue
-        name = " ".join([entry["variant"], *(f"{AXES[a][0].split()[-1]}={entry['config'][AXES[a][1]]:g}"
-                                             for a in others)])
+        name = " ".join([entry["variant"], *(f"{SHORT[a]}={entry['config'][AXES[a][1]]:g}" for a in others)])
         lines.setdefault(name, []).append(entry)
     return {name: sorted(entries, key=lambda e: e["config"][key]) for name, entries in lines.items()}
 
 
-def _x_scale(ax, scale: str) -> None:
+def _x(axis: str, value: float) -> float:
+    """Where ``value`` of ``axis`` is drawn: BN's momentum m at 1/(1-m), the number of updates its
+    moving statistics remember (0, 0.9, 0.99 and 0.999 evenly apart on a log axis)."""
+    if axis == "bn_momentum":
+        return 1 / (1 - value) if value < 1 else math.inf
+    return float(value)
+
+
+def _x_scale(ax, scale: str, axis: str | None = None, report: dict | None = None, values=()) -> None:
+    """The x axis's scale, and for a swept axis ticks at its values, named as run: BN's momentum by
+    m (on its 1/(1-m) axis); the batch size with the learning rate each batch size ran at, where
+    it was scaled with it."""
+    import matplotlib.ticker as ticker
+
     if scale == "log":
         ax.set_xscale("log")
     elif scale == "log2":
         ax.set_xscale("log", base=2)
+    if axis is None:
+        return
+    values = sorted(set(values))
+    if axis == "bn_momentum":
+        ax.set_xscale("log")
+        ax.set_xticks([_x(axis, v) for v in values], [f"{v:g}" for v in values])
+    elif axis == "batch_size":
+        rates = {e["config"]["batch_size"]: e["config"]["learning_rate"] for e in report["variants"].values()
+                 if "config" in e}
+        own = len(report["sweep"]["learning_rate"]) == 1 and report["sweep"]["lr_scaling"] == "linear"
+        ax.set_xticks(values, [f"{v:g}\nlr {rates[v]:g}" if own else f"{v:g}" for v in values])
+    else:
+        ax.set_xticks(values, [f"{v:g}" for v in values])
+    ax.xaxis.set_minor_locator(ticker.NullLocator())  # the swept values alone
 
 
-def plot_accuracy(plt, report: dict, axis: str, path: Path, save, colors) -> None:
+def _xlabel(report: dict, axis: str) -> str:
+    if axis == "bn_momentum":
+        return "BN momentum m (drawn at 1/(1-m), the updates its statistics remember)"
+    if axis == "batch_size" and report["sweep"]["lr_scaling"] == "linear":
+        return (f"batch size, and the learning rate it ran at (scaled linearly from batch "
+                f"{report['sweep']['reference_batch_size']})")
+    if axis == "learning_rate" and report["sweep"]["lr_scaling"] == "linear":
+        return "learning rate (at the reference batch size; scaled linearly)"
+    return AXES[axis][0]
+
+
+def _interval(e: dict, metric: str) -> tuple[float, float, float]:
+    figure = e.get(metric)
+    if not figure:
+        return math.nan, math.nan, math.nan
+    low, high = figure["ci95"] if figure.get("ci95") else (math.nan, math.nan)
+    return figure["mean"], low, high
+
+
+def plot_accuracy(plt, report: dict, axis: str, path: Path, save, colors=None) -> None:
     """Final validation and test accuracy along ``axis``: mean over the seeds that did not
-    diverge, 95% CI band; an x where every seed diverged, a hollow ring where some did."""
+    diverge, 95% CI band, on axes fitted to the data. Diverged runs are never drawn as an accuracy:
+    they have a row of their own under each panel (an x where every seed diverged, a ring where
+    some did, with how many); a mean far below the rest is marked at the axis's foot, its value written."""
+    from bnbench.report import plots
+
     title, key, scale = AXES[axis]
     lines = _lines(report, axis)
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), squeeze=False)
-    for ax, metric in zip(axes[0], ("val_accuracy", "test_accuracy")):
+    looks = plots.styles(list(lines))
+    # The rows under the panels: one per line that has diverged runs, in the lines' order.
+    rows = [name for name, entries in lines.items() if any(e.get("diverged_seeds") for e in entries)]
+    diverged = bool(rows)
+    fig = plt.figure(figsize=(11, 4.6 + 0.25 * len(rows) if diverged else 4.4))
+    spec = fig.add_gridspec(2 if diverged else 1, 2, height_ratios=[4, 0.35 + 0.25 * len(rows)] if diverged else [1])
+    values = [e["config"][key] for entries in lines.values() for e in entries]
+    below = False
+    for column, metric in enumerate(("val_accuracy", "test_accuracy")):
+        ax = fig.add_subplot(spec[0, column])
+        strip = fig.add_subplot(spec[1, column], sharex=ax) if diverged else None
+        figures = [_interval(e, metric) for entries in lines.values() for e in entries]
+        low, high, cut = plots.fitted_limits([f[0] for f in figures], [f[1:] for f in figures])
+        feet: dict[float, int] = {}
         for name, entries in lines.items():
-            xs = np.array([e["config"][key] for e in entries], dtype=float)
-            mean = np.array([e[metric]["mean"] if e.get(metric) else np.nan for e in entries])
-            low = np.array([e[metric]["ci95"][0] if e.get(metric) and e[metric]["ci95"] else np.nan for e in entries])
-            high = np.array([e[metric]["ci95"][1] if e.get(metric) and e[metric]["ci95"] else np.nan for e in entries])
-            color = colors[name]
-            ax.plot(xs, mean, marker="o", ms=4, color=color, label=name)
-            ax.fill_between(xs, low, high, color=color, alpha=0.2)
+            look = looks[name]
+            xs = np.array([_x(axis, e["config"][key]) for e in entries])
+            mean, lo, hi = (np.array(v) for v in zip(*[_interval(e, metric) for e in entries]))
+            shown = np.where(mean >= cut, mean, np.nan)
+            ax.plot(xs, shown, ms=4, lw=1.4, label=name, **plots.line_style(look))
+            ax.fill_between(xs, np.where(mean >= cut, lo, np.nan), np.where(mean >= cut, hi, np.nan),
+                            color=look["color"], alpha=0.15, lw=0)
             for x, e, m in zip(xs, entries, mean):
-                diverged = e.get("diverged_seeds", 0)
-                if diverged and math.isnan(m):
-                    ax.plot([x], [0.0], marker="x", ms=9, mew=2, color=color, clip_on=False)
-                elif diverged:
-                    ax.plot([x], [m], marker="o", ms=11, mfc="none", color=color)
-        _x_scale(ax, scale)
-        ax.set_xlabel(title + (" (at the reference batch size; scaled linearly)" if axis == "learning_rate"
-                               and report["sweep"]["lr_scaling"] == "linear" else ""))
-        ax.set_ylabel(f"final {metric.replace('_', ' ')} (mean, 95% CI band)")
-        ax.set_ylim(bottom=0)
+                if m < cut:  # far below the rest: at the foot, side by side with others there, its value written
+                    k = feet[x] = feet.get(x, -1) + 1
+                    below = True
+                    shift = plt.matplotlib.transforms.offset_copy(ax.transData, fig=fig, x=-9 * k, units="points")
+                    ax.plot([x], [low], marker="v", ms=7, color=look["color"], clip_on=False, ls="none", zorder=5,
+                            transform=shift)
+                    ax.annotate(f"{m:.2f}", (x, low), xytext=(-9 * k - 6, 4 + 9 * k), textcoords="offset points",
+                                fontsize=7, color=look["color"], ha="right")
+                count = e.get("diverged_seeds", 0)
+                if count and not math.isnan(m) and m >= cut:
+                    ax.plot([x], [m], marker="o", ms=10, mfc="none", ls="none", color=look["color"])
+                if count and strip is not None:
+                    every = math.isnan(m)
+                    row = rows.index(name)
+                    strip.plot([x], [row], marker="X" if every else "o", ms=7, ls="none", color=look["color"],
+                               mfc=look["color"] if every else "none")
+                    strip.annotate(f"{count}/{e['seeds']}", (x, row), xytext=(-7, 0), textcoords="offset points",
+                                   fontsize=7, color=look["color"], ha="right", va="center")
+        ax.margins(x=0.06)
+        ax.set_ylim(low, high)
+        ax.set_ylabel(f"final {metric.split('_')[0]} accuracy (mean, 95% CI)")
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7, loc="lower left")
-    fig.suptitle(f"[{report['ref']}] accuracy against {title}; x at 0: every seed diverged, ring: some did",
+        bottom = strip if strip is not None else ax
+        _x_scale(bottom, scale, axis, report, values)
+        bottom.set_xlabel(_xlabel(report, axis), fontsize=9)
+        if strip is not None:
+            ax.tick_params(labelbottom=False)
+            strip.set_ylim(len(rows) - 0.4, -0.6)
+            strip.set_yticks([])
+            strip.set_ylabel("diverged\n(seeds)", fontsize=8, rotation=0, ha="right", va="center")
+            strip.grid(axis="x", alpha=0.3)
+    line = plt.matplotlib.lines.Line2D
+    handles = [line([], [], ms=4, **plots.line_style(look)) for look in looks.values()]
+    labels = list(lines)
+    handles.append(plt.matplotlib.patches.Patch(color=plots.GREY, alpha=0.3))
+    labels.append("95% CI over the seeds that did not diverge")
+    if below:
+        handles.append(line([], [], marker="v", ls="none", color=plots.GREY))
+        labels.append("mean far below the rest (value written)")
+    if diverged:
+        handles += [line([], [], marker="X", ls="none", color=plots.GREY, ms=7),
+                    line([], [], marker="o", mfc="none", ls="none", color=plots.GREY, ms=9)]
+        labels += ["every seed diverged (no accuracy)", "some seeds diverged (mean of the rest)"]
+    plots.figure_legend(fig, handles, labels)
+    fig.suptitle(f"[{report['ref']}] final accuracy against {title}"
+                 + ("; diverged runs in the rows below, never as an accuracy" if diverged else "; no run diverged"),
                  fontsize=10)
     save(plt, fig, path)
 
 
-def plot_updates_to_target(plt, report: dict, path: Path, save, colors) -> None:
+def _first_evaluation(report: dict, entry: dict) -> int:
+    """The update of the first validation: the end of the first epoch, or earlier every ``eval_every``."""
+    every = report["sweep"].get("eval_every")
+    upe = entry["config"]["updates_per_epoch"]
+    return min(every, upe) if every else upe
+
+
+def plot_updates_to_target(plt, report: dict, path: Path, save, colors=None) -> None:
     """Updates until validation accuracy first reached the target, against the learning rate:
-    median over the seeds that reached it (whiskers: min to max); a triangle at the top where none did."""
+    median over the seeds that reached it (whiskers: min to max; hollow where only some did). The
+    censored are marked as such: a downward triangle where it was reached by the first validation
+    (at most that many updates), an upward one above the budget where no seed reached it, an x there
+    where every seed diverged. Lines are dodged sideways so that equal values stay apart."""
+    from bnbench.report import plots
+
     lines = _lines(report, "learning_rate")
-    fig, axes = plt.subplots(1, 1, figsize=(7, 4.8), squeeze=False)
-    ax = axes[0][0]
+    looks = plots.styles(list(lines))
+    fig, axes = plots.grid(plt, 1, panel=(7.5, 4.8))
+    ax = axes[0]
     target = None
-    ceiling = max(e["config"]["updates_per_epoch"] * e["config"]["epochs"] for es in lines.values() for e in es)
-    for name, entries in lines.items():
-        xs, med, lo, hi, never = [], [], [], [], []
+    budget = max(e["config"]["updates_per_epoch"] * e["config"]["epochs"] for es in lines.values() for e in es)
+    top = budget * 2
+    lowest = budget
+    for row, (name, entries) in enumerate(lines.items()):
+        look = looks[name]
+        dodge = 1.07 ** (row - (len(lines) - 1) / 2)
+        xs, med = [], []
         for e in entries:
             t = e.get("time_to_target")
             if not t:
                 continue
             target = t["target_val_accuracy"]
+            x = e["config"]["base_learning_rate"] * dodge
             reached = [s["updates"] for s in t["per_seed"] if s is not None]
-            if reached:
-                xs.append(e["config"]["base_learning_rate"])
-                med.append(np.median(reached))
-                lo.append(np.median(reached) - min(reached))
-                hi.append(max(reached) - np.median(reached))
-            else:
-                never.append(e["config"]["base_learning_rate"])
-        color = colors[name]
-        ax.errorbar(xs, med, yerr=[lo, hi], marker="o", ms=4, capsize=3, color=color, label=name)
-        ax.plot(never, [ceiling] * len(never), marker="^", ls="none", ms=8, color=color)
+            if not reached:
+                every = e.get("diverged_seeds", 0) == e["seeds"]
+                ax.plot([x], [top], marker="X" if every else "^", ms=8, ls="none", color=look["color"])
+                continue
+            m = float(np.median(reached))
+            lowest = min(lowest, min(reached))
+            first = m <= _first_evaluation(report, e)
+            ax.errorbar([x], [m], yerr=[[m - min(reached)], [max(reached) - m]], capsize=3, color=look["color"],
+                        ls="none", lw=1)
+            ax.plot([x], [m], marker="v" if first else look["marker"], ms=8 if first else 5, ls="none",
+                    color=look["color"], mfc=look["color"] if len(reached) == e["seeds"] else "white")
+            if len(reached) < e["seeds"]:
+                ax.annotate(f"{len(reached)}/{e['seeds']}", (x, m), xytext=(5, 4 if row % 2 else -11),
+                            textcoords="offset points", fontsize=7, color=look["color"])
+            xs.append(x)
+            med.append(m)
+        ax.plot(xs, med, color=look["color"], linestyle=look["linestyle"], lw=1.2, label=name)
+    ax.axhline(budget, color=plots.GREY, lw=0.8, ls="--")
+    ax.annotate(f"training budget ({budget} updates)", (0.99, budget), xycoords=("axes fraction", "data"),
+                xytext=(0, -10), textcoords="offset points", fontsize=7, color=plots.GREY, ha="right")
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel("learning rate")
-    ax.set_ylabel("updates to target (median over seeds that reached it)")
+    ax.set_ylim(lowest / 1.6, top * 1.6)
+    rates = sorted({e["config"]["base_learning_rate"] for es in lines.values() for e in es})
+    _x_scale(ax, "log", "learning_rate", report, rates)
+    ax.set_xlabel("learning rate (lines dodged sideways to keep equal values apart)")
+    ax.set_ylabel("updates to target (median over the seeds that reached it)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    ax.set_title(f"[{report['ref']}] updates to validation accuracy {target}; triangle: never reached", fontsize=10)
+    line = plt.matplotlib.lines.Line2D
+    handles = [line([], [], color=look["color"], linestyle=look["linestyle"], marker=look["marker"])
+               for look in looks.values()]
+    labels = list(lines)
+    marks = [("o", plots.GREY, "every seed reached it (whiskers: min to max)"),
+             ("o", "white", "only some did (k/n: how many; median of those)"),
+             ("v", plots.GREY, "by the first validation: at most this many"),
+             ("^", plots.GREY, "never reached: more than the budget"),
+             ("X", plots.GREY, "every seed diverged")]
+    handles += [line([], [], marker=m, mfc=fill, mec=plots.GREY, color=plots.GREY, ls="none") for m, fill, _ in marks]
+    labels += [text for _, _, text in marks]
+    plots.figure_legend(fig, handles, labels)
+    fig.suptitle(f"[{report['ref']}] updates until validation accuracy first reached {target}", fontsize=10)
     save(plt, fig, path)
 
 
-def _curve(run: dict, updates_per_epoch: int) -> tuple[list[int], list[float]]:
+def _curve(run: dict, updates_per_epoch: int) -> tuple[list[float], list[float]]:
+    """A run's validation accuracies against epochs (evaluations inside an epoch at their fraction of it)."""
     points = [(e["update"], e["val_accuracy"]) for e in run.get("evals", [])]
     points += [(r["epoch"] * updates_per_epoch, r["val_accuracy"]) for r in run["epochs"] if "val_accuracy" in r]
     points.sort()
-    return [p[0] for p in points], [p[1] for p in points]
+    return [p[0] / updates_per_epoch for p in points], [p[1] for p in points]
+
+
+def _config_label(report: dict, config: dict) -> str:
+    """A configuration by its own values: the learning rate it ran at (scaled with its batch size
+    where the sweep scales it), its batch size and momentum where they are swept."""
+    parts = [f"lr {config['learning_rate']:g}"]
+    if len(report["sweep"]["batch_size"]) > 1:
+        parts.append(f"batch {config['batch_size']}")
+    if len(report["sweep"]["bn_momentum"]) > 1:
+        parts.append(f"m {config['bn_momentum']:g}")
+    return ", ".join(parts)
 
 
 def plot_curves(plt, report: dict, path: Path, save) -> None:
-    """Validation accuracy against updates, one panel per variant, one line per configuration:
-    mean over the seeds that did not diverge, band min to max (configurations where every seed
-    diverged have no line; the accuracy plots mark them)."""
+    """Validation accuracy against epochs (so that runs of different batch sizes line up), one
+    panel per variant (at most four a file: ``sweepN_curves.png``, then ``_2``...), one line per
+    configuration labelled with its own values: mean over the seeds that did not diverge, band min
+    to max. Axes are fitted to the data; configurations where every seed diverged have no line
+    and are named under the panel, as are lines far below the rest (drawn at the axis's foot)."""
+    from bnbench.report import plots
+
     by_variant: dict[str, list[tuple[str, dict]]] = {}
     for name, entry in report["variants"].items():
         if "config" in entry:
             by_variant.setdefault(entry["variant"], []).append((name, entry))
-    fig, axes = plt.subplots(1, len(by_variant), figsize=(4.4 * len(by_variant) + 1, 4.6), squeeze=False)
-    for ax, (variant, entries) in zip(axes[0], by_variant.items()):
-        cmap = plt.get_cmap("viridis")
-        for i, (name, entry) in enumerate(entries):
+    drawn: dict[str, list] = {}
+    for variant, entries in by_variant.items():
+        for _, entry in entries:
             upe = entry["config"]["updates_per_epoch"]
             curves = [_curve(run, upe) for run in entry["runs"] if "diverged" not in run]
             length = min(len(c[0]) for c in curves) if curves else 0
-            if not length:
-                continue
-            xs = curves[0][0][:length]
-            ys = np.array([c[1][:length] for c in curves])
-            color = cmap(i / max(1, len(entries) - 1))
-            ax.plot(xs, ys.mean(0), color=color, label=name[len(variant) + 1:] or name, lw=1.2)
-            if len(ys) > 1:
-                ax.fill_between(xs, ys.min(0), ys.max(0), color=color, alpha=0.15)
-        ax.set_title(variant, fontsize=10)
-        ax.set_xlabel("updates")
-        ax.set_ylabel("validation accuracy")
-        ax.set_ylim(0, 1)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=6, loc="lower right")
-    fig.suptitle(f"[{report['ref']}] validation accuracy during training: mean over seeds, band min to max",
-                 fontsize=10)
-    save(plt, fig, path)
+            label = _config_label(report, entry["config"])
+            ys = np.array([c[1][:length] for c in curves]) if length else None
+            drawn.setdefault(variant, []).append((label, curves[0][0][:length] if length else None, ys))
+    labels = list(dict.fromkeys(label for lines in drawn.values() for label, _, _ in lines))
+    looks = plots.styles(labels)
+    finals = [ys.mean(0)[-1] for lines in drawn.values() for _, _, ys in lines if ys is not None]
+    _, _, cut = plots.fitted_limits(finals)
+    kept = [v for lines in drawn.values() for _, _, ys in lines if ys is not None and ys.mean(0)[-1] >= cut
+            for v in (*ys.min(0), *ys.max(0))]
+    low, high = min(kept or [0.0]), max(kept or [1.0])
+    pad = max(high - low, 0.02) * 0.05
+    for index, page in enumerate(plots.pages(list(drawn.items()))):
+        fig, axes = plots.grid(plt, len(page), panel=(4.6, 3.9))
+        for ax, (variant, lines) in zip(axes, page):
+            gone, below = [], []
+            for label, xs, ys in lines:
+                look = looks[label]
+                if ys is None:
+                    gone.append(label)
+                    continue
+                mean = ys.mean(0)
+                if mean[-1] < cut:
+                    below.append(f"{label} ({mean[-1]:.2f})")
+                ax.plot(xs, mean, color=look["color"], linestyle=look["linestyle"], lw=1.3, label=label)
+                if len(ys) > 1:
+                    ax.fill_between(xs, ys.min(0), ys.max(0), color=look["color"], alpha=0.12, lw=0)
+            ax.set_ylim(low - pad, high + pad)
+            ax.set_xlim(left=0)
+            ax.set_title(variant, fontsize=10)
+            notes = ([textwrap.fill("every seed diverged: " + "; ".join(gone), 60)] if gone else []) + \
+                ([textwrap.fill("below the axis: " + "; ".join(below), 60)] if below else [])
+            ax.set_xlabel("\n".join(["epoch", *notes]), fontsize=9)
+            ax.set_ylabel("validation accuracy")
+            ax.grid(alpha=0.3)
+        line = plt.matplotlib.lines.Line2D
+        plots.figure_legend(fig, [line([], [], color=looks[label]["color"], linestyle=looks[label]["linestyle"],
+                                       lw=1.5) for label in labels], labels, title="each run's own values")
+        fig.suptitle(f"[{report['ref']}] validation accuracy during training: mean over seeds, band min to max"
+                     + (f", part {index + 1}" if index else ""), fontsize=10)
+        save(plt, fig, plots.page_path(path, index))
 
 
 def table(report: dict, axis: str, metric: str = "val_accuracy") -> str:
