@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 
 from bnbench import config, options
@@ -122,7 +121,7 @@ def _run(args, chosen, parallel, main_process: bool, claim) -> int:
     protocol = train.Protocol(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate)
     dataset, device_data = _load_data(args, chosen, quiet=not main_process)
     seeds = list(range(args.seed, args.seed + args.seeds))
-    preflight.ready_to_train(parallel, [protocol.batch_size], len(seeds), dataset, sys.argv[1:])
+    preflight.ready_to_train(parallel, [protocol.batch_size], len(seeds), dataset, args.argv)
     results = {}
     for variant in chosen:
         with tqdm(total=protocol.epochs, desc=f"{variant.name} ({len(seeds)} seed{'s' * (len(seeds) > 1)})",
@@ -138,8 +137,8 @@ def _run(args, chosen, parallel, main_process: bool, claim) -> int:
                 target=args.target, on_epoch=on_epoch, parallel=parallel)
     if not main_process:
         return 0
-    report = experiment.make_report(dataset, protocol, seeds, results, command=shlex.join(["bnbench", *sys.argv[1:]]),
-                                parallel=parallel)
+    command = options.recorded_command("bnbench", args.argv)
+    report = experiment.make_report(dataset, protocol, seeds, results, command=command, parallel=parallel)
     print(summary_table(report))
     return finish(claim, report)
 
@@ -198,7 +197,7 @@ def _sweep(args, grid, chosen, parallel, main_process: bool, claim, runs_per_pro
     if previous is not None:
         sweep.check_resumable(previous, dataset, grid, parallel)
     sweep.programs(grid, chosen, len(dataset.train_labels))  # a grid a variant cannot take fails now
-    preflight.ready_to_train(parallel, grid.batch_sizes, runs_per_program, dataset, sys.argv[1:])
+    preflight.ready_to_train(parallel, grid.batch_sizes, runs_per_program, dataset, args.argv)
 
     def on_program(program, i, total):
         if not args.quiet and main_process:
@@ -214,7 +213,7 @@ def _sweep(args, grid, chosen, parallel, main_process: bool, claim, runs_per_pro
     from bnbench.report.summary import summary_table
 
     report = sweep.run_sweep(grid, chosen, dataset, device_data, write, previous=previous,
-                             command=shlex.join(["bnbench", *sys.argv[1:]]), on_program=on_program,
+                             command=options.recorded_command("bnbench", args.argv), on_program=on_program,
                              parallel=parallel)
     if not main_process:
         return 0
@@ -267,6 +266,17 @@ def add_scale_out_options(parser) -> None:
                             options.SCALE_OUT)
 
 
+class _Once(argparse.Action):
+    """A sweep's list option, given once: a second --learning-rate would silently replace the first."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if getattr(namespace, f"_{self.dest}_given", False):
+            parser.error(f"{option_string} given twice: give its values once, separated by commas, as in "
+                         f"{option_string} {self.metavar.replace('...', '').strip(',') if self.metavar else ''}")
+        setattr(namespace, f"_{self.dest}_given", True)
+        setattr(namespace, self.dest, values)
+
+
 def _margin(text: str) -> float:
     value = positive_float(text)
     if value >= 1:
@@ -310,11 +320,11 @@ def build_parser() -> argparse.ArgumentParser:
     sweep = sub.add_parser("sweep", help="train variants over a grid of learning rates, batch sizes and BN momenta")
     sweep.add_argument("--variant", action="append", metavar="NAME",
                        help="a variant to sweep (repeatable; default: seed_plain and seed_bn), NAME:FIELD=VALUE,...")
-    sweep.add_argument("--learning-rate", default="1e-3", metavar="LR,LR,...",
+    sweep.add_argument("--learning-rate", default="1e-3", metavar="LR,LR,...", action=_Once,
                        help="SGD learning rates, comma-separated (default 1e-3); trained together in one program")
-    sweep.add_argument("--batch-size", default="32", metavar="B,B,...",
+    sweep.add_argument("--batch-size", default="32", metavar="B,B,...", action=_Once,
                        help="batch sizes, comma-separated (default 32); one program each")
-    sweep.add_argument("--bn-momentum", default=None, metavar="M,M,...",
+    sweep.add_argument("--bn-momentum", default=None, metavar="M,M,...", action=_Once,
                        help="momenta of BatchNorm's moving statistics, comma-separated, trained together in one "
                             "program (default: each variant's own, Keras' 0.99 unless its bn_momentum field says "
                             "otherwise)")
@@ -403,15 +413,16 @@ def _negative_values_attached(argv: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        args, unknown = parser.parse_known_args(_negative_values_attached(sys.argv[1:] if argv is None else argv))
+        args, unknown = parser.parse_known_args(_negative_values_attached(argv))
         if unknown:  # after the command: named by the command's own parser, whose --help it points to
-            argv = sys.argv[1:] if argv is None else argv
             after = argv.index(args.command) < argv.index(unknown[0]) if unknown[0] in argv else True
             (parser.commands[args.command] if after else parser).error(
                 f"unrecognized arguments: {' '.join(unknown)}")
     except SystemExit as e:  # --help, --version, or Parser.error's one line
         return e.code if isinstance(e.code, int) else 2
+    args.argv = argv  # what the command was given: the report records it, the processes of a job compare it
     if getattr(args, "unroll", 0) is None:
         from bnbench.measure.experiment import DEFAULT_UNROLL
         args.unroll = DEFAULT_UNROLL

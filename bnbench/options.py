@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import shlex
 from typing import Any, Callable, Sequence
 
 from bnbench import config
@@ -168,6 +169,21 @@ HARNESS = (EPOCHS, SEEDS, CPU_DEVICES, *DATA, TARGET, *SCALE_OUT)
 # Options of the front ends' own that may differ between processes too (the files each writes).
 PER_PROCESS_OPTIONS = ("--out", "--bnbench-report", "--benchmark-json", "--benchmark-save", "--benchmark-storage")
 PER_PROCESS_FLAGS = ("--benchmark-autosave",)
+
+
+def recorded_command(program: str, argv: Sequence[str]) -> str:
+    """The command line a report records: as typed, but a mirror URL's query (a signed URL's token)
+    replaced by ``?...``, so that a report can be shared without its credentials."""
+    words, hide_next = [], False
+    for word in argv:
+        flag, eq, value = word.partition("=")
+        if hide_next or (flag == DOWNLOAD_URL.flag and eq):
+            target = word if hide_next else value
+            target = target.split("?", 1)[0] + ("?..." if "?" in target else "")
+            word = target if hide_next else f"{flag}={target}"
+        hide_next = word == DOWNLOAD_URL.flag
+        words.append(word)
+    return shlex.join([*program.split(), *words])
 
 
 def per_process() -> tuple[tuple[str, ...], tuple[str, ...]]:

@@ -125,7 +125,12 @@ class Session:
 
 
 def _read_options(config) -> None:
-    """The options' text checked and parsed with the CLI's parsers: a bad value is one line."""
+    """The options' text checked and parsed with the CLI's parsers: a bad value is one line. A
+    smoke run (--quick) trains synthetic data for one epoch: options that would change that stop it."""
+    ignored = [o.flag for o in (*options.DATA, options.EPOCHS) if getattr(config.option, o.dest, None) is not None]
+    if config.getoption("--quick") and ignored:
+        raise pytest.UsageError(f"--quick trains synthetic data for 1 epoch, so {', '.join(ignored)} would be "
+                                "ignored: drop --quick, or drop those options")
     try:
         options.read_pytest(config.option, (*options.HARNESS, *OWN))
     except options.BadValue as e:
@@ -269,8 +274,9 @@ def pytest_sessionfinish(session, exitstatus):
                                 "session, and a report is built from its runs; the figures of the benchmarks that "
                                 "ran are in pytest-benchmark's JSON (--benchmark-json FILE)")
         return
-    report = experiment.make_report(state.dataset, state.protocol, state.seeds, state.results,
-                                    command="pytest benchmarks/", run_id=state.run_id, parallel=state.parallel,
+    command = options.recorded_command("pytest", session.config.invocation_params.args)
+    report = experiment.make_report(state.dataset, state.protocol, state.seeds, state.results, command=command,
+                                    run_id=state.run_id, parallel=state.parallel,
                                     summary_extras=state.summary_extras, data_parallel_scaling=state.scaling)
     claim = session.config._bnbench_claim
     written = claim.write_json(report)

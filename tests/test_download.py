@@ -422,3 +422,28 @@ def test_the_content_table_is_the_release_decompressed(real_data_dir, tmp_path):
     assert content_table(raw) == release_lib.CONTENTS["fashion_mnist"]
     with pytest.raises(DataError, match="holds the Fashion-MNIST release, not mnist"):
         data.load("mnist", data_dir=raw)
+
+
+def test_a_release_compressed_again_is_identified_by_its_content(two_releases, tmp_path, monkeypatch):
+    fashion, _ = two_releases
+    monkeypatch.setitem(release_lib.CONTENTS, "fashion_mnist", content_table(gunzipped(fashion, tmp_path / "raw")))
+    again = tmp_path / "again"
+    again.mkdir()
+    for name in FILES:  # another compression level: other bytes, the same content
+        (again / name).write_bytes(gzip.compress(gzip.decompress((fashion / name).read_bytes()), compresslevel=1))
+    assert (again / FILES[0]).read_bytes() != (fashion / FILES[0]).read_bytes()
+    with pytest.raises(DataError, match="holds the Fashion-MNIST release, not mnist"):
+        data.load("mnist", data_dir=again)
+    assert data.load("fashion_mnist", data_dir=again).verified
+
+
+@pytest.mark.slow
+def test_a_signed_mirrors_token_stays_out_of_the_report(release, server, tmp_path):
+    out = tmp_path / "r.json"
+    server.token = "token=s3cret"
+    url = server.url.rstrip("/") + "?token=s3cret"
+    assert cli.main(["run", "--download-url", url, "--epochs", "1", "--quiet", "--out", str(out)]) == 0
+    text = out.read_text()
+    report = json.loads(text)
+    assert "s3cret" not in text and f"--download-url '{server.url.rstrip('/')}?...'" in report["command"]
+    assert report["protocol"]["location"].startswith(server.url + " -> ")

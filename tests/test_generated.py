@@ -31,6 +31,7 @@ def test_the_committed_documents_are_up_to_date(checkout, capsys):
 
 def test_a_table_edited_by_hand_is_caught_and_regenerated(checkout, capsys, monkeypatch):
     monkeypatch.setattr(generated, "results_page", lambda root, out: [])  # the page: the test above
+    monkeypatch.setattr(generated, "GENERATED_KINDS", ("docs/schema/*.json",))
     readme = checkout / "README.md"
     text = readme.read_text()
     start = text.index("<!-- generated: summary")
@@ -61,3 +62,11 @@ def test_outside_a_checkout_it_says_where_to_run(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert generated.main(["--check"]) == 2
     assert "run this from the root of a bnbench checkout" in capsys.readouterr().err
+
+
+def test_a_file_no_longer_generated_is_caught(checkout, capsys, monkeypatch):
+    monkeypatch.setattr(generated, "results_page", lambda root, out: [])
+    monkeypatch.setattr(generated, "GENERATED_KINDS", ("docs/schema/*.json",))
+    (checkout / "docs" / "schema" / "old.json").write_text("{}")
+    assert generated.main(["--check"]) == 1
+    assert capsys.readouterr().out.strip().splitlines() == ["not generated any more: docs/schema/old.json"]

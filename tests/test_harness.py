@@ -98,3 +98,15 @@ def test_the_benchmark_json_is_kept_unless_forced(tmp_path):
     assert existing.read_text() == "{}"
     result = run_harness("--quick", "--fixtures", "--benchmark-json", existing)  # shows, writes nothing: no claim
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_quick_refuses_options_it_would_ignore_and_the_report_records_the_command(tmp_path):
+    refused = run_harness("--quick", "--dataset", "mnist", "--epochs", "5", "--bnbench-report", tmp_path / "no.json")
+    assert refused.returncode == 4 and "passed" not in refused.stdout
+    assert "--quick trains synthetic data for 1 epoch, so --dataset, --epochs would be ignored" in refused.stderr
+    assert not (tmp_path / "no.json").exists()
+    report = tmp_path / "r.json"
+    result = run_harness("--quick", "--seeds", "2", "-k", "accuracy", "--bnbench-report", report)
+    assert result.returncode == 0, result.stdout + result.stderr
+    command = json.loads(report.read_text())["command"]
+    assert command.startswith("pytest benchmarks/ -p no:cacheprovider --quick --seeds 2")

@@ -75,3 +75,17 @@ def test_per_process_options_come_from_the_declarations():
     valued, flags = options.per_process()
     assert {"--process-id", "--cpu-devices", "--data-dir", "--download-url", "--out", "--bnbench-report"} <= set(valued)
     assert "--quiet" in flags and "--epochs" not in valued
+
+
+@pytest.mark.parametrize("flag, values", [("--learning-rate", ("1e-3", "1e-2")), ("--batch-size", ("16", "32"))])
+def test_a_sweep_list_given_twice_is_one_line_not_the_last_value(flag, values, capsys):
+    assert cli.main(["sweep", flag, values[0], flag, values[1], "--out", "never.json"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{flag} given twice" in err[0]
+
+
+def test_a_mirrors_query_is_not_recorded():
+    assert options.recorded_command("bnbench", ["run", "--download-url", "https://m.org/fm?sig=a/b&t=1"]) == \
+        "bnbench run --download-url 'https://m.org/fm?...'"
+    assert options.recorded_command("bnbench", ["run", "--download-url=https://m.org/fm"]) == \
+        "bnbench run --download-url=https://m.org/fm"

@@ -2,11 +2,12 @@
 F. strict JSON on read."""
 
 import json
+import re
 import subprocess
 import sys
 
 import pytest
-from report_helpers import COMMITTED, RUN_ID, as_pytest_benchmark, harness_report, made_report, write
+from report_helpers import COMMITTED, RESULTS, RUN_ID, as_pytest_benchmark, harness_report, made_report, write
 
 from bnbench import cli
 from bnbench.errors import BnbenchError
@@ -233,3 +234,19 @@ def test_the_run_and_sweep_protocols_come_from_one_builder():
     shared = sweep.sweep_protocol(dataset, grid)
     assert shared == {k: v for k, v in run.items()
                       if k not in ("batch_size", "learning_rate", "epochs", "updates_per_epoch")}
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda r: r["summary"]["seed_bn"].update(seeds=7), "summary.seed_bn.seeds: 7, but the protocol has"),
+    (lambda r: r.update(runs=[]), "runs: empty"),
+    (lambda r: r.update(runs=[x for x in r["runs"] if x["variant"] != "seed_bn"]), "summary.seed_bn: its runs have"),
+])
+def test_a_summary_that_does_not_describe_the_runs_is_refused(edit, message, tmp_path):
+    from bnbench.report import reading
+
+    raw = json.loads((RESULTS / "cpu-notebook-5seeds.json").read_text())
+    edit(raw)
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(raw))
+    with pytest.raises(reading.ReportError, match=re.escape(message)):
+        reading.load(path)

@@ -229,7 +229,12 @@ def _origins(folder: Path) -> str:
             url = (folder / f"{stem}.gz.url").read_text().strip()
         except OSError:
             url = ""
-        base = url.rsplit("/", 1)[0] + "/" if url else "an earlier download"
+        if url:
+            parts = urllib.parse.urlsplit(url)  # the folder, without a signed mirror's query
+            base = urllib.parse.urlunsplit(parts._replace(path=parts.path.rsplit("/", 1)[0] + "/", query="",
+                                                          fragment=""))
+        else:
+            base = "an earlier download"
         if base not in bases:
             bases.append(base)
     return " and ".join(bases)

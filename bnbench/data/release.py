@@ -7,8 +7,10 @@ internals.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import os
+import zlib
 from pathlib import Path
 
 from bnbench.errors import BnbenchError
@@ -67,14 +69,41 @@ def release_file(path: Path) -> tuple[str, str] | None:
     whose decompressed content it is (any other name), else None.
 
     Sizes are compared first, so only a file as large as a release file is hashed."""
-    size = path.stat().st_size
-    table = RELEASES if path.suffix == ".gz" else CONTENTS
+    if path.suffix == ".gz":
+        found = _match(RELEASES, path.stat().st_size, lambda: sha256(path))
+        # Compressed again (another level, another tool): the content decides, as for raw files.
+        return found or _match(CONTENTS, _gzip_size(path), lambda: _gunzipped_sha256(path), ".gz")
+    return _match(CONTENTS, path.stat().st_size, lambda: sha256(path))
+
+
+def _match(table, size: int | None, digest, suffix: str = "") -> tuple[str, str] | None:
     candidates = [(name, filename, sha) for name, files in table.items()
                   for filename, (nbytes, sha) in files.items() if nbytes == size]
     if not candidates:
         return None
-    digest = sha256(path)
-    return next(((name, filename) for name, filename, sha in candidates if sha == digest), None)
+    found = digest()
+    return next(((name, filename + suffix) for name, filename, sha in candidates if sha == found), None)
+
+
+def _gzip_size(path: Path) -> int | None:
+    """The decompressed size a gzip file records in its last four bytes (modulo 2**32), unread."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(-4, os.SEEK_END)
+            return int.from_bytes(f.read(4), "little")
+    except OSError:
+        return None
+
+
+def _gunzipped_sha256(path: Path) -> str | None:
+    h = hashlib.sha256()
+    try:
+        with gzip.open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    except (OSError, EOFError, zlib.error):
+        return None
+    return h.hexdigest()
 
 
 def cache_dir(cache_dir=None) -> Path:

@@ -62,7 +62,29 @@ def check(raw) -> tuple[str, BaseModel]:
     if kind == PYTEST_BENCHMARK:
         _check_benchmarks(report)
     _check_epochs(report)
+    if kind == REPORT_KIND:
+        _check_summary(report)
     return kind, report
+
+
+def _check_summary(report: model.RunReport) -> None:
+    """A run report's summary describes its runs: one entry per variant trained, each over as many
+    seeds as the protocol's, and each of those seeds a run of that variant."""
+    if not report.runs:
+        raise Invalid("runs: empty; expected the runs the summary describes")
+    seeds = sorted(report.protocol.seeds)
+    by_variant: dict[str, list[int]] = {}
+    for run in report.runs:
+        by_variant.setdefault(run.variant, []).append(run.seed)
+    for name, entry in report.summary.items():
+        if sorted(by_variant.get(name, [])) != seeds:
+            raise Invalid(f"summary.{name}: its runs have seeds {sorted(by_variant.get(name, []))}, the protocol's "
+                          f"are {seeds}: a summary entry needs one run per seed")
+        if entry.seeds != len(seeds):
+            raise Invalid(f"summary.{name}.seeds: {entry.seeds}, but the protocol has {len(seeds)} seeds")
+    missing = sorted(set(by_variant) - set(report.summary))
+    if missing:
+        raise Invalid(f"summary: missing {missing[0]!r}, a variant of the runs")
 
 
 def _convert(cls: type[BaseModel], value, where: tuple = ()) -> BaseModel:
@@ -328,7 +350,13 @@ def main(argv: list[str]) -> int:
     """``python -m bnbench.record.schema [KIND]``: the JSON Schema of a report kind, for other tools;
     ``--write DIR``: bnbench's own kinds' into ``DIR/KIND.json``."""
     if argv[:1] == ["--write"] and len(argv) == 2:
-        for path in write_documents(Path(argv[1])):
+        try:
+            written = write_documents(Path(argv[1]))
+        except OSError as e:
+            print(f"bnbench: error: cannot write the schemas into {argv[1]} ({e.strerror or e}): name a writable "
+                  "folder", file=sys.stderr)
+            return 2
+        for path in written:
             print(path)
         return 0
     kind = argv[0] if argv else REPORT_KIND

@@ -30,6 +30,8 @@ RESULTS = (
     "cpu-data-parallel-scaling-pytest-benchmark.json",
 )
 BASELINES = ("seed_bn", "plain_relu", "conv_plain", "conv_bn")
+# Where only generated files live: anything else there is stale.
+GENERATED_KINDS = ("docs/schema/*.json", "results/*.png", "results/*.svg")
 BLOCK = re.compile(r"(<!-- generated: (\w+) (\S+) -->\n)(.*?)(<!-- end generated -->)", re.S)
 
 
@@ -97,15 +99,25 @@ def main(argv: list[str]) -> int:
                 print(written.relative_to(root))
             return 0
         with tempfile.TemporaryDirectory() as tmp:
-            stale = [committed.relative_to(root) for written, committed in regenerate(root, Path(tmp))
+            pairs = regenerate(root, Path(tmp))
+            stale = [committed.relative_to(root) for written, committed in pairs
                      if not committed.is_file() or not filecmp.cmp(written, committed, shallow=False)]
+        # Files of generated kinds that regenerating would not write: left from an older page.
+        expected = {committed for _, committed in pairs}
+        leftover = [path.relative_to(root) for pattern in GENERATED_KINDS for path in sorted(root.glob(pattern))
+                    if path not in expected]
     except BnbenchError as e:
         print(f"bnbench: error: {e}", file=sys.stderr)
         return 2
     for path in stale:
         print(f"out of date: {path}")
+    for path in leftover:
+        print(f"not generated any more: {path}")
     if stale:
         print("regenerate them with `python -m bnbench.report.generated` and commit the result", file=sys.stderr)
+    if leftover:
+        print("remove the files no longer generated (git rm)", file=sys.stderr)
+    stale += leftover
     return 1 if stale else 0
 
 

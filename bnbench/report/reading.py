@@ -97,7 +97,8 @@ def _read_json(path: Path):
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
-        raise ReportError(f"{path}: not valid JSON (truncated or damaged? {e.msg} at line {e.lineno})") from None
+        what = e.msg.removesuffix(" at")
+        raise ReportError(f"{path}: not valid JSON (truncated or damaged? {what} at line {e.lineno})") from None
     except (ValueError, RecursionError) as e:  # a number of too many digits; nesting too deep
         raise ReportError(f"{path}: not valid JSON ({type(e).__name__}: {str(e).splitlines()[0]})") from None
 
