@@ -55,7 +55,8 @@ def test_a_block_fills_from_its_report_and_an_unknown_kind_is_one_line(checkout,
     (checkout / "docs" / "index.md").write_text(f"<!-- generated: plot {report} -->\n<!-- end generated -->\n")
     assert generated.main(["--check"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"bnbench: error: generated block of unknown kind 'plot' (for {report}): use 'summary'"]
+    assert err == [f"bnbench: error: generated block 'plot' (for {report}): use 'summary REPORT' or "
+                   "'differences REPORT BASELINE'"]
 
 
 def test_outside_a_checkout_it_says_where_to_run(tmp_path, monkeypatch, capsys):

@@ -32,25 +32,37 @@ RESULTS = (
 BASELINES = ("seed_bn", "plain_relu", "conv_plain", "conv_bn")
 # Where only generated files live: anything else there is stale.
 GENERATED_KINDS = ("docs/schema/*.json", "results/*.png", "results/*.svg")
-BLOCK = re.compile(r"(<!-- generated: (\w+) (\S+) -->\n)(.*?)(<!-- end generated -->)", re.S)
+BLOCK = re.compile(r"(<!-- generated: (\w+) ([^>]+?) -->\n).*?(<!-- end generated -->)", re.S)
 
 
 def fill_blocks(text: str, root: Path) -> str:
-    """``text`` with each generated block's content made from the report it names."""
+    """``text`` with each generated block's content made from the report it names: ``summary
+    REPORT`` (the summary table) or ``differences REPORT BASELINE`` (every variant against the
+    baseline, seed by seed, with verdicts)."""
     from bnbench.report import reading
+    from bnbench.report.compare import against_baselines
     from bnbench.report.summary import summary_table
 
     def fill(match: re.Match) -> str:
-        kind, report = match.group(2), match.group(3)
-        if kind != "summary":
-            raise BnbenchError(f"generated block of unknown kind {kind!r} (for {report}): use 'summary'")
+        kind, (report, *rest) = match.group(2), match.group(3).split()
         raw = reading.read_valid(root / report)
-        table = summary_table(raw, markdown=True)
-        env = raw["environment"]
-        machine = env.get("cpu_model") if env.get("backend") == "cpu" else env.get("device_kind")
-        source = (f"From `{report}`: {len(raw['protocol']['seeds'])} seeds, 95% intervals over seeds; times "
-                  f"measured on {machine or 'an unrecorded machine'} ({env.get('backend')}).")
-        return f"{match.group(1)}{table}\n\n{source}\n{match.group(5)}"
+        seeds = len(raw["protocol"]["seeds"])
+        if kind == "summary" and not rest:
+            env = raw["environment"]
+            machine = env.get("cpu_model") if env.get("backend") == "cpu" else env.get("device_kind")
+            table = summary_table(raw, markdown=True)
+            source = (f"From `{report}`: {seeds} seeds, 95% intervals over seeds; times measured on "
+                      f"{machine or 'an unrecorded machine'} ({env.get('backend')}).")
+        elif kind == "differences" and len(rest) == 1:
+            loaded = reading.load_all([str(root / report)])
+            loaded[0]["ref"] = 1
+            table = against_baselines(loaded, rest, markdown=True).split("\n", 2)[2]
+            source = (f"From `{report}`, {seeds} seeds: each variant minus {rest[0]}, paired over seeds, Holm-adjusted "
+                      f"within each accuracy; `bnbench compare {report} --baseline {rest[0]}`.")
+        else:
+            raise BnbenchError(f"generated block {kind!r} (for {match.group(3)}): use 'summary REPORT' or "
+                               "'differences REPORT BASELINE'")
+        return f"{match.group(1)}{table}\n\n{source}\n{match.group(4)}"
 
     return BLOCK.sub(fill, text)
 
