@@ -590,3 +590,11 @@ def test_reports_of_different_machines_are_compared_unpaired_and_say_so(capsys):
     rows = [line for line in out.splitlines() if "[2] - [1]" in line]
     assert rows and all("Welch, n=5+5" in row for row in rows)
     assert "another machine" in out
+
+
+def test_a_sweep_baseline_with_nothing_to_compare_says_so_and_diverged_rows_are_named(capsys):
+    status, out, _ = compare(RESULTS / "cpu-sweep-momentum.json", "--baseline", "seed_bn", capsys=capsys)
+    assert status == 0 and "Differences to baseline variants: none. Every entry of seed_bn" in out
+    status, out, _ = compare(RESULTS / "cpu-sweep-lr.json", "--baseline", "plain_relu", capsys=capsys)
+    row = next(line for line in out.splitlines() if line.startswith("seed_plain lr=1 ") and " val " in line)
+    assert row.rstrip().endswith("diverged: every seed of this variant")

@@ -91,3 +91,27 @@ def test_the_family_adjustment_decides_the_verdict():
     assert alone["p_holm"] == pytest.approx(weak["p_value"]) and weak["p_value"] < 0.05
     assert family[1]["p_holm"] == pytest.approx(4 * weak["p_value"]) and family[1]["p_holm"] > 0.05
     assert (alone["verdict"], family[0]["verdict"], family[1]["verdict"]) == ("better", "better", "inconclusive")
+
+
+def test_equivalent_only_where_the_95_interval_lies_within_the_margin_after_holm():
+    rng = np.random.default_rng(1)
+    for _ in range(50):
+        base = 0.87 + rng.normal(0, 0.003, 5)
+        d = stats.paired_difference(base + rng.normal(0.001, 0.002, 5), base)
+        [alone] = stats.compare_family([d])
+        low, high = d["ci95"]
+        if alone["verdict"] == "equivalent":
+            assert -0.005 < low and high < 0.005
+        elif alone["verdict"] == "inconclusive":
+            assert low <= -0.005 or high >= 0.005 or low <= 0 <= high
+    d = stats.paired_difference([0.8702, 0.8711, 0.8698, 0.8705], [0.8700, 0.8709, 0.8700, 0.8703])
+    [alone] = stats.compare_family([d])
+    assert alone["verdict"] == "equivalent"
+    family = stats.compare_family([d] * 20)  # the same evidence among 20 tests: not enough alone
+    assert family[0]["p_equivalence_holm"] == pytest.approx(min(1, 20 * alone["p_equivalence"]))
+    assert family[0]["detectable"] > alone["detectable"] and family[0]["family"] == 20
+
+
+def test_no_spread_says_whether_the_seeds_agree_or_differ_alike():
+    assert "identical on every seed" in stats.paired_difference([0.8, 0.81], [0.8, 0.81])["too_few"]
+    assert "the same difference on every seed" in stats.paired_difference([0.8, 0.81], [0.79, 0.80])["too_few"]

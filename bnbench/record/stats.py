@@ -88,8 +88,8 @@ def paired_difference(a: Sequence[float], b: Sequence[float], confidence: float 
         return {**out, "too_few": f"{n} seed: an interval and a p-value need 2 or more"}
     sd = float(d.std(ddof=1))
     if sd == 0:
-        return {**out, "sd": 0.0,
-                "too_few": "no spread between seeds on either side: nothing to measure the difference against"}
+        same = "identical on every seed" if diff == 0 else "the same difference on every seed"
+        return {**out, "sd": 0.0, "too_few": f"no spread: {same}, so there is no error to test against"}
     from scipy import stats
 
     se = sd / math.sqrt(n)
@@ -159,29 +159,38 @@ def seeds_for(d: dict, margin: float = EQUIVALENCE_MARGIN, power: float = POWER,
 
 
 def verdict(d: dict, adjusted_p: float | None = None, margin: float = EQUIVALENCE_MARGIN,
-            alpha: float = 0.05) -> str:
+            alpha: float = 0.05, adjusted_equivalence_p: float | None = None) -> str:
     """better / worse (different at ``alpha``, on the family-adjusted p-value when given), else
-    equivalent (within ±``margin`` by two one-sided tests at ``alpha``), else inconclusive."""
+    equivalent (within ±``margin`` by two one-sided tests at ``alpha``/2 each, so that exactly when
+    the 95% interval shown lies within the margin; family-adjusted when given), else inconclusive."""
     p = adjusted_p if adjusted_p is not None else d.get("p_value")
     if p is None:
         return "untested"
     if p < alpha:
         return "better" if d["difference"] > 0 else "worse"
-    tost = equivalence_p(d, margin)
-    if tost is not None and tost < alpha:
+    tost = adjusted_equivalence_p if adjusted_equivalence_p is not None else equivalence_p(d, margin)
+    if tost is not None and tost < alpha / 2:
         return "equivalent"
     return "inconclusive"
 
 
-def compare_family(differences: Sequence[dict], margin: float = EQUIVALENCE_MARGIN) -> list[dict]:
-    """Each comparison of one family with its Holm-adjusted p-value, verdict, equivalence p-value,
-    smallest detectable difference and the seeds that would settle ``margin``."""
+def compare_family(differences: Sequence[dict], margin: float = EQUIVALENCE_MARGIN, alpha: float = 0.05
+                   ) -> list[dict]:
+    """Each comparison of one family with its Holm-adjusted p-values (of the difference and of
+    equivalence), verdict, and the smallest difference it detects at 80% power and the seeds that
+    would settle ``margin``, both at the family's Bonferroni level (``alpha`` over the tests), so
+    that they speak to the adjusted verdict."""
     adjusted = holm([d.get("p_value") for d in differences])
+    equivalence = [equivalence_p(d, margin) for d in differences]
+    adjusted_equivalence = holm(equivalence)
+    tests = max(1, sum(p is not None for p in adjusted))
     out = []
-    for d, p_holm in zip(differences, adjusted):
-        out.append({**d, "p_holm": p_holm, "verdict": verdict(d, p_holm, margin), "margin": margin,
-                    "p_equivalence": equivalence_p(d, margin), "detectable": detectable(d),
-                    "seeds_for_margin": seeds_for(d, margin)})
+    for d, p_holm, p_eq, p_eq_holm in zip(differences, adjusted, equivalence, adjusted_equivalence):
+        out.append({**d, "p_holm": p_holm, "margin": margin, "family": tests,
+                    "verdict": verdict(d, p_holm, margin, alpha, p_eq_holm),
+                    "p_equivalence": p_eq, "p_equivalence_holm": p_eq_holm,
+                    "detectable": detectable(d, alpha=alpha / tests),
+                    "seeds_for_margin": seeds_for(d, margin, alpha=alpha / tests)})
     return out
 
 
@@ -196,7 +205,7 @@ def format_verdict(d: dict, digits: int = 4) -> str:
     if d["verdict"] in ("better", "worse"):
         return f"{d['verdict']}, {p_text}, {test}"
     if d["verdict"] == "equivalent":
-        return f"equivalent within ±{d['margin']:g} (TOST {_p(d['p_equivalence'])}), {test}"
+        return f"equivalent within ±{d['margin']:g} (TOST Holm {_p(d['p_equivalence_holm'])}), {test}"
     seeds = d.get("seeds_for_margin")
     settle = "" if seeds is None else (f"; ~{seeds} seeds would settle ±{d['margin']:g}" if seeds <= 1000
                                         else f"; over 1000 seeds to settle ±{d['margin']:g}")

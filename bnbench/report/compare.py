@@ -32,9 +32,10 @@ KEY = "\n".join([
     "(n = each side's seeds).",
     "Families: the comparisons against one baseline on one accuracy in one report (or of one later report "
     "against the first) form a family; p Holm is Holm's adjustment within it, and the verdict reads it.",
-    "Verdict: better or worse (p Holm < 0.05); equivalent (within ±margin by two one-sided tests at 5%); else "
-    "inconclusive, with the smallest difference these seeds detect at 80% power and about how many seeds "
-    "would settle the margin.",
+    "Verdict: better or worse (p Holm < 0.05); equivalent (the 95% CI within ±margin: two one-sided tests at "
+    "2.5% each, Holm-adjusted over the family); else inconclusive, with the smallest difference these seeds "
+    "detect at 80% power and about how many seeds would settle the margin, both at the family's level "
+    "(5% over its k tests). A variant whose seeds all diverged has no accuracy to compare: its row says so.",
 ])
 
 
@@ -181,8 +182,14 @@ def table(loaded: list[dict], markdown: bool = False) -> str:
 
 def comparison(v: dict, b: dict, metric: str, paired: bool) -> dict | None:
     """``v`` minus ``b`` on ``metric``: seed by seed where they share seeds (``paired``: variants
-    of one report), else Welch's unpaired test on their summaries; None without both figures."""
+    of one report), else Welch's unpaired test on their summaries; None where neither records the
+    metric, and a row without a test where a side's seeds all diverged."""
     if not (v.get(metric) and b.get(metric)):
+        gone = [side for side, e in (("this variant", v), ("the baseline", b))
+                if not e.get(metric) and e.get("diverged_seeds")]
+        if gone and (v.get(metric) or b.get(metric)):  # the other side has it: say why this one has not
+            return {"test": "paired" if paired else "welch", "n": 0 if paired else [0, 0], "difference": None,
+                    "ci95": None, "p_value": None, "too_few": f"diverged: every seed of {' and '.join(gone)}"}
         return None
     if paired:
         seeds = sorted(s for s in set(v.get("finals", {})) & set(b.get("finals", {}))
@@ -194,6 +201,8 @@ def comparison(v: dict, b: dict, metric: str, paired: bool) -> dict | None:
 
 
 def _ci_text(d: dict) -> str:
+    if d["difference"] is None:
+        return "-"
     if d["ci95"] is None:
         return f"{d['difference']:+.4f}"
     low, high = d["ci95"]
@@ -206,14 +215,19 @@ def _p_text(p: float | None) -> str:
 
 def _verdict_text(d: dict) -> str:
     if d["verdict"] == "untested":
-        return "untested: " + ("too few seeds" if not d.get("too_few", "").startswith("no spread") else "no spread")
+        why = d.get("too_few", "")
+        if why.startswith("no spread: "):
+            return "untested: " + why.removeprefix("no spread: ").split(",")[0]
+        if why.startswith("diverged: "):
+            return why
+        return "untested: too few seeds trained by both without diverging"
     if d["verdict"] == "equivalent":
         return f"equivalent within ±{d['margin']:g}"
     if d["verdict"] == "inconclusive":
         seeds = d.get("seeds_for_margin")
         settle = "" if seeds is None else f"; ~{seeds} seeds settle ±{d['margin']:g}" if seeds <= 1000 else \
             f"; >1000 seeds to settle ±{d['margin']:g}"
-        return f"inconclusive (detects {d['detectable']:.4f}{settle})"
+        return f"inconclusive (detects {d['detectable']:.4f}, family of {d['family']}{settle})"
     return d["verdict"]
 
 
@@ -235,10 +249,10 @@ DIFFERENCE_HEADERS = ["test", "difference [95% CI]", "p", "p Holm", "verdict"]
 
 def _too_few(comparisons: list[dict]) -> list[str]:
     """What the page says plainly when a difference has no interval for want of seeds."""
-    few = [d for d in comparisons if d.get("too_few") and not d["too_few"].startswith("no spread")]
+    few = [d for d in comparisons if d.get("too_few") and not d["too_few"].startswith(("no spread", "diverged"))]
     # After a blank line, so that Markdown does not read the sentence as a row of the table above.
-    return ["", "Too few seeds for an interval or a p-value where a side has 1 seed: train 2 or more "
-                "(5 give useful intervals)."] if few else []
+    return ["", "Too few seeds for an interval or a p-value where only one seed trained on both sides without "
+                "diverging: train 2 or more (5 give useful intervals)."] if few else []
 
 
 def _differences(title: str, headers: list[str], families: dict[tuple, list[tuple[list[str], dict]]],
@@ -318,7 +332,18 @@ def against_baselines(loaded: list[dict], baselines, markdown: bool = False,
                         families.setdefault((baseline, r["ref"], metric), []).append(
                             ([name, baseline, f"[{r['ref']}]", _metric(metric)], d))
     return _differences("Differences to baseline variants (paired: the same seeds):",
-                        ["variant", "minus", "report", "accuracy"], families, margin, markdown)
+                        ["variant", "minus", "report", "accuracy"], families, margin, markdown) \
+        or _nothing_against(loaded, baselines)
+
+
+def _nothing_against(loaded: list[dict], baselines) -> str | None:
+    """Said, not left out, when a baseline was named and nothing could be set against it (a sweep
+    of that variant alone: each of its entries is the baseline at its own configuration)."""
+    if not baselines:
+        return None
+    return (f"Differences to baseline variants: none. Every entry of {', '.join(baselines)} is the baseline at "
+            "its own configuration, and no other variant was trained; compare configurations of one "
+            "variant with its sweep's tables, or sweep another variant beside it.")
 
 
 @dataclass

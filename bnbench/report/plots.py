@@ -179,7 +179,9 @@ def difference_figures(loaded: list[dict], baselines, metric: str = "val_accurac
                     rows.append((name, d))
             if any(d["ci95"] is not None for _, d in rows):
                 family = stats.compare_family([d for _, d in rows], margin)
-                figures[(r["ref"], baseline)] = [(name, d) for (name, _), d in zip(rows, family)]
+                # Every seed diverged: no difference to draw (the table names it).
+                figures[(r["ref"], baseline)] = [(name, d) for (name, _), d in zip(rows, family)
+                                                 if d["difference"] is not None]
     return figures
 
 

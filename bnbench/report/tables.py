@@ -267,6 +267,8 @@ def _difference_cells(d: dict | None, baseline: bool) -> list[str]:
         return ["baseline", "--"]
     if d is None:
         return ["--", "--"]
+    if d["difference"] is None:  # every seed of a side diverged
+        return ["--", "diverged"]
     text = f"${_number(d['difference'], True)}$"
     if d["ci95"] is not None:  # the interval under the difference: a column half as wide
         text = (f"\\begin{{tabular}}[t]{{@{{}}c@{{}}}}{text}\\\\"
