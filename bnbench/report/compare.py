@@ -315,6 +315,27 @@ def baseline_entry(report: dict, entry: dict, baseline: str) -> dict | None:
                 same[0] if same else None)
 
 
+def baseline_comparisons(report: dict, baseline: str, metric: str) -> list[tuple[str, dict]]:
+    """Each other variant of ``report`` minus ``baseline`` on ``metric``, seed by seed (in a sweep,
+    at the same configuration): one family, before its adjustment."""
+    rows = []
+    for name, v in report["variants"].items():
+        b = baseline_entry(report, v, baseline)
+        if b is None or b is v or name == baseline:
+            continue
+        d = comparison(v, b, metric, paired=True)
+        if d is not None:
+            rows.append((name, d))
+    return rows
+
+
+def baseline_family(report: dict, baseline: str, metric: str, margin: float = stats.EQUIVALENCE_MARGIN
+                    ) -> list[tuple[str, dict]]:
+    """``baseline_comparisons`` with the family's Holm-adjusted p-values and verdicts."""
+    rows = baseline_comparisons(report, baseline, metric)
+    return [(name, d) for (name, _), d in zip(rows, stats.compare_family([d for _, d in rows], margin))]
+
+
 def against_baselines(loaded: list[dict], baselines, markdown: bool = False,
                       margin: float = stats.EQUIVALENCE_MARGIN) -> str | None:
     """Within each report, every other variant's accuracies minus each baseline variant's (in a
@@ -322,15 +343,10 @@ def against_baselines(loaded: list[dict], baselines, markdown: bool = False,
     families: dict[tuple, list] = {}
     for baseline in baselines:
         for r in loaded:
-            for name, v in r["variants"].items():
-                b = baseline_entry(r, v, baseline)
-                if b is None or b is v or name == baseline:
-                    continue
-                for metric in COMPARED:
-                    d = comparison(v, b, metric, paired=True)
-                    if d is not None:
-                        families.setdefault((baseline, r["ref"], metric), []).append(
-                            ([name, baseline, f"[{r['ref']}]", _metric(metric)], d))
+            for metric in COMPARED:
+                for name, d in baseline_comparisons(r, baseline, metric):
+                    families.setdefault((baseline, r["ref"], metric), []).append(
+                        ([name, baseline, f"[{r['ref']}]", _metric(metric)], d))
     return _differences("Differences to baseline variants (paired: the same seeds):",
                         ["variant", "minus", "report", "accuracy"], families, margin, markdown) \
         or _nothing_against(loaded, baselines)

@@ -164,24 +164,15 @@ def difference_figures(loaded: list[dict], baselines, metric: str = "val_accurac
     """Per (report ref, baseline), each other variant's paired difference to the baseline on
     ``metric`` (as ``compare`` sets them: at the same configuration in a sweep), with its family's
     Holm-adjusted p-value and verdict; only families where some difference has an interval."""
-    from bnbench.report.compare import baseline_entry, comparison
+    from bnbench.report.compare import baseline_family
 
     figures = {}
     for r in loaded:
         for baseline in baselines:
-            rows = []
-            for name, v in r["variants"].items():
-                b = baseline_entry(r, v, baseline)
-                if b is None or b is v or name == baseline:
-                    continue
-                d = comparison(v, b, metric, paired=True)
-                if d is not None:
-                    rows.append((name, d))
+            rows = baseline_family(r, baseline, metric, margin)
             if any(d["ci95"] is not None for _, d in rows):
-                family = stats.compare_family([d for _, d in rows], margin)
                 # Every seed diverged: no difference to draw (the table names it).
-                figures[(r["ref"], baseline)] = [(name, d) for (name, _), d in zip(rows, family)
-                                                 if d["difference"] is not None]
+                figures[(r["ref"], baseline)] = [(name, d) for name, d in rows if d["difference"] is not None]
     return figures
 
 

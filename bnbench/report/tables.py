@@ -24,7 +24,7 @@ from pathlib import Path
 from bnbench.record import model, stats
 from bnbench.record.io import atomic_write
 from bnbench.report import reading
-from bnbench.report.compare import baseline_entry, comparison
+from bnbench.report.compare import baseline_entry, baseline_family
 
 FORMATS = ("markdown", "latex", "csv")
 LATEX_FILE, RUNS_FILE, SUMMARY_FILE = "tables.tex", "runs.csv", "summary.csv"
@@ -110,20 +110,8 @@ def _differences(report: dict, baselines, margin: float) -> dict[tuple[str, str,
     """Per (baseline, variant, accuracy), the paired difference to the baseline variant of the same
     report with its Holm-adjusted p-value and verdict: the families ``compare --baseline`` forms (one
     per baseline, report and accuracy), so the figures are those it prints."""
-    out = {}
-    for baseline in baselines:
-        for metric in DIFFERENCE_METRICS:
-            family = []
-            for name, v in report["variants"].items():
-                b = baseline_entry(report, v, baseline)
-                if b is None or b is v or name == baseline:
-                    continue
-                d = comparison(v, b, metric, paired=True)
-                if d is not None:
-                    family.append((name, d))
-            for (name, _), d in zip(family, stats.compare_family([d for _, d in family], margin)):
-                out[baseline, name, metric] = d
-    return out
+    return {(baseline, name, metric): d for baseline in baselines for metric in DIFFERENCE_METRICS
+            for name, d in baseline_family(report, baseline, metric, margin)}
 
 
 def _is_baseline(report: dict, name: str, v: dict, baseline: str) -> bool:
