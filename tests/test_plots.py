@@ -184,6 +184,7 @@ def test_the_difference_figure_sorts_its_rows_and_draws_compares_paired_interval
     assert len(band) == 1 and band[0].get_x() == pytest.approx(-stats.EQUIVALENCE_MARGIN)
 
 
+@pytest.mark.slow  # seconds: kept out of the 2-minute default tier
 def test_the_page_lists_its_svgs_and_pages_and_draws_the_same_bytes_twice(tmp_path):
     paths = [str(RESULTS / n) for n in ("cpu-notebook-5seeds.json", "cpu-benchmark.json")]
     first = page.write_citable(paths, tmp_path / "a", baselines=["seed_bn"])

@@ -73,6 +73,7 @@ def test_contradictory_options_are_one_line(tmp_path, capsys):
     assert "bnbench: error: run: unrecognized arguments: --resume (see 'bnbench run --help')" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # seconds: kept out of the 2-minute default tier
 def test_a_killed_page_leaves_nothing_that_stops_the_next(tmp_path):
     source = write(tmp_path / "r.json", made_report())
     folder = tmp_path / "page"

@@ -145,6 +145,7 @@ def test_seeds_spread_over_devices_train_exactly_as_each_seed_alone(device_data)
         assert together["test"]["accuracy"][i] == alone["test"]["accuracy"][0]
 
 
+@pytest.mark.slow  # seconds: kept out of the 2-minute default tier
 def test_a_trainer_is_reused_by_a_second_fit_without_compiling_again(device_data):
     """Sweeps reuse one compiled program for many runs: a second fit on the same trainer must work,
     train the same seeds to the same result, and not compile again."""
