@@ -215,6 +215,7 @@ def test_some_runs_diverging_is_a_warning_and_success():
 
 # `bnbench report`'s folder
 
+@pytest.mark.slow  # draws the whole page several times
 def test_report_never_replaces_a_file_it_did_not_write_unless_forced(tmp_path, capsys):
     source = write(tmp_path / "r.json", made_report())
     folder = tmp_path / "page"
