@@ -213,6 +213,7 @@ def test_momentum_sweeps_need_moving_statistics():
         sweep.programs(grid(bn_momenta=(0.9, 0.99)), [variants.get("layer_norm")], 1000)
 
 
+@pytest.mark.slow  # a CLI start each, ten of them
 @pytest.mark.parametrize("args, message", [
     (["--learning-rate", "1e-3,,x"], "--learning-rate '1e-3,,x': an empty item"),
     (["--learning-rate", "1e-3,x"], "--learning-rate '1e-3,x': 'x' is not a number"),
