@@ -149,7 +149,8 @@ def test_a_last_update_that_blows_up_the_weights_is_a_divergence_at_that_update(
     nan, history = float("nan"), []
     for val_loss in (0.5, nan):
         history.append({"first_nonfinite": np.array([-1]), "train_loss": np.array([0.4]),
-                        "train_accuracy": np.array([0.9]), "val_loss": np.array([val_loss]),
+                        "train_accuracy": np.array([0.9]), "train_eval_loss": np.array([0.4]),
+                        "train_eval_accuracy": np.array([0.9]), "val_loss": np.array([val_loss]),
                         "val_accuracy": np.array([0.1 if val_loss != val_loss else 0.9])})
     result = {"history": history, "epoch_times": [1.0, 1.0], "compile_time_s": 1.0,
               "test": {"loss": np.array([nan]), "accuracy": np.array([0.1])}}

@@ -125,7 +125,7 @@ def run_record(variant: str, seed: int, index: int, result: dict, floor_times: d
         if diverged is None and not (np.isfinite(metrics["val_loss"][index]) and (test_finite or not last)):
             diverged = {"epoch": i + 1, "update": (i + 1) * updates_per_epoch}
         if diverged is None:
-            record.update({k: float(metrics[k][index]) for k in METRICS if k in metrics})
+            record.update({k: float(metrics[k][index]) for k in METRICS})
             if "evals" in metrics:
                 evals += [{"update": i * updates_per_epoch + (j + 1) * eval_every,
                            "val_loss": float(loss), "val_accuracy": float(accuracy)}
@@ -178,8 +178,7 @@ def summarize(runs: list[dict], updates_per_epoch: int, target: float | None = N
     """Mean and 95% CI over seeds of the final metrics, over the runs that did not diverge (None
     where all did); median epoch and update times."""
     finished = [r for r in runs if "diverged" not in r]
-    final = {k: [r["epochs"][-1][k] for r in finished] for k in METRICS
-             if all(k in r["epochs"][-1] for r in finished)}
+    final = {k: [r["epochs"][-1][k] for r in finished] for k in METRICS}
     final.update({k: [r[k] for r in finished] for k in ("test_loss", "test_accuracy")})
     epoch_times = [e["time_s"] for e in runs[0]["epochs"]]  # runs train together: times are shared
     summary = {
