@@ -11,6 +11,7 @@ from bnbench import cli
 from bnbench.measure import experiment
 from bnbench.record.io import write_json
 from bnbench.record.schema import PROTOCOL_KEYS
+from bnbench.record.stats import format_ci
 from bnbench.report import page, reading
 
 
@@ -598,3 +599,15 @@ def test_a_sweep_baseline_with_nothing_to_compare_says_so_and_diverged_rows_are_
     status, out, _ = compare(RESULTS / "cpu-sweep-lr.json", "--baseline", "plain_relu", capsys=capsys)
     row = next(line for line in out.splitlines() if line.startswith("seed_plain lr=1 ") and " val " in line)
     assert row.rstrip().endswith("diverged: every seed of this variant")
+
+
+def test_the_run_summary_shows_training_accuracy_in_both_modes():
+    from bnbench.report.summary import HEADERS, summary_rows
+
+    report = made_report()
+    rows = {row[0]: dict(zip(HEADERS, row)) for row in summary_rows(report)}
+    for name, s in report["summary"].items():
+        assert rows[name]["train acc"] == format_ci(s["train_accuracy"])
+        assert rows[name]["train acc (eval)"] == format_ci(s["train_eval_accuracy"])
+    del report["summary"]["seed_bn"]["train_eval_accuracy"]  # a report from before it was recorded
+    assert {row[0]: row[3] for row in summary_rows(report)}["seed_bn"] == "-"

@@ -93,6 +93,10 @@ def test_summary_csv_holds_the_reports_summary_and_the_paired_differences(page):
             assert float(rows[name][prefix + "difference"]) == d["difference"]
             assert float(rows[name][prefix + "p_holm"]) == d["p_holm"]
             assert rows[name][prefix + "verdict"] == d["verdict"]
+            assert float(rows[name][prefix + "margin"]) == d["margin"]
+            assert float(rows[name][prefix + "detectable"]) == d["detectable"]
+            assert int(rows[name][prefix + "seeds_for_margin"]) == d["seeds_for_margin"]
+            assert float(rows[name][prefix + "p_equivalence_holm"]) == d["p_equivalence_holm"]
             assert (rows[name][prefix + "test"], int(rows[name][prefix + "n"])) == ("paired", 5)
 
 

@@ -6,12 +6,20 @@ from bnbench.errors import EXIT_ALL_DIVERGED
 from bnbench.record.stats import format_ci
 from bnbench.report.table import format_table
 
-HEADERS = ("variant", "seeds", "train acc", "val acc", "test acc", "epoch s (median)", "vs floor", "compile s")
+# "train acc" is the epoch's running figure, in training mode (BatchNorm on batch statistics, weights
+# moving); "train acc (eval)" evaluates training examples as validation is, so it compares across norms.
+HEADERS = ("variant", "seeds", "train acc", "train acc (eval)", "val acc", "test acc", "epoch s (median)",
+           "vs floor", "compile s")
 
 
 def accuracy_cell(summary: dict | None) -> str:
     """Mean ± CI half-width, or "diverged" where every seed did."""
     return format_ci(summary) if summary is not None else "diverged"
+
+
+def _recorded_cell(s: dict, key: str) -> str:
+    """An accuracy older reports may not have recorded ("-"), else as ``accuracy_cell``."""
+    return accuracy_cell(s[key]) if key in s else "-"
 
 
 def seeds_cell(s: dict) -> str:
@@ -24,8 +32,8 @@ def summary_rows(report: dict) -> list[list]:
     rows = []
     for name, s in report["summary"].items():
         ratio = (s.get("floor") or {}).get("median_ratio")  # no floor, or one that could not be timed
-        rows.append([name, seeds_cell(s), *[accuracy_cell(s[k]) for k in ("train_accuracy", "val_accuracy",
-                                                                          "test_accuracy")],
+        rows.append([name, seeds_cell(s), accuracy_cell(s["train_accuracy"]), _recorded_cell(s, "train_eval_accuracy"),
+                     *[accuracy_cell(s[k]) for k in ("val_accuracy", "test_accuracy")],
                      f"{s['median_epoch_time_s']:.3f}",
                      f"{ratio:.2f}x" if ratio is not None else "-", f"{s['compile_time_s']:.2f}"])
     return rows

@@ -176,7 +176,8 @@ def runs_csv(loaded: list[dict]) -> str:
     return _csv(headers, rows)
 
 
-DIFFERENCE_FIELDS = ("difference", "ci_low", "ci_high", "p", "p_holm", "verdict", "test", "n")
+DIFFERENCE_FIELDS = ("difference", "ci_low", "ci_high", "p", "p_holm", "verdict", "margin", "p_equivalence_holm",
+                     "detectable", "seeds_for_margin", "test", "n")
 
 
 def summary_csv(loaded: list[dict], baselines=(), margin: float = stats.EQUIVALENCE_MARGIN) -> str:
@@ -217,7 +218,9 @@ def summary_csv(loaded: list[dict], baselines=(), margin: float = stats.EQUIVALE
                     low, high = d["ci95"] or (None, None)
                     row.update({prefix + "difference": d["difference"], prefix + "ci_low": low,
                                 prefix + "ci_high": high, prefix + "p": d["p_value"], prefix + "p_holm": d["p_holm"],
-                                prefix + "verdict": d["verdict"], prefix + "test": d["test"], prefix + "n": d["n"]})
+                                prefix + "verdict": d["verdict"], prefix + "test": d["test"], prefix + "n": d["n"],
+                                **{prefix + key: d.get(key) for key in ("margin", "p_equivalence_holm", "detectable",
+                                                                        "seeds_for_margin")}})
             rows.append(row)
     return _csv(headers, rows)
 
