@@ -284,8 +284,8 @@ def _margin(text: str) -> float:
     return value
 
 
-MARGIN_HELP = ("the accuracy difference within which two variants count as equivalent (two one-sided tests at "
-               "5%%; default 0.005)")
+MARGIN_HELP = ("the accuracy difference within which two variants count as equivalent (two one-sided tests, "
+               "each at 2.5%% after Holm's adjustment over the family; default 0.005)")
 BASELINE_HELP = ("also set every variant of each report against this variant of the same report, seed by seed: "
                  "paired difference with its 95%% CI, p-value, Holm-adjusted p-value and verdict (repeatable)")
 

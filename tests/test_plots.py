@@ -214,3 +214,29 @@ def test_figures_past_four_panels_go_on_further_pages(tmp_path):
     (tmp_path / "x_2.png").write_bytes(b"")
     text = plots.link_pages("a\n![curves](x.png)\nb", tmp_path)
     assert "![curves](x.png)" in text and "![curves (part 2)](x_2.png)" in text
+
+
+def test_curves_use_no_colour_twice_in_a_figure_and_name_the_diverged(drawn, tmp_path):
+    from matplotlib.colors import to_hex
+
+    loaded = reading.load_all([str(RESULTS / n) for n in ("cpu-mlp-variants-5seeds.json",
+                                                          "cpu-convnet-3seeds.json")])
+    mlp = loaded[0]["variants"]
+    mlp["layer_norm"]["curves"] = mlp["layer_norm"]["curves"][1:]  # as if one seed diverged
+    mlp["layer_norm"]["diverged_runs"] = 1
+    mlp["group_norm"].update(curves=[], diverged_runs=5)  # and every seed of another
+    page._plot_curves(loaded, tmp_path / "val.png")
+    assert len(drawn) >= 2  # 14 variants on 7 colours: more than one figure
+    notes = []
+    for name, fig in drawn.items():
+        _check_figure(name, fig)
+        colours = {}
+        for ax in fig.axes:
+            notes.append(ax.get_xlabel())
+            for line in ax.get_lines():
+                colours.setdefault(to_hex(line.get_color()), set()).add(line.get_label().split(" [")[0])
+        assert all(len(names) == 1 for names in colours.values()), (name, colours)
+        labels = {line.get_label() for ax in fig.axes for line in ax.get_lines()}
+        assert "group_norm" not in labels  # nothing drawn for it, at 0 or elsewhere
+    note = " ".join(notes).replace("\n", " ")
+    assert "layer_norm 1 of 5" in note and "group_norm 5 of 5" in note

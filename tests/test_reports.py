@@ -340,7 +340,7 @@ def test_g_no_plot_mixes_kinds_of_time_or_numbers_of_seeds(tmp_path, plotted):
     loaded = reading.load_all(paths)
     assert list(page.step_panels(loaded)) == [("lone_step", 0), ("epoch_per_update", 1), ("epoch_per_update", 5)]
     curves = page.curve_panels(loaded)  # one panel per protocol, so per number of seeds
-    assert [sorted({len(c) for _, _, c in lines}) for lines in curves.values()] == [[1], [5]]
+    assert [sorted({len(c) + lost for _, _, c, lost in lines}) for lines in curves.values()] == [[1], [5]]
     for labels in (labels for legends in plotted.values() for labels in legends):
         assert len(labels) == len(set(labels)), labels  # a legend names each line once
     one_seed, five_seeds = (r["label"] for r in loaded)  # the two files of one run are shown once
@@ -611,3 +611,12 @@ def test_the_run_summary_shows_training_accuracy_in_both_modes():
         assert rows[name]["train acc (eval)"] == format_ci(s["train_eval_accuracy"])
     del report["summary"]["seed_bn"]["train_eval_accuracy"]  # a report from before it was recorded
     assert {row[0]: row[3] for row in summary_rows(report)}["seed_bn"] == "-"
+
+
+def test_a_baseline_absent_from_a_report_is_named_as_absent_not_as_a_sweep(capsys):
+    from bnbench.report.compare import against_baselines
+
+    loaded = reading.load_all([str(RESULTS / "cpu-convnet-3seeds.json")])
+    text = against_baselines(loaded, ["seed_bn"])
+    assert "seed_bn is not in [1], whose variants are conv_bn, conv_group_norm" in text
+    assert "its own configuration" not in text

@@ -80,7 +80,7 @@ def test_inconclusive_says_what_would_settle_it():
     assert (sp.t.ppf(0.975, n - 1) + sp.t.ppf(0.8, n - 1)) * sd / math.sqrt(n) <= 0.005
     assert (sp.t.ppf(0.975, n - 2) + sp.t.ppf(0.8, n - 2)) * sd / math.sqrt(n - 1) > 0.005
     text = stats.format_verdict(d)
-    assert text.startswith("inconclusive, p=") and f"~{n} seeds would settle ±0.005" in text and "paired n=3" in text
+    assert text.startswith("inconclusive, p=") and f"~{n} seeds would detect ±0.005" in text and "paired n=3" in text
 
 
 def test_the_family_adjustment_decides_the_verdict():

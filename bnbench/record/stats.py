@@ -178,7 +178,7 @@ def compare_family(differences: Sequence[dict], margin: float = EQUIVALENCE_MARG
                    ) -> list[dict]:
     """Each comparison of one family with its Holm-adjusted p-values (of the difference and of
     equivalence), verdict, and the smallest difference it detects at 80% power and the seeds that
-    would settle ``margin``, both at the family's Bonferroni level (``alpha`` over the tests), so
+    would detect a difference of ``margin``, both at the family's Bonferroni level (``alpha`` over the tests), so
     that they speak to the adjusted verdict."""
     adjusted = holm([d.get("p_value") for d in differences])
     equivalence = [equivalence_p(d, margin) for d in differences]
@@ -196,7 +196,7 @@ def compare_family(differences: Sequence[dict], margin: float = EQUIVALENCE_MARG
 
 def format_verdict(d: dict, digits: int = 4) -> str:
     """``worse, p=0.003 (Holm 0.01), paired n=5`` / ``inconclusive (detects 0.0071 at 80% power; ~9 seeds
-    would settle ±0.005), Welch n=3+3``."""
+    would detect ±0.005), Welch n=3+3``."""
     n = d["n"] if d["test"] == "paired" else "+".join(map(str, d["n"]))
     test = f"{'paired' if d['test'] == 'paired' else 'Welch'} n={n}"
     if d["verdict"] == "untested":
@@ -207,8 +207,8 @@ def format_verdict(d: dict, digits: int = 4) -> str:
     if d["verdict"] == "equivalent":
         return f"equivalent within ±{d['margin']:g} (TOST Holm {_p(d['p_equivalence_holm'])}), {test}"
     seeds = d.get("seeds_for_margin")
-    settle = "" if seeds is None else (f"; ~{seeds} seeds would settle ±{d['margin']:g}" if seeds <= 1000
-                                        else f"; over 1000 seeds to settle ±{d['margin']:g}")
+    settle = "" if seeds is None else (f"; ~{seeds} seeds would detect ±{d['margin']:g}" if seeds <= 1000
+                                        else f"; over 1000 seeds to detect ±{d['margin']:g}")
     return f"inconclusive, {p_text} (detects {d['detectable']:.{digits}f} at 80% power{settle}), {test}"
 
 

@@ -32,9 +32,10 @@ KEY = "\n".join([
     "(n = each side's seeds).",
     "Families: the comparisons against one baseline on one accuracy in one report (or of one later report "
     "against the first) form a family; p Holm is Holm's adjustment within it, and the verdict reads it.",
-    "Verdict: better or worse (p Holm < 0.05); equivalent (the 95% CI within ±margin: two one-sided tests at "
-    "2.5% each, Holm-adjusted over the family); else inconclusive, with the smallest difference these seeds "
-    "detect at 80% power and about how many seeds would settle the margin, both at the family's level "
+    "Verdict: better or worse (p Holm < 0.05); equivalent (two one-sided tests against ±margin, each at 2.5% "
+    "after Holm's adjustment over the family: stricter than the 95% CI shown lying inside ±margin, which is "
+    "the same test unadjusted); else inconclusive, with the smallest difference these seeds detect at 80% "
+    "power and about how many seeds would detect a difference of the margin, both at the family's level "
     "(5% over its k tests). A variant whose seeds all diverged has no accuracy to compare: its row says so.",
 ])
 
@@ -225,8 +226,8 @@ def _verdict_text(d: dict) -> str:
         return f"equivalent within ±{d['margin']:g}"
     if d["verdict"] == "inconclusive":
         seeds = d.get("seeds_for_margin")
-        settle = "" if seeds is None else f"; ~{seeds} seeds settle ±{d['margin']:g}" if seeds <= 1000 else \
-            f"; >1000 seeds to settle ±{d['margin']:g}"
+        settle = "" if seeds is None else f"; ~{seeds} seeds detect ±{d['margin']:g}" if seeds <= 1000 else \
+            f"; >1000 seeds to detect ±{d['margin']:g}"
         return f"inconclusive (detects {d['detectable']:.4f}, family of {d['family']}{settle})"
     return d["verdict"]
 
@@ -357,6 +358,11 @@ def _nothing_against(loaded: list[dict], baselines) -> str | None:
     of that variant alone: each of its entries is the baseline at its own configuration)."""
     if not baselines:
         return None
+    present = {v.get("variant", name) for r in loaded for name, v in r["variants"].items()}
+    if not present & set(baselines):
+        refs = ", ".join(f"[{r['ref']}]" for r in loaded)
+        return (f"Differences to baseline variants: none. {', '.join(baselines)} is not in {refs}, whose "
+                f"variants are {', '.join(sorted(present))}: name one of them with --baseline to compare these.")
     return (f"Differences to baseline variants: none. Every entry of {', '.join(baselines)} is the baseline at "
             "its own configuration, and no other variant was trained; compare configurations of one "
             "variant with its sweep's tables, or sweep another variant beside it.")

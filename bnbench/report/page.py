@@ -80,19 +80,46 @@ def _seeds(n) -> str:
     return f"{n} seed{'s' * (n != 1)}"
 
 
-def curve_panels(loaded: list[dict]) -> dict[str, list[tuple[str, int, np.ndarray]]]:
+def curve_panels(loaded: list[dict]) -> dict[str, list[tuple[str, int, np.ndarray, int]]]:
     """Validation curves, one panel per protocol, titled as the page's sections are: accuracies mean
     the same thing only under one protocol, and its seeds are one of its fields, so a lone seed's
-    curve is never drawn beside a mean over several. Per panel, (variant, report ref, curves)."""
+    curve is never drawn beside a mean over several. Per panel, (variant, report ref, the curves of
+    the runs that did not diverge, how many did)."""
     panels: dict[str, list] = {}
     for r in loaded:
         if "sweep" in r:  # a sweep's curves have a plot of their own (study.plot_curves)
             continue
         for name, v in r["variants"].items():
-            if v["curves"]:
+            if v["curves"] or v["diverged_runs"]:
+                curves = np.asarray(v["curves"], dtype=float) if v["curves"] else np.zeros((0, 0))
                 panels.setdefault(protocol_title(r["protocol"]), []).append(
-                    (name, r["ref"], np.asarray(v["curves"], dtype=float)))
+                    (name, r["ref"], curves, v["diverged_runs"]))
     return panels
+
+
+def curve_pages(panels: dict[str, list]) -> list[list[tuple[str, list]]]:
+    """The panels packed into figures of at most ``plots.MAX_PANELS`` panels and as many variants as
+    the palette has colours, so that no colour stands for two variants in one figure: a protocol
+    with more variants is drawn in several panels, its variants shared out evenly."""
+    limit = len(plots.PALETTE)
+    split = []
+    for title, lines in panels.items():
+        names = list(dict.fromkeys(line[0] for line in lines))
+        parts = -(-len(names) // limit)
+        size = -(-len(names) // parts)
+        for k in range(parts):
+            chunk = names[k * size:(k + 1) * size]
+            part = f" (variants {k * size + 1}-{k * size + len(chunk)} of {len(names)})" if parts > 1 else ""
+            split.append((title + part, [line for line in lines if line[0] in chunk]))
+    figures, current, names = [], [], set()
+    for title, lines in split:
+        here = {line[0] for line in lines}
+        if current and (len(current) == plots.MAX_PANELS or len(names | here) > limit):
+            figures.append(current)
+            current, names = [], set()
+        current.append((title, lines))
+        names |= here
+    return figures + [current] if current else figures
 
 
 def _legend(ax) -> None:
@@ -106,51 +133,62 @@ REPORT_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p")
 
 
 def _plot_curves(loaded: list[dict], path: Path) -> None:
-    """Validation accuracy per epoch, a panel per protocol and at most ``plots.MAX_PANELS`` a file
-    (``val_accuracy.png``, then ``val_accuracy_2.png``...): a variant keeps its colour and line
-    style in every panel, a report its marker, and one legend beside the panels names each once."""
+    """Validation accuracy per epoch, a panel per protocol, as ``curve_pages`` packs them into files
+    (``val_accuracy.png``, then ``val_accuracy_2.png``...): in a file a variant keeps its colour in
+    every panel and no two share one, a report has its marker, and one legend names each once. Runs
+    that diverged are left out of the means, and each panel says which (never drawn as accuracy 0)."""
     plt = _pyplot()
     panels = curve_panels(loaded)
-    names = list(dict.fromkeys(n for lines in panels.values() for n, _, _ in lines))
-    looks = plots.styles(names)
-    for index, page in enumerate(plots.pages(list(panels.items()))):
-        fig, axes = plots.grid(plt, len(page), panel=(4.8, 4.0))
-        refs = list(dict.fromkeys(ref for _, lines in page for _, ref, _ in lines))
+    for index, page in enumerate(curve_pages(panels) or [[]]):
+        fig, axes = plots.grid(plt, max(1, len(page)), panel=(4.8, 4.0))
+        looks = plots.styles(line[0] for _, lines in page for line in lines)
+        refs = list(dict.fromkeys(line[1] for _, lines in page for line in lines))
         markers = {ref: REPORT_MARKERS[i % len(REPORT_MARKERS)] for i, ref in enumerate(refs)}
+        drawn = set()
         for ax, (title, lines) in zip(axes, page):
-            here = sorted({ref for _, ref, _ in lines})
-            values = []
-            for name, ref, curves in lines:
+            here = sorted({line[1] for line in lines})
+            values, diverged = [], []
+            for name, ref, curves, lost in lines:
+                label = name if len(here) == 1 else f"{name} [{ref}]"
+                if lost:
+                    diverged.append(f"{label} {lost} of {lost + len(curves)}")
+                if not len(curves) or not curves.shape[1]:
+                    continue
+                drawn.add(name)
                 epochs = np.arange(1, curves.shape[1] + 1)
                 look = looks[name]
-                label = name if len(here) == 1 else f"{name} [{ref}]"
                 ax.plot(epochs, curves.mean(0), marker=markers[ref], ms=3.5, color=look["color"],
                         linestyle=look["linestyle"], lw=1.3, label=label)
                 values += [*curves.mean(0)]
                 if len(curves) > 1:
                     ax.fill_between(epochs, curves.min(0), curves.max(0), color=look["color"], alpha=0.15, lw=0)
                     values += [*curves.min(0), *curves.max(0)]
-            low, high = min(values), max(values)
-            pad = max(high - low, 0.01) * 0.06
-            ax.set_ylim(low - pad, high + pad)
+            if values:
+                low, high = min(values), max(values)
+                pad = max(high - low, 0.01) * 0.06
+                ax.set_ylim(low - pad, high + pad)
+                epochs = max(line[2].shape[1] for line in lines)
+                ax.set_xlim(0.5, epochs + 0.5)
+                ax.set_xticks(range(1, epochs + 1, max(1, epochs // 10)))  # whole epochs, also for one
+            else:  # the axes stay, for the note under them
+                ax.text(0.5, 0.5, "every run diverged", ha="center", va="center", transform=ax.transAxes)
+                ax.set_yticks([])
             which = f"[{here[0]}] " if len(here) == 1 else ""
             ax.set_title(textwrap.fill(which + title, 56), fontsize=8)
-            ax.set_xlabel("epoch")
-            epochs = max(curves.shape[1] for _, _, curves in lines)
-            ax.set_xlim(0.5, epochs + 0.5)
-            ax.set_xticks(range(1, epochs + 1, max(1, epochs // 10)))  # whole epochs, also for one
+            note = textwrap.fill("diverged, left out: " + "; ".join(diverged), 60) if diverged else ""
+            ax.set_xlabel("epoch" + (f"\n{note}" if note else ""))
             ax.set_ylabel("validation accuracy")
             ax.grid(alpha=0.3)
-        shown = list(dict.fromkeys(n for _, lines in page for n, _, _ in lines))
+        shown = [n for n in dict.fromkeys(line[0] for _, lines in page for line in lines) if n in drawn]
         line = plt.matplotlib.lines.Line2D
         handles = [line([], [], color=looks[n]["color"], linestyle=looks[n]["linestyle"], lw=1.5) for n in shown]
         handles += [line([], [], color=plots.GREY, marker=markers[ref], ls="none") for ref in refs]
         labels = [*shown, *(textwrap.shorten(f"[{ref}] {_label(loaded, ref)}", 44) for ref in refs)]
-        plots.figure_legend(fig, handles, labels, title="variant (colour, line); report (marker)", below=True)
+        plots.figure_legend(fig, handles, labels, title="variant (colour); report (marker)", below=True)
         if not panels:
             _empty(axes[0], "no per-epoch curves in these reports")
-        fig.suptitle("Validation accuracy per epoch, one panel per protocol (mean over seeds; band: min to max)"
-                     + (f", part {index + 1}" if index else ""))
+        fig.suptitle("Validation accuracy per epoch, one panel per protocol (mean over the seeds that did not "
+                     "diverge; band: min to max)" + (f", part {index + 1}" if index else ""))
         _save(plt, fig, plots.page_path(path, index))
 
 

@@ -144,7 +144,10 @@ def _variant(summary: model.VariantSummary | None, runs: list[model.Run], lone_s
              seed_scaling: dict | None = None) -> dict:
     """One variant's figures; ``summary`` is None for a pytest-benchmark file without its accuracy benchmark."""
     entry = {"lone_step": lone_step, "epoch_per_update": None, "seed_scaling": seed_scaling,
-             "curves": [[e.val_accuracy for e in r.epochs] for r in runs], "finals": _finals(runs)}
+             # Runs that diverged stop early and hold no accuracy after: the curves are the others',
+             # and the count of those left out is kept, so that a plot can say what it omits.
+             "curves": [[e.val_accuracy for e in r.epochs] for r in runs if r.diverged is None],
+             "diverged_runs": sum(r.diverged is not None for r in runs), "finals": _finals(runs)}
     if summary is not None:
         entry.update({key: _dump(getattr(summary, key)) for key in (*ACCURACIES, "train_eval_accuracy")})
         # The model is absent in the oldest reports: then assume batch statistics.

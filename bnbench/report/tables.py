@@ -331,7 +331,8 @@ def _latex_table(r: dict, entries: dict, found: dict, baselines, margin: float, 
     if baselines:
         caption += ("$\\Delta$: the variant's accuracy minus the baseline variant's, seed by seed (paired t-test, "
                     "95\\% CI). Verdict: better or worse at Holm-adjusted $p < 0.05$ (per report, baseline and "
-                    f"accuracy), equivalent within $\\pm{margin:g}$ (two one-sided tests at 5\\%), else "
+                    f"accuracy), equivalent within $\\pm{margin:g}$ (two one-sided tests, each at 2.5\\% "
+                    "after Holm's adjustment), else "
                     "inconclusive. ")
     caption += f"Citation key: \\texttt{{{escape(key)}}}."
     command, created = _command(r), getattr(r["report"], "created", None)
