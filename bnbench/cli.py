@@ -46,9 +46,10 @@ def start_devices(args, run_counts) -> tuple:
     from bnbench.parallel import devices, distributed
 
     parallel = devices.DataParallel(args.data_parallel, args.batch_stats)
-    processes = args.num_processes or 1
+    processes = args.num_processes or distributed.cluster_processes()
+    # In a job, each process's share of the runs decides its devices (the runs padded to fill them).
     cpu_devices = args.cpu_devices or (-(-parallel.devices // processes) if parallel.devices > 1
-                                       else devices.cpu_devices_for(run_counts))
+                                       else devices.cpu_devices_for([-(-n // processes) for n in run_counts]))
     if cpu_devices > 1:
         devices.expose_cpu_devices(cpu_devices)
     joined = distributed.initialize(args.coordinator, args.num_processes, args.process_id, args.peer_timeout)

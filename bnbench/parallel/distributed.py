@@ -44,6 +44,12 @@ def _on_cluster() -> bool:
         "JAX_COORDINATOR_ADDRESS" in os.environ
 
 
+def cluster_processes() -> int:
+    """The processes of the job the environment describes (SLURM's tasks), 1 outside one."""
+    tasks = os.environ.get("SLURM_STEP_NUM_TASKS") or os.environ.get("SLURM_NTASKS") or "1"
+    return int(tasks) if _on_cluster() and tasks.isdigit() else 1
+
+
 def initialize(coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None,
                timeout_s: int = DEFAULT_TIMEOUT_S) -> bool:
     """Joins the other processes of the job, from the options or else from the cluster's
