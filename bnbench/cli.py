@@ -1,4 +1,4 @@
-"""The bnbench command line: variants, run, sweep, compare, report."""
+"""The bnbench command line: variants, run, sweep, merge, compare, report."""
 
 from __future__ import annotations
 
@@ -170,7 +170,7 @@ def cmd_sweep(args) -> int:
         bn_momenta=tuple(options.number_list(args.bn_momentum, "--bn-momentum")) if args.bn_momentum else (),
         epochs=args.epochs, seeds=tuple(range(args.seed, args.seed + args.seeds)), budget=args.budget,
         lr_scaling=args.lr_scaling, reference_batch_size=args.reference_batch_size, eval_every=args.eval_every,
-        target=args.target)
+        target=args.target, slice=args.slice)
     grid.check()  # now, and the batch sizes against the training set once the data is loaded
     chosen = [variants.get(name) for name in grid.variants]
     runs_per_program = len(grid.learning_rates) * max(1, len(grid.bn_momenta)) * len(grid.seeds)
@@ -220,6 +220,24 @@ def _sweep(args, grid, chosen, parallel, main_process: bool, claim, runs_per_pro
         return 0
     print(summary_table(report))
     return finish(claim, report)
+
+
+def cmd_merge(args) -> int:
+    from bnbench.measure.merge import merge
+    from bnbench.record.io import ReportClaim
+    from bnbench.report import reading
+
+    claim = ReportClaim(args.out, replace=args.force, how_to_replace="pass --force")
+    try:
+        report = merge([(path, reading.read_valid(path)) for path in args.reports],
+                       command=options.recorded_command("bnbench", args.argv))
+        for notice in report.get("notices", []):
+            print(f"bnbench: notice: {notice}", file=sys.stderr)
+        written = claim.write_json(report)
+    finally:
+        claim.release()
+    print(f"{len(report['runs'])} runs of {len(args.reports)} reports merged into {written}", file=sys.stderr)
+    return 0
 
 
 def cmd_compare(args) -> int:
@@ -349,6 +367,16 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--force", action="store_true", help="replace the report at --out and start the sweep anew")
     add_scale_out_options(sweep)
     sweep.set_defaults(func=cmd_sweep)
+
+    merge = sub.add_parser("merge", help="join reports of disjoint runs of one sweep (or run) into one report")
+    merge.add_argument("reports", nargs="+", metavar="REPORT.json",
+                       help="sweep reports of one grid (slices, or other seeds), or run reports of one protocol, "
+                            "made by the same bnbench; no run may be in two of them")
+    merge.add_argument("--out", required=True, metavar="FILE.json",
+                       help="the merged report; summaries recomputed from the runs (an existing file is kept "
+                            "unless --force)")
+    merge.add_argument("--force", action="store_true", help="replace the report at --out if it exists")
+    merge.set_defaults(func=cmd_merge)
 
     compare = sub.add_parser("compare", help="put reports side by side")
     compare.add_argument("reports", nargs="+", metavar="REPORT.json",
