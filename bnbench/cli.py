@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from bnbench import config, options
@@ -175,8 +176,6 @@ def cmd_sweep(args) -> int:
     chosen = [variants.get(name) for name in grid.variants]
     runs_per_program = len(grid.learning_rates) * max(1, len(grid.bn_momenta)) * len(grid.seeds)
     parallel, main_process = start_devices(args, [runs_per_program, len(grid.seeds) * len(grid.learning_rates)])
-    if not main_process and args.resume:
-        raise BnbenchError("--resume in a job of several processes: resume with one process, or rerun the sweep")
     claim = claim_report(args, "sweep", main_process, replace=args.resume)
     try:
         return _sweep(args, grid, chosen, parallel, main_process, claim, runs_per_program)
@@ -187,7 +186,7 @@ def cmd_sweep(args) -> int:
 
 def _sweep(args, grid, chosen, parallel, main_process: bool, claim, runs_per_program: int) -> int:
     from bnbench.measure import sweep
-    from bnbench.parallel import preflight
+    from bnbench.parallel import distributed, preflight
     from bnbench.report import reading
 
     previous = None
@@ -199,6 +198,10 @@ def _sweep(args, grid, chosen, parallel, main_process: bool, claim, runs_per_pro
         sweep.check_resumable(previous, dataset, grid, parallel)
     sweep.programs(grid, chosen, len(dataset.train_labels))  # a grid a variant cannot take fails now
     preflight.ready_to_train(parallel, grid.batch_sizes, runs_per_program, dataset, args.argv)
+    done = None
+    if args.resume:  # process 0 read the report; every process must skip what it holds
+        done = json.loads(distributed.share_from_main("resume", json.dumps(sorted(previous["summary"])
+                                                                           if previous else [])))
 
     def on_program(program, i, total):
         if not args.quiet and main_process:
@@ -215,7 +218,7 @@ def _sweep(args, grid, chosen, parallel, main_process: bool, claim, runs_per_pro
 
     report = sweep.run_sweep(grid, chosen, dataset, device_data, write, previous=previous,
                              command=options.recorded_command("bnbench", args.argv), on_program=on_program,
-                             parallel=parallel)
+                             parallel=parallel, done=done)
     if not main_process:
         return 0
     print(summary_table(report))

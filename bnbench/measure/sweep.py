@@ -215,16 +215,19 @@ def check_resumable(previous: dict, dataset: Dataset, grid: Grid, parallel: Data
 def run_sweep(grid: Grid, chosen: Sequence[Variant], dataset: Dataset, data: train.DeviceData,
               write: Callable[[dict], None], previous: dict | None = None, command: str | None = None,
               on_program: Callable[[Program, int, int], None] | None = None,
-              parallel: DataParallel = SINGLE_DEVICE) -> dict:
-    """Trains every program the report lacks, writing the report after each; returns the report."""
+              parallel: DataParallel = SINGLE_DEVICE, done=None) -> dict:
+    """Trains every program the report lacks, writing the report after each; returns the report.
+    ``done``: the summary entries the report holds, where only another process read it (a job of
+    several resumes what process 0's report lacks)."""
     train_examples = len(dataset.train_labels)
     runs = list(previous["runs"]) if previous else []
     summary = dict(previous["summary"]) if previous else {}
     run_id = previous["run_id"] if previous else experiment.new_run_id()
     created = previous["created"] if previous else datetime.datetime.now(datetime.timezone.utc).isoformat(
         timespec="seconds")
+    done = set(summary) | set(done or ())
     todo = [p for p in programs(grid, chosen, train_examples)
-            if any(label(p.variant.name, c, grid) not in summary for c in p.configs)]
+            if any(label(p.variant.name, c, grid) not in done for c in p.configs)]
     for i, program in enumerate(todo):
         if on_program is not None:
             on_program(program, i, len(todo))
