@@ -1,8 +1,9 @@
-"""The bnbench command line: variants, run, sweep, compare, report."""
+"""The bnbench command line: variants, run, sweep, merge, compare, report."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from bnbench import config, options
@@ -46,9 +47,10 @@ def start_devices(args, run_counts) -> tuple:
     from bnbench.parallel import devices, distributed
 
     parallel = devices.DataParallel(args.data_parallel, args.batch_stats)
-    processes = args.num_processes or 1
+    processes = args.num_processes or distributed.cluster_processes()
+    # In a job, each process's share of the runs decides its devices (the runs padded to fill them).
     cpu_devices = args.cpu_devices or (-(-parallel.devices // processes) if parallel.devices > 1
-                                       else devices.cpu_devices_for(run_counts))
+                                       else devices.cpu_devices_for([-(-n // processes) for n in run_counts]))
     if cpu_devices > 1:
         devices.expose_cpu_devices(cpu_devices)
     joined = distributed.initialize(args.coordinator, args.num_processes, args.process_id, args.peer_timeout)
@@ -169,13 +171,11 @@ def cmd_sweep(args) -> int:
         bn_momenta=tuple(options.number_list(args.bn_momentum, "--bn-momentum")) if args.bn_momentum else (),
         epochs=args.epochs, seeds=tuple(range(args.seed, args.seed + args.seeds)), budget=args.budget,
         lr_scaling=args.lr_scaling, reference_batch_size=args.reference_batch_size, eval_every=args.eval_every,
-        target=args.target)
+        target=args.target, slice=args.slice)
     grid.check()  # now, and the batch sizes against the training set once the data is loaded
     chosen = [variants.get(name) for name in grid.variants]
     runs_per_program = len(grid.learning_rates) * max(1, len(grid.bn_momenta)) * len(grid.seeds)
     parallel, main_process = start_devices(args, [runs_per_program, len(grid.seeds) * len(grid.learning_rates)])
-    if not main_process and args.resume:
-        raise BnbenchError("--resume in a job of several processes: resume with one process, or rerun the sweep")
     claim = claim_report(args, "sweep", main_process, replace=args.resume)
     try:
         return _sweep(args, grid, chosen, parallel, main_process, claim, runs_per_program)
@@ -186,7 +186,7 @@ def cmd_sweep(args) -> int:
 
 def _sweep(args, grid, chosen, parallel, main_process: bool, claim, runs_per_program: int) -> int:
     from bnbench.measure import sweep
-    from bnbench.parallel import preflight
+    from bnbench.parallel import distributed, preflight
     from bnbench.report import reading
 
     previous = None
@@ -198,6 +198,10 @@ def _sweep(args, grid, chosen, parallel, main_process: bool, claim, runs_per_pro
         sweep.check_resumable(previous, dataset, grid, parallel)
     sweep.programs(grid, chosen, len(dataset.train_labels))  # a grid a variant cannot take fails now
     preflight.ready_to_train(parallel, grid.batch_sizes, runs_per_program, dataset, args.argv)
+    done = None
+    if args.resume:  # process 0 read the report; every process must skip what it holds
+        done = json.loads(distributed.share_from_main("resume", json.dumps(sorted(previous["summary"])
+                                                                           if previous else [])))
 
     def on_program(program, i, total):
         if not args.quiet and main_process:
@@ -214,11 +218,29 @@ def _sweep(args, grid, chosen, parallel, main_process: bool, claim, runs_per_pro
 
     report = sweep.run_sweep(grid, chosen, dataset, device_data, write, previous=previous,
                              command=options.recorded_command("bnbench", args.argv), on_program=on_program,
-                             parallel=parallel)
+                             parallel=parallel, done=done)
     if not main_process:
         return 0
     print(summary_table(report))
     return finish(claim, report)
+
+
+def cmd_merge(args) -> int:
+    from bnbench.measure.merge import merge
+    from bnbench.record.io import ReportClaim
+    from bnbench.report import reading
+
+    claim = ReportClaim(args.out, replace=args.force, how_to_replace="pass --force")
+    try:
+        report = merge([(path, reading.read_valid(path)) for path in args.reports],
+                       command=options.recorded_command("bnbench", args.argv))
+        for notice in report.get("notices", []):
+            print(f"bnbench: notice: {notice}", file=sys.stderr)
+        written = claim.write_json(report)
+    finally:
+        claim.release()
+    print(f"{len(report['runs'])} runs of {len(args.reports)} reports merged into {written}", file=sys.stderr)
+    return 0
 
 
 def cmd_compare(args) -> int:
@@ -348,6 +370,16 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--force", action="store_true", help="replace the report at --out and start the sweep anew")
     add_scale_out_options(sweep)
     sweep.set_defaults(func=cmd_sweep)
+
+    merge = sub.add_parser("merge", help="join reports of disjoint runs of one sweep (or run) into one report")
+    merge.add_argument("reports", nargs="+", metavar="REPORT.json",
+                       help="sweep reports of one grid (slices, or other seeds), or run reports of one protocol, "
+                            "made by the same bnbench; no run may be in two of them")
+    merge.add_argument("--out", required=True, metavar="FILE.json",
+                       help="the merged report; summaries recomputed from the runs (an existing file is kept "
+                            "unless --force)")
+    merge.add_argument("--force", action="store_true", help="replace the report at --out if it exists")
+    merge.set_defaults(func=cmd_merge)
 
     compare = sub.add_parser("compare", help="put reports side by side")
     compare.add_argument("reports", nargs="+", metavar="REPORT.json",

@@ -157,13 +157,24 @@ PROCESS_ID = Option("--process-id", "this process's number, 0 to P-1", None, who
                     per_process=True)
 PEER_TIMEOUT = Option("--peer-timeout", "seconds to wait for every process to join, and for a silent one before "
                       "the job stops", 60, positive_int, metavar="S")
+def grid_slice(text: str) -> tuple[int, int]:
+    """``I/N``: the I-th of N slices, 1 <= I <= N."""
+    index, sep, count = text.partition("/")
+    if not sep or not index.strip().isdigit() or not count.strip().isdigit() or not 1 <= int(index) <= int(count):
+        raise BadValue(f"{text!r} is not a slice: give I/N with 1 <= I <= N, as in 1/4 (the first of four)")
+    return int(index), int(count)
+
+
+SLICE = Option("--slice", "train only the I-th of N disjoint slices of the grid's configurations (each with "
+               "every seed), for a job array; join the slices' reports with bnbench merge", None, grid_slice,
+               metavar="I/N")
 QUIET = Option("--quiet", "no progress output", False, switch=True, per_process=True)
 
 DATA = (DATASET, DATA_DIR, DOWNLOAD_URL)
 SCALE_OUT = (DATA_PARALLEL, BATCH_STATS, COORDINATOR, NUM_PROCESSES, PROCESS_ID, PEER_TIMEOUT)
 # What each front end takes from here (each adds its own options beside them).
 RUN = (EPOCHS, SEEDS, CPU_DEVICES, *DATA, TARGET, QUIET)
-SWEEP = (EPOCHS, SEEDS, CPU_DEVICES, *DATA, TARGET, QUIET)
+SWEEP = (EPOCHS, SEEDS, CPU_DEVICES, *DATA, TARGET, SLICE, QUIET)
 HARNESS = (EPOCHS, SEEDS, CPU_DEVICES, *DATA, TARGET, *SCALE_OUT)
 
 # Options of the front ends' own that may differ between processes too (the files each writes).

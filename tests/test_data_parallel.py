@@ -196,7 +196,7 @@ def test_a_process_killed_mid_run_stops_the_other_with_a_clear_error(idx_dir, tm
             p.kill()
     assert time.monotonic() - killed_at < 60
     assert survivor.returncode == EXIT_PEER_LOST, err[-2000:]
-    assert "process 0 of 2: another process of the job stopped or became unreachable" in err
+    assert "process 0 of 2: process 1 of the job stopped or became unreachable" in err
     assert not (tmp_path / "process-0.json").exists()
 
 

@@ -322,7 +322,9 @@ TRAIN_EVAL_EXAMPLES = 10_000
 class Trainer:
     """Compiles one variant's programs for a number of seeds trained together, and runs them.
 
-    The seeds are split over as many devices as divide them evenly (``devices.seed_mesh``). Each
+    The seeds are split over as many devices as divide them evenly (``devices.seed_mesh``); in a job
+    of several processes over every device, the runs padded to fill them (``devices.trained_runs``),
+    the padding discarded before anything is returned. Each
     device trains its share with ``jax.vmap``, except where the devices are parts of one CPU
     (``devices.seeds_one_after_another``): there each device trains its seeds one after another.
     With ``parallel`` over N devices, each share of seeds is trained data-parallel on N devices: a
@@ -339,19 +341,20 @@ class Trainer:
         self.unroll, self.eval_every = unroll, eval_every
         self.mesh = device_lib.seed_mesh(num_seeds, devices, parallel.devices)
         self.seed_devices = device_lib.seed_devices(self.mesh)
+        self.trained_runs = device_lib.trained_runs(num_seeds, self.mesh)  # num_seeds and the padding
         self.mesh_devices = self.mesh.size if self.mesh is not None else 1
         self.sequential = device_lib.seeds_one_after_another(self.mesh)
         self.data = device_lib.replicate(data, self.mesh)
         subset = min(TRAIN_EVAL_EXAMPLES, int(data.train_labels.shape[0]))
         self.train_subset = device_lib.replicate((data.train_images[:subset], data.train_labels[:subset]), self.mesh)
-        share = num_seeds // self.seed_devices
+        share = self.trained_runs // self.seed_devices
 
         def seeded(fn, in_axes):
             return device_lib.over_mesh(over_seeds(fn, share, in_axes, self.sequential), self.mesh, in_axes)
 
         tx = protocol.optimizer()
         image_shape = tuple(data.train_images.shape[1:])
-        if self.mesh is None and num_seeds == 1:  # the program every one-seed run shares
+        if self.mesh is None and self.trained_runs == 1:  # the program every one-seed run shares
             self._init = lambda keys: jax.tree.map(lambda x: x[None], initializer(model, image_shape)(keys[0]))
         else:
             self._init = jax.jit(seeded(functools.partial(create_train_state, model, tx, image_shape=image_shape),
@@ -382,13 +385,30 @@ class Trainer:
                                bn_momenta if bn_momenta is not None else [default_momentum] * n)
         if hyper.learning_rate.shape != (n,) or hyper.bn_momentum.shape != (n,):
             raise BnbenchError(f"the trainer was built for {n} runs: give one learning rate and momentum per run")
-        return self.per_run(hyper)
+        return self.per_run(self.padded(hyper))
+
+    def padded(self, tree):
+        """``tree`` (one entry per run) with the padding runs appended: copies of the last run."""
+        extra = self.trained_runs - self.num_seeds
+        if not extra:
+            return tree
+        def pad(x):
+            x = np.asarray(x)
+            return np.concatenate([x, np.repeat(x[-1:], extra, axis=0)])
+
+        return jax.tree.map(pad, tree)
+
+    def unpadded(self, tree):
+        """``tree`` (fetched, one entry per trained run) without the padding runs."""
+        if self.trained_runs == self.num_seeds:
+            return tree
+        return jax.tree.map(lambda x: x[:self.num_seeds], tree)
 
     def start(self, seeds: Sequence[int], hyperparams: Hyperparams | None = None
               ) -> tuple[TrainState, jax.Array, Hyperparams]:
         """Initial state for ``seeds`` and their shuffle roots, with the programs compiled."""
         hyperparams = hyperparams if hyperparams is not None else self.hyperparams()
-        init_keys, shuffle_roots = seed_keys(seeds)
+        init_keys, shuffle_roots = self.padded(seed_keys(seeds))
         state, shuffle_roots = self.init(init_keys), self.per_run(shuffle_roots)
         self.compile(state, epoch_keys(shuffle_roots, 0), hyperparams)
         return state, shuffle_roots, hyperparams
@@ -407,7 +427,7 @@ class Trainer:
 
     def epoch_args(self) -> tuple:
         """Abstract arguments of ``epoch_program`` (shapes and dtypes), for tracing it."""
-        keys = jax.ShapeDtypeStruct((self.num_seeds, 2), jnp.uint32)
+        keys = jax.ShapeDtypeStruct((self.trained_runs, 2), jnp.uint32)
         state = jax.eval_shape(self._init, keys)
         return (state, keys, self.hyperparams(), *self._train_val())
 
@@ -452,13 +472,13 @@ def fit(trainer: Trainer, seeds: Sequence[int],
     for i in range(trainer.protocol.epochs):
         state, metrics, seconds = trainer.run_epoch(state, epoch_keys(shuffle_roots, i), hyperparams)
         as_evaluated = trainer.evaluate_train(state)  # after the timed epoch: not in its time
-        metrics = device_lib.fetch({**metrics, "train_eval_loss": as_evaluated["loss"],
-                                    "train_eval_accuracy": as_evaluated["accuracy"]})
+        metrics = trainer.unpadded(device_lib.fetch({**metrics, "train_eval_loss": as_evaluated["loss"],
+                                                     "train_eval_accuracy": as_evaluated["accuracy"]}))
         history.append(metrics)
         epoch_times.append(seconds)
         if on_epoch is not None:
             on_epoch(i, metrics, seconds)
-    test = device_lib.fetch(trainer.test(state))
+    test = trainer.unpadded(device_lib.fetch(trainer.test(state)))
     return {"history": history, "epoch_times": epoch_times, "test": test,
             "compile_time_s": trainer.compile_time_s if compiles_now else 0.0, "state": state}
 

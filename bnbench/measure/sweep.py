@@ -45,6 +45,7 @@ class Grid:
     reference_batch_size: int = 32
     eval_every: int | None = None
     target: float | None = None  # the validation accuracy whose time and updates to reach are reported
+    slice: tuple[int, int] | None = None  # (I, N): only the I-th of N slices of the configurations (job arrays)
 
     def check(self, train_examples: int | None = None) -> None:
         """One line for the first value out of its range; batch sizes against the training set
@@ -84,7 +85,9 @@ class Grid:
                 "batch_size": list(self.batch_sizes), "bn_momentum": list(self.bn_momenta), "epochs": self.epochs,
                 "seeds": list(self.seeds), "budget": self.budget, "lr_scaling": self.lr_scaling,
                 "reference_batch_size": self.reference_batch_size, "eval_every": self.eval_every,
-                "target": self.target}
+                "target": self.target,
+                # Only in a slice's report: a whole grid's record stays what it was before slices.
+                **({"slice": {"index": self.slice[0], "count": self.slice[1]}} if self.slice else {})}
 
     def epochs_for(self, batch_size: int, train_examples: int) -> int:
         """Epochs at ``batch_size``: the grid's, or with an updates budget as many as give the updates
@@ -132,6 +135,28 @@ def programs(grid: Grid, chosen: Sequence[Variant], train_examples: int) -> list
                              "updates_per_epoch": protocol.updates_per_epoch(train_examples)}
                             for lr in grid.learning_rates for m in momenta)
             out.append(Program(variant, protocol, configs))
+    return sliced(out, grid.slice)
+
+
+def sliced(all_programs: list[Program], which: tuple[int, int] | None) -> list[Program]:
+    """The I-th of N slices of the programs' configurations, in the grid's order: contiguous blocks
+    whose sizes differ by at most one configuration, each configuration with all its seeds (a
+    summary's seeds train together and share their times). Deterministic: every task of a job
+    array computes the same split. Programs left without a configuration are dropped."""
+    if which is None:
+        return all_programs
+    index, count = which
+    total = sum(len(p.configs) for p in all_programs)
+    if count > total:
+        raise BnbenchError(f"--slice {index}/{count}: the grid has only {total} configuration"
+                           f"{'s' * (total > 1)} to share out; choose N from 1 to {total}")
+    start, stop = (index - 1) * total // count, index * total // count
+    out, position = [], 0
+    for program in all_programs:
+        mine = program.configs[max(0, start - position):max(0, stop - position)]
+        position += len(program.configs)
+        if mine:
+            out.append(dataclasses.replace(program, configs=mine))
     return out
 
 
@@ -190,16 +215,19 @@ def check_resumable(previous: dict, dataset: Dataset, grid: Grid, parallel: Data
 def run_sweep(grid: Grid, chosen: Sequence[Variant], dataset: Dataset, data: train.DeviceData,
               write: Callable[[dict], None], previous: dict | None = None, command: str | None = None,
               on_program: Callable[[Program, int, int], None] | None = None,
-              parallel: DataParallel = SINGLE_DEVICE) -> dict:
-    """Trains every program the report lacks, writing the report after each; returns the report."""
+              parallel: DataParallel = SINGLE_DEVICE, done=None) -> dict:
+    """Trains every program the report lacks, writing the report after each; returns the report.
+    ``done``: the summary entries the report holds, where only another process read it (a job of
+    several resumes what process 0's report lacks)."""
     train_examples = len(dataset.train_labels)
     runs = list(previous["runs"]) if previous else []
     summary = dict(previous["summary"]) if previous else {}
     run_id = previous["run_id"] if previous else experiment.new_run_id()
     created = previous["created"] if previous else datetime.datetime.now(datetime.timezone.utc).isoformat(
         timespec="seconds")
+    done = set(summary) | set(done or ())
     todo = [p for p in programs(grid, chosen, train_examples)
-            if any(label(p.variant.name, c, grid) not in summary for c in p.configs)]
+            if any(label(p.variant.name, c, grid) not in done for c in p.configs)]
     for i, program in enumerate(todo):
         if on_program is not None:
             on_program(program, i, len(todo))

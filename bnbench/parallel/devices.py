@@ -130,37 +130,56 @@ class DataParallel:
 SINGLE_DEVICE = DataParallel()
 
 
-def seed_mesh(num_seeds: int, devices=None, data_parallel: int = 1) -> Mesh | None:
+def seed_mesh(num_seeds: int, devices=None, data_parallel: int = 1, batch_sizes=()) -> Mesh | None:
     """A mesh over ``seed_shares`` of the devices, or None when that is one device. With
     ``data_parallel`` N > 1, a mesh of seeds x data: each share of seeds on N devices that split its
-    batches, as many shares as the devices allow and split the seeds evenly."""
+    batches, as many shares as the devices allow and split the seeds evenly.
+
+    In a job of several processes, every share of the devices instead, whatever the number of runs:
+    each process must hold part of the mesh (one left out would wait on the others), and the runs
+    are padded to fill it (``trained_runs``). ``batch_sizes`` only sharpens the error's advice."""
     devices = list(devices if devices is not None else jax.devices())
-    if data_parallel == 1:
-        shares = seed_shares(num_seeds, len(devices))
-        mesh = Mesh(np.array(devices[:shares]), (SEED_AXIS,)) if shares > 1 else None
-        _check_spans_processes(mesh, devices)
-        return mesh
     if len(devices) < data_parallel:
         raise BnbenchError(f"--data-parallel {data_parallel} needs {data_parallel} devices, but JAX has "
                            f"{len(devices)} ({devices[0].platform}): on a CPU pass --cpu-devices {data_parallel} "
                            "(or more); elsewhere use at most the devices there are")
+    if len({d.process_index for d in devices}) > 1:
+        shares = len(devices) // data_parallel
+        mesh = Mesh(np.array(devices[:shares * data_parallel]).reshape(shares, data_parallel),
+                    (SEED_AXIS, DATA_AXIS)) if data_parallel > 1 else Mesh(np.array(devices), (SEED_AXIS,))
+        _check_spans_processes(mesh, devices, data_parallel, batch_sizes)
+        return mesh
+    if data_parallel == 1:
+        shares = seed_shares(num_seeds, len(devices))
+        return Mesh(np.array(devices[:shares]), (SEED_AXIS,)) if shares > 1 else None
     shares = seed_shares(num_seeds, len(devices) // data_parallel)
     grid = np.array(devices[:shares * data_parallel]).reshape(shares, data_parallel)
-    mesh = Mesh(grid, (SEED_AXIS, DATA_AXIS))
-    _check_spans_processes(mesh, devices)
-    return mesh
+    return Mesh(grid, (SEED_AXIS, DATA_AXIS))
 
 
-def _check_spans_processes(mesh: Mesh | None, devices) -> None:
+def trained_runs(num_runs: int, mesh: Mesh | None) -> int:
+    """How many runs are trained for ``num_runs``: padded up to a multiple of the mesh's seed shares,
+    so that every device trains as many (the padding repeats the last run and is discarded after
+    training; it costs each device at most one run's time). Without padding where the shares split
+    the runs evenly, as they always do in one process."""
+    shares = seed_devices(mesh)
+    return -(-num_runs // shares) * shares
+
+
+def _check_spans_processes(mesh: Mesh, devices, data_parallel: int, batch_sizes=()) -> None:
     """In a job of several processes, every process must hold part of the mesh: one left out would
-    have nothing to compute, and its peers would wait on it."""
+    have nothing to compute, and its peers would wait on it. Says which --data-parallel would do."""
     processes = {d.process_index for d in devices}
-    used = {d.process_index for d in mesh.devices.flat} if mesh is not None else {devices[0].process_index}
-    if len(processes) > 1 and used != processes:
-        per_process = len(devices) // len(processes)
-        raise BnbenchError(f"this layout uses the devices of {len(used)} of the job's {len(processes)} processes: "
-                           f"in a job of several processes, pass --data-parallel {len(devices)} (every device, "
-                           f"{per_process} per process), or fewer devices per process with --cpu-devices")
+    used = {d.process_index for d in mesh.devices.flat}
+    if used == processes:
+        return
+    reaching = [n for n in range(1, len(devices) + 1)
+                if {d.process_index for d in devices[:len(devices) // n * n]} == processes
+                and all(b % n == 0 for b in batch_sizes)]
+    raise BnbenchError(f"--data-parallel {data_parallel} over the job's {len(devices)} devices "
+                       f"({len(processes)} processes) leaves process {min(processes - used)} without a device: "
+                       f"pass --data-parallel {' or '.join(map(str, reaching))}, or --cpu-devices so that the "
+                       f"devices of all processes are a multiple of {data_parallel}")
 
 
 def seeds_one_after_another(mesh: Mesh | None) -> bool:

@@ -9,9 +9,11 @@ with a fingerprint of its arguments and data, or why it stopped (``agree``); so 
 fails to start, or one started with other arguments, stops every process with one line and a
 clean shutdown, instead of leaving them in a collective that never completes. A process lost
 mid-run makes the others fail in their next collective: ``stop_after`` turns that into one line
-and ends the process at once, without waiting on a shutdown barrier its dead peer can never join.
-A process that stops answering without dying is JAX's coordination service's to detect: after
-``--peer-timeout`` seconds it ends the others itself, with its own message.
+naming the lost process and ends the process at once, without waiting on a shutdown barrier its
+dead peer can never join. A process that stops answering without dying, or the death of process 0
+(which runs the coordination service), is JAX's coordination service's to detect: after
+``--peer-timeout`` seconds (at once for process 0) JAX's client ends the others itself from C++,
+which Python cannot catch; ``stderr_guard`` turns its fatal log and stack trace into bnbench's line.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
+import subprocess
 import sys
+import threading
 
 from bnbench import options
 from bnbench.errors import EXIT_PEER_LOST, BnbenchError
@@ -42,6 +46,12 @@ def _on_cluster() -> bool:
     tasks = os.environ.get("SLURM_STEP_NUM_TASKS") or os.environ.get("SLURM_NTASKS") or "1"
     return ("SLURM_PROCID" in os.environ and tasks.isdigit() and int(tasks) > 1) or \
         "JAX_COORDINATOR_ADDRESS" in os.environ
+
+
+def cluster_processes() -> int:
+    """The processes of the job the environment describes (SLURM's tasks), 1 outside one."""
+    tasks = os.environ.get("SLURM_STEP_NUM_TASKS") or os.environ.get("SLURM_NTASKS") or "1"
+    return int(tasks) if _on_cluster() and tasks.isdigit() else 1
 
 
 def initialize(coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None,
@@ -76,12 +86,24 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
         raise BnbenchError(f"could not join the other processes through {where} within {timeout_s} s "
                            f"({_first_line(e)}): start every process with the same --coordinator and "
                            "--num-processes, each with its own --process-id") from None
+    guard_stderr(process_id if process_id is not None else jax.process_index(),
+                 num_processes or jax.process_count())
     # JAX's preemption notifier takes SIGTERM and keeps training; a scheduler's (scancel, timeout)
     # or a user's SIGTERM should end the process, as it does without jax.distributed.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     global joined, _timeout_s
     joined, _timeout_s = True, timeout_s
     return True
+
+
+def guard_stderr(me: int, count: int) -> None:
+    """This process's standard error through ``stderr_guard`` from now on: a lost coordination
+    service ends the process from C++ with a stack trace, which the guard turns into one line."""
+    sys.stderr.flush()
+    guard = subprocess.Popen([sys.executable, "-m", "bnbench.parallel.stderr_guard", str(me), str(count)],
+                             stdin=subprocess.PIPE, stdout=sys.stderr.fileno(), close_fds=True)
+    os.dup2(guard.stdin.fileno(), sys.stderr.fileno())
+    guard.stdin.close()  # fd 2 holds the pipe now; the guard ends when this process does
 
 
 def fingerprint(argv, *facts) -> str:
@@ -169,11 +191,56 @@ def mid_run_message(error: BaseException) -> str:
 
     me = f"process {jax.process_index()} of {jax.process_count()}"
     if lost_peer(error):
-        return (f"{me}: another process of the job stopped or became unreachable ({_first_line(error)}); "
-                "stopping too. See that process's output for its error; rerun every process")
+        return (f"{me}: {lost_peers()} of the job stopped or became unreachable ({_first_line(error)}); "
+                "stopping too. See that process's output for its error; rerun every process (a sweep with "
+                "--resume: its report holds every program finished)")
     if isinstance(error, BnbenchError):
         return f"{me}: {error}"
     return f"{me}: {type(error).__name__}: {_first_line(error)}"
+
+
+def lost_peers(wait_s: float = 5.0) -> str:
+    """Which process went away, as words: of two, the other; of more, those the coordination
+    service no longer counts alive (asked for at most ``wait_s`` seconds), else "another process"."""
+    import jax
+
+    me, count = jax.process_index(), jax.process_count()
+    if count == 2:
+        return f"process {1 - me}"
+    found: list = []
+
+    def ask():
+        try:
+            found.append(_client().get_live_nodes(list(range(count))))
+        except Exception:  # noqa: BLE001 - the service is gone too: process 0 ran it
+            found.append(None)
+
+    asking = threading.Thread(target=ask, daemon=True)
+    asking.start()
+    asking.join(wait_s)
+    live = found[0] if found else None
+    if live is None:
+        return "another process" if found == [] else "process 0"
+    dead = [p for p in range(count) if p not in live and p != me]
+    return " and ".join(f"process {p}" for p in dead) if dead else "another process"
+
+
+def share_from_main(key: str, value: str) -> str:
+    """``value`` as process 0 gives it, on every process of the job (``value`` itself outside one):
+    what one process read and all must act on, such as the runs a resumed sweep's report holds."""
+    if not joined:
+        return value
+    import jax
+
+    client = _client()
+    if jax.process_index() == 0:
+        client.key_value_set(f"bnbench/shared/{key}", value)
+        return value
+    try:
+        return client.blocking_key_value_get(f"bnbench/shared/{key}", 10 * _timeout_s * 1000)
+    except Exception as e:  # noqa: BLE001 - the store's timeout arrives as its runtime's error
+        raise PeerFailed(f"process 0 did not share {key} within {10 * _timeout_s} s ({_first_line(e)}): "
+                         "see its output") from None
 
 
 def post_failure(error: BaseException) -> str:

@@ -19,6 +19,6 @@ def ready_to_train(parallel: DataParallel, batch_sizes: Sequence[int], runs: int
     for batch_size in batch_sizes:
         for count in [parallel.devices, *device_counts]:
             DataParallel(count).check_batches(batch_size, len(dataset.train_labels))
-    devices.seed_mesh(runs, None, parallel.devices)
+    devices.seed_mesh(runs, None, parallel.devices, batch_sizes)
     facts = {k: v for k, v in dataset.describe().items() if k not in ("location", "source")}
     distributed.agree(distributed.fingerprint(list(argv), facts))

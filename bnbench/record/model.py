@@ -326,6 +326,16 @@ class SweepSummary(VariantSummary):
     config: Config
 
 
+class MergedFrom(Record):
+    """a report that `bnbench merge` joined {name, run_id, created, command, runs}"""
+
+    name: String
+    run_id: RunId | None = _nullable("a run id (32 hex digits)", None)
+    created: str | None = _nullable("a string", None)
+    command: str | None = _nullable("a string", None)
+    runs: Size
+
+
 class Envelope(Record):
     """What every bnbench report starts with: what it is, which run, and where and how it ran."""
 
@@ -337,6 +347,9 @@ class Envelope(Record):
     command: str | None = _nullable("a string", None)
     environment: Environment
     protocol: SharedProtocol
+    # Only in a report of `bnbench merge`: the reports it joined, and what a reader should know.
+    merged_from: list[MergedFrom] = Field(None, description="a list of the reports merged")
+    notices: list[String] = Field(None, description="a list of notices")
 
 
 class RunReport(Envelope):
@@ -347,6 +360,13 @@ class RunReport(Envelope):
     runs: list[Run] = Field(description="a list of runs")
     summary: dict[str, VariantSummary] = Field(min_length=1, description="an object of variant summaries, one or more")
     data_parallel_scaling: list[ScalingPoint] = Field(None, description="a list of data-parallel scaling points")
+
+
+class GridSlice(Record):
+    """the slice of the grid a sweep trained {index, count}: the index-th of count (`--slice I/N`)"""
+
+    index: Count
+    count: Count
 
 
 class Grid(Record):
@@ -363,6 +383,7 @@ class Grid(Record):
     reference_batch_size: Count
     eval_every: Count | None = _nullable("a whole number >= 1", None)
     target: Fraction | None = _nullable("an accuracy between 0 and 1", None)
+    slice: GridSlice = None
 
 
 class SweepReport(Envelope):
