@@ -280,6 +280,13 @@ def _updates_statistics(module: nn.Module) -> bool:
     return not module.is_initializing() and module.is_mutable_collection("batch_stats")
 
 
+def _sow_moments(module: nn.Module, mean: jax.Array, var: jax.Array) -> None:
+    """The groups' statistics into ``MOMENTS``, only while population statistics are collected (the
+    collection mutable outside initialisation): otherwise nothing is stored or computed."""
+    if not module.is_initializing() and module.is_mutable_collection(MOMENTS):
+        module.sow(MOMENTS, "moments", (mean, var))
+
+
 def moving_average(momentum, moving: jax.Array, batch: jax.Array) -> jax.Array:
     """``momentum * moving + (1 - momentum) * batch``. ``momentum`` is a number or, where it is
     data (one per run of a sweep), the pair (momentum, 1 - momentum) with the complement taken in
@@ -313,7 +320,7 @@ class BatchNorm(nn.Module):
             return (x - moving_mean.value) * jax.lax.rsqrt(moving_var.value + self.epsilon) * scale + bias
         y, mean, var = ghost_batch_norm(x, scale, bias, self.epsilon, _all_but_last(x), self.axis_name,
                                         self.ghost_batch)
-        self.sow(MOMENTS, "moments", (mean, var))  # only where population statistics are being collected
+        _sow_moments(self, mean, var)
         if _updates_statistics(self):
             moving_mean.value = averaged_moving(self.momentum, moving_mean.value, mean)
             moving_var.value = averaged_moving(self.momentum, moving_var.value, var)
@@ -365,7 +372,7 @@ class BatchRenorm(nn.Module):
         ones, zeros = jnp.ones_like(scale), jnp.zeros_like(bias)
         normalized, mean, var = ghost_batch_norm(x, ones, zeros, self.epsilon, _all_but_last(x), self.axis_name,
                                                  self.ghost_batch)
-        self.sow(MOMENTS, "moments", (mean, var))
+        _sow_moments(self, mean, var)
         std = jnp.sqrt(var + self.epsilon)
         r_max, d_max = renorm_limits(steps.value, self.r_max, self.d_max, self.warmup_steps,
                                      self.r_ramp_steps, self.d_ramp_steps)
