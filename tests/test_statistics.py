@@ -239,3 +239,18 @@ def test_evaluation_statistics_batch_is_bn_batch_stats_eval_and_population_uses_
     moving = evaluate(model, state, images, labels, None, None)
     assert abs(float(population["loss"]) - float(moving["loss"])) > 1e-3
     assert train.eval_statistics(model) == "moving" and train.eval_statistics(population_model) == "population"
+
+
+def test_a_ghost_batch_sweep_is_a_study_axis_with_the_controls_as_flat_lines():
+    from bnbench.report import sweeps
+
+    def entry(variant, ghost=None):
+        config = {"base_learning_rate": 0.01, "batch_size": 32, **({"ghost_batch": ghost} if ghost else {})}
+        return {"variant": variant, "config": config}
+
+    report = {"sweep": {"learning_rate": [0.01], "batch_size": [32], "bn_momentum": [], "ghost_batch": [4, 32]},
+              "variants": {"a": entry("seed_bn", 32), "b": entry("seed_bn", 4), "c": entry("layer_norm")}}
+    assert sweeps.swept_axes(report["sweep"]) == ["ghost_batch"]
+    lines = sweeps._lines(report, "ghost_batch")
+    assert [e["config"]["ghost_batch"] for e in lines["seed_bn"]] == [4, 32]
+    assert [e["config"]["ghost_batch"] for e in lines["layer_norm"]] == [4, 32]
