@@ -120,10 +120,12 @@ def _run(args, chosen, parallel, main_process: bool, claim) -> int:
     from bnbench.parallel import preflight
     from bnbench.report.summary import summary_table
 
-    protocol = train.Protocol(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate)
+    protocol = train.Protocol(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
+                              batch_order=options.single(options.BATCH_ORDER, args.batch_order, "bnbench run"))
     dataset, device_data = _load_data(args, chosen, quiet=not main_process)
     seeds = list(range(args.seed, args.seed + args.seeds))
-    preflight.ready_to_train(parallel, [protocol.batch_size], len(seeds), dataset, args.argv)
+    preflight.ready_to_train(parallel, [protocol.batch_size], len(seeds), dataset, args.argv, variants=chosen,
+                             batch_orders=[protocol.batch_order])
     results = {}
     for variant in chosen:
         with tqdm(total=protocol.epochs, desc=f"{variant.name} ({len(seeds)} seed{'s' * (len(seeds) > 1)})",
@@ -171,7 +173,8 @@ def cmd_sweep(args) -> int:
         bn_momenta=tuple(options.number_list(args.bn_momentum, "--bn-momentum")) if args.bn_momentum else (),
         epochs=args.epochs, seeds=tuple(range(args.seed, args.seed + args.seeds)), budget=args.budget,
         lr_scaling=args.lr_scaling, reference_batch_size=args.reference_batch_size, eval_every=args.eval_every,
-        target=args.target, slice=args.slice)
+        target=args.target, slice=args.slice, batch_orders=args.batch_order,
+        ghost_batches=tuple(options.number_list(args.ghost_batch, "--ghost-batch", int)) if args.ghost_batch else ())
     grid.check()  # now, and the batch sizes against the training set once the data is loaded
     chosen = [variants.get(name) for name in grid.variants]
     runs_per_program = len(grid.learning_rates) * max(1, len(grid.bn_momenta)) * len(grid.seeds)
@@ -196,8 +199,9 @@ def _sweep(args, grid, chosen, parallel, main_process: bool, claim, runs_per_pro
     grid.check(train_examples=len(dataset.train_labels))
     if previous is not None:
         sweep.check_resumable(previous, dataset, grid, parallel)
-    sweep.programs(grid, chosen, len(dataset.train_labels))  # a grid a variant cannot take fails now
-    preflight.ready_to_train(parallel, grid.batch_sizes, runs_per_program, dataset, args.argv)
+    sweep.programs(grid, chosen, len(dataset.train_labels), parallel.devices)  # a grid a variant cannot take fails now
+    preflight.ready_to_train(parallel, grid.batch_sizes, runs_per_program, dataset, args.argv,
+                             batch_orders=grid.batch_orders)
     done = None
     if args.resume:  # process 0 read the report; every process must skip what it holds
         done = json.loads(distributed.share_from_main("resume", json.dumps(sorted(previous["summary"])
@@ -205,7 +209,8 @@ def _sweep(args, grid, chosen, parallel, main_process: bool, claim, runs_per_pro
 
     def on_program(program, i, total):
         if not args.quiet and main_process:
-            print(f"[{i + 1}/{total}] {program.variant.name}, batch {program.protocol.batch_size}: "
+            print(f"[{i + 1}/{total}] {program.variant.name}, batch {program.protocol.batch_size}"
+                  f"{program.axes()}: "
                   f"{len(program.configs)} configuration{'s' * (len(program.configs) > 1)} x "
                   f"{len(grid.seeds)} seed{'s' * (len(grid.seeds) > 1)}, {program.protocol.epochs} epochs",
                   file=sys.stderr)
@@ -358,6 +363,11 @@ def build_parser() -> argparse.ArgumentParser:
                             "size (Goyal et al., 2017); none (default): the same rate at every batch size")
     sweep.add_argument("--reference-batch-size", type=positive_int, default=32, metavar="B",
                        help="the batch size the learning rates and the updates budget refer to (default 32)")
+    sweep.add_argument("--ghost-batch", default=None, metavar="G,G,...", action=_Once,
+                       help="BatchNorm's and Batch Renorm's statistics over consecutive groups of G examples of "
+                            "each batch (the variant's ghost_batch field), comma-separated, one program each; "
+                            "variants without batch statistics are trained once, as controls (default: each "
+                            "variant's own, the whole batch)")
     sweep.add_argument("--eval-every", type=positive_int, default=None, metavar="N",
                        help="also evaluate validation accuracy every N updates of each epoch, inside the compiled "
                             "epoch, for time and updates to the target at that grain (default: each epoch's end)")
@@ -424,7 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-GRID_OPTIONS = ("--learning-rate", "--batch-size", "--bn-momentum")
+GRID_OPTIONS = ("--learning-rate", "--batch-size", "--bn-momentum", "--ghost-batch")
 
 
 def _negative_values_attached(argv: list[str]) -> list[str]:

@@ -104,6 +104,45 @@ def number_list(text: str, option: str, kind: type = float) -> list:
     return values
 
 
+def classes_per_batch(batch_order: str) -> int | None:
+    """K of ``classes:K``; None for ``iid``."""
+    return None if batch_order == "iid" else int(batch_order.partition(":")[2])
+
+
+def batch_orders(text: str) -> tuple[str, ...]:
+    """``--batch-order iid,classes:2``: each order ``iid`` or ``classes:K`` with K of 1 or more."""
+    items = [item.strip() for item in text.split(",")]
+    for item in items:
+        kind, colon, k = item.partition(":")
+        if item != "iid" and not (kind == "classes" and colon and k.isdigit()):
+            raise BadValue(f"{item!r} is not a batch order: choose iid or classes:K (K classes in each batch, as "
+                           "classes:2), or several separated by commas in a sweep")
+        if item != "iid" and int(k) < 1:
+            raise BadValue(f"{item!r}: a batch holds at least one class; choose classes:1 or more")
+    if len(set(items)) != len(items):
+        raise BadValue(f"{text!r}: an order is repeated; give each once")
+    return tuple(items)
+
+
+def check_batch_order(batch_order: str, batch_size: int | None = None, num_classes: int | None = None) -> None:
+    """One line for a batch order that is not one, or cannot form batches of ``batch_size`` from
+    ``num_classes`` classes."""
+    try:
+        batch_orders(batch_order)
+    except BadValue as e:
+        raise BnbenchError(f"--batch-order {e}") from None
+    k = classes_per_batch(batch_order)
+    if k is None or batch_size is None:
+        return
+    if num_classes is not None and k > num_classes:
+        raise BnbenchError(f"--batch-order {batch_order}: the data has {num_classes} classes; choose classes:K "
+                           f"with K from 1 to {num_classes}")
+    if batch_size % k:
+        fits = [d for d in range(1, min(batch_size, num_classes or batch_size) + 1) if batch_size % d == 0]
+        raise BnbenchError(f"--batch-order {batch_order}: {k} classes do not share a batch of {batch_size} evenly "
+                           f"(B/K examples each); choose K that divides the batch size ({', '.join(map(str, fits))})")
+
+
 @dataclasses.dataclass(frozen=True)
 class Option:
     """One option of the front ends: ``parse`` turns its text into its value or raises BadValue."""
@@ -125,7 +164,15 @@ class Option:
     def help_text(self) -> str:
         if self.switch or self.default is None or "(default" in self.help:
             return self.help
-        return f"{self.help} (default {self.default})"
+        default = ",".join(self.default) if isinstance(self.default, tuple) else self.default
+        return f"{self.help} (default {default})"
+
+
+def single(option: Option, values: tuple, where: str) -> str:
+    """The one value of a list option where a front end takes one (``run``, the harness)."""
+    if len(values) != 1:
+        raise BnbenchError(f"{option.flag} {','.join(values)}: {where} trains one; sweep several with bnbench sweep")
+    return values[0]
 
 
 EPOCHS = Option("--epochs", "training epochs", 10, positive_int)
@@ -169,13 +216,17 @@ SLICE = Option("--slice", "train only the I-th of N disjoint slices of the grid'
                "every seed), for a job array; join the slices' reports with bnbench merge", None, grid_slice,
                metavar="I/N")
 QUIET = Option("--quiet", "no progress output", False, switch=True, per_process=True)
+BATCH_ORDER = Option(
+    "--batch-order", "how training batches are formed: iid (a random permutation) or classes:K (each batch K "
+    "classes, B/K examples each; every example still once an epoch; docs/statistics.md); a sweep takes several, "
+    "comma-separated, one program each", ("iid",), batch_orders, metavar="ORDER")
 
 DATA = (DATASET, DATA_DIR, DOWNLOAD_URL)
 SCALE_OUT = (DATA_PARALLEL, BATCH_STATS, COORDINATOR, NUM_PROCESSES, PROCESS_ID, PEER_TIMEOUT)
 # What each front end takes from here (each adds its own options beside them).
-RUN = (EPOCHS, SEEDS, CPU_DEVICES, *DATA, TARGET, QUIET)
-SWEEP = (EPOCHS, SEEDS, CPU_DEVICES, *DATA, TARGET, SLICE, QUIET)
-HARNESS = (EPOCHS, SEEDS, CPU_DEVICES, *DATA, TARGET, *SCALE_OUT)
+RUN = (EPOCHS, SEEDS, CPU_DEVICES, *DATA, TARGET, BATCH_ORDER, QUIET)
+SWEEP = (EPOCHS, SEEDS, CPU_DEVICES, *DATA, TARGET, BATCH_ORDER, SLICE, QUIET)
+HARNESS = (EPOCHS, SEEDS, CPU_DEVICES, *DATA, TARGET, BATCH_ORDER, *SCALE_OUT)
 
 # Options of the front ends' own that may differ between processes too (the files each writes).
 PER_PROCESS_OPTIONS = ("--out", "--bnbench-report", "--benchmark-json", "--benchmark-save", "--benchmark-storage")

@@ -93,7 +93,9 @@ class Session:
         self.quick = opt("--quick")
         for name in variant_names(config):
             variants.get(name)  # an unknown name stops the session with one line, before any benchmark
-        self.protocol = train.Protocol(epochs=1 if self.quick else opt("--epochs"))
+        self.protocol = train.Protocol(epochs=1 if self.quick else opt("--epochs"),
+                                       batch_order=options.single(options.BATCH_ORDER, opt("--batch-order"),
+                                                                  "pytest benchmarks/"))
         self.seeds = list(range(opt("--seeds")))
         self.scaling_seeds = opt("--scaling-seeds")
         self.sweep_configs = opt("--sweep-configs")
@@ -110,7 +112,9 @@ class Session:
             variants.get(name).check(self.dataset.train_images.shape[1:], self.dataset.num_classes)
         # Before any benchmark, in one line; and every process of a job ready with the same arguments.
         preflight.ready_to_train(self.parallel, [self.protocol.batch_size], len(self.seeds), self.dataset,
-                              config.invocation_params.args, device_counts=scaling_devices(config))
+                                 config.invocation_params.args, device_counts=scaling_devices(config),
+                                 variants=[variants.get(name) for name in variant_names(config)],
+                                 batch_orders=[self.protocol.batch_order])
         self.data = train.DeviceData.from_dataset(self.dataset)
         self.backend = jax.default_backend()
         self.step_rounds = 20 if self.quick else 300

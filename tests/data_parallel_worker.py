@@ -135,11 +135,44 @@ def local_equals_shards(variant: str, data_parallel: int, steps: int = 3) -> dic
     return worst
 
 
+def ghost_equals_local(variant: str, ghost_batch: int, data_parallel: int) -> dict:
+    """An epoch of ``variant:ghost_batch=G`` on one device against ``variant`` data-parallel over
+    ``data_parallel`` = B/G devices with local statistics: the same groups of the same batches
+    (1,024 examples: 32 full batches, no partial one, which the two would split differently). Per
+    quantity, their largest difference (``ghost_vs_local``), the ghost run's from float64 and from
+    one-ulp perturbed starts (what float32 promises, as ``sync_equals_one_device``), and from the
+    whole batch's statistics (``ghost_vs_whole``: that the groups really differ from it)."""
+    d = train.DeviceData.from_dataset(synthetic_dataset(train=1024, validation=200, test=200))
+    protocol = train.Protocol(epochs=1, batch_size=32)
+    ghost_trainer = train.Trainer(variants.get(f"{variant}:ghost_batch={ghost_batch}").model, protocol, d, 1,
+                                  devices=jax.devices()[:1])
+    ghost = train.fit(ghost_trainer, [0])
+    local = train.fit(train.Trainer(variants.get(variant).model, protocol, d, 1,
+                                    parallel=devices.DataParallel(data_parallel, "local")), [0])
+    whole = train.fit(train.Trainer(variants.get(variant).model, protocol, d, 1, devices=jax.devices()[:1]), [0])
+    exact, perturbed = one_epoch_float64(ghost_trainer, [0])
+
+    def quantities(run):
+        return {"loss": [h["train_loss"] for h in run["history"]], "val_loss": [h["val_loss"] for h in run["history"]],
+                "params": run["state"].params, "batch_stats": run["state"].batch_stats}
+
+    ghost, local, whole, exact = quantities(ghost), quantities(local), quantities(whole), quantities(exact)
+    perturbed = [quantities(p) for p in perturbed]
+    return {key: {"ghost_vs_local": largest_difference(ghost[key], local[key]),
+                  "ghost_vs_whole": largest_difference(ghost[key], whole[key]),
+                  "one_vs_exact": largest_difference(ghost[key], exact[key]),
+                  "one_vs_one_ulp": max(largest_difference(ghost[key], p[key]) for p in perturbed),
+                  "largest": largest_difference(exact[key], jax.tree.map(np.zeros_like, exact[key]))}
+            for key in ghost}
+
+
 if __name__ == "__main__":
     check, args = sys.argv[1], sys.argv[3:]
     if check == "sync":
         print(json.dumps(sync_equals_one_device(args[0], int(args[1]), int(args[2]))))
     elif check == "local":
         print(json.dumps(local_equals_shards(args[0], int(args[1]))))
+    elif check == "ghost":
+        print(json.dumps(ghost_equals_local(args[0], int(args[1]), int(args[2]))))
     else:
         raise SystemExit(f"unknown check {check!r}")

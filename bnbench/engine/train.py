@@ -23,6 +23,8 @@ import optax
 from bnbench.data.sources import Dataset
 from bnbench.errors import BnbenchError
 from bnbench.models import normalize
+from bnbench.models.norms import MOMENTS, population_statistics
+from bnbench.options import check_batch_order, classes_per_batch
 from bnbench.parallel import devices as device_lib
 from bnbench.parallel.devices import SINGLE_DEVICE, DataParallel
 
@@ -34,6 +36,7 @@ class Protocol:
     epochs: int = 10
     batch_size: int = 32
     learning_rate: float = 1e-3  # SGD, no momentum
+    batch_order: str = "iid"  # or "classes:K" (see epoch_order)
 
     def __post_init__(self):
         for name in ("epochs", "batch_size"):
@@ -41,6 +44,7 @@ class Protocol:
                 raise BnbenchError(f"{name} must be a positive whole number, got {getattr(self, name)!r}")
         if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
             raise BnbenchError(f"learning rate must be a positive finite number, got {self.learning_rate!r}")
+        check_batch_order(self.batch_order)  # its batches against the data's classes: preflight, Trainer
 
     def optimizer(self) -> optax.GradientTransformation:
         return optax.sgd(self.learning_rate)  # Keras SGD: momentum 0, no Nesterov
@@ -158,13 +162,44 @@ def train_step(model: nn.Module, tx: optax.GradientTransformation, state: TrainS
     return state, (loss_sum, correct)
 
 
-def evaluate(model: nn.Module, state: TrainState, images: jax.Array, labels: jax.Array) -> dict:
-    """Mean loss and accuracy. By default with the moving statistics (``train=False``), all images
-    at once: the result does not depend on batching. A model with an ``eval_batch_size`` is
-    evaluated in batches of that size with each batch's own statistics (``train=True``, its
-    batch_stats left unchanged), the last, partial batch as one more."""
+def eval_statistics(model: nn.Module) -> str:
+    """What evaluation normalizes with (``norms.EVAL_STATS``): the model's ``eval_stats``, where an
+    ``eval_batch_size`` alone means ``batch`` (its spelling before ``eval_stats``)."""
+    stats = getattr(model, "eval_stats", "moving")
+    return "batch" if stats == "moving" and getattr(model, "eval_batch_size", None) is not None else stats
+
+
+def with_population_statistics(model: nn.Module, state: TrainState, train_images: jax.Array,
+                               batch_size: int) -> TrainState:
+    """``state`` with its moving statistics replaced by population statistics ("precise BN", Wu &
+    Johnson 2021): the model's ``population_batches`` first training batches of ``batch_size``, in
+    the dataset's order (as evaluation reads data), each applied in training mode with the current
+    weights (ghost groups and all, as the model trains), their statistics aggregated per layer by
+    ``norms.population_statistics``. The training state is not changed: only evaluation uses them."""
+    batches = model.population_batches
+    images = train_images[:batches * batch_size].reshape(batches, batch_size, *train_images.shape[1:])
     variables = {"params": state.params, "batch_stats": state.batch_stats}
-    size = getattr(model, "eval_batch_size", None)
+
+    def moments(batch):
+        return model.apply(variables, normalize(batch), train=True, mutable=[MOMENTS])[1][MOMENTS]
+
+    sown = jax.lax.map(moments, images)
+    return state.replace(batch_stats=population_statistics(state.batch_stats, sown))
+
+
+def evaluate(model: nn.Module, state: TrainState, images: jax.Array, labels: jax.Array,
+             train_images: jax.Array | None = None, batch_size: int | None = None) -> dict:
+    """Mean loss and accuracy, with the statistics ``eval_statistics`` names. ``moving`` (the
+    default): the moving statistics (``train=False``), all images at once, so that the result does
+    not depend on batching. ``batch``: in batches of the model's ``eval_batch_size`` (or the
+    training ``batch_size``) with each batch's own statistics (``train=True``, its batch_stats left
+    unchanged), the last, partial batch as one more. ``population``: as ``moving``, with population
+    statistics of the training images recomputed first (``with_population_statistics``)."""
+    mode = eval_statistics(model)
+    if mode == "population":
+        state = with_population_statistics(model, state, train_images, batch_size)
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    size = (getattr(model, "eval_batch_size", None) or batch_size) if mode == "batch" else None
     if size is None:
         losses, correct = _loss_and_correct(model.apply(variables, normalize(images), train=False), labels)
         return {"loss": jnp.mean(losses), "accuracy": correct / labels.shape[0]}
@@ -186,8 +221,8 @@ def evaluate(model: nn.Module, state: TrainState, images: jax.Array, labels: jax
 
 def train_epoch(model, tx, batch_size: int, state: TrainState, key: jax.Array,
                 images: jax.Array, labels: jax.Array, unroll: int = 1, eval_every: int | None = None,
-                val: tuple[jax.Array, jax.Array] | None = None, parallel: DataParallel = SINGLE_DEVICE
-                ) -> tuple[TrainState, dict]:
+                val: tuple[jax.Array, jax.Array] | None = None, parallel: DataParallel = SINGLE_DEVICE,
+                batch_order: str = "iid") -> tuple[TrainState, dict]:
     """One pass over a reshuffled training set: full batches under one ``lax.scan``, then the last,
     partial batch (if any) as its own step. No padding, so no padded row reaches BN's statistics, and
     both shapes are compiled once into the same program.
@@ -198,10 +233,12 @@ def train_epoch(model, tx, batch_size: int, state: TrainState, key: jax.Array,
     updates, each followed by an evaluation (``evals``: their losses and accuracies).
 
     Data-parallel, every device draws the same shuffle (the key is the same) and trains on its
-    consecutive part of each global batch; evaluation is not split."""
+    consecutive part of each global batch; evaluation is not split. ``batch_order``: how the
+    shuffle forms batches (``epoch_order``)."""
     n, image_shape = labels.shape[0], images.shape[1:]
+    train_images = images
     images = images.reshape(n, -1)  # rows of pixels: a simpler, faster gather per batch
-    order = jax.random.permutation(key, n)
+    order = epoch_order(key, labels, batch_size, batch_order, model.num_classes)
     full_batches = n // batch_size
 
     def body(carry, batch):
@@ -223,7 +260,7 @@ def train_epoch(model, tx, batch_size: int, state: TrainState, key: jax.Array,
 
         def chunk(carry, chunk_batches):
             carry, _ = jax.lax.scan(body, carry, chunk_batches, unroll=unroll)
-            return carry, evaluate(model, carry[0], *val)
+            return carry, evaluate(model, carry[0], *val, train_images, batch_size)
 
         carry, evals = jax.lax.scan(chunk, carry, batches[:chunks * eval_every].reshape(chunks, eval_every, -1))
         batches = batches[chunks * eval_every:]
@@ -238,6 +275,56 @@ def train_epoch(model, tx, batch_size: int, state: TrainState, key: jax.Array,
     return state, metrics
 
 
+def epoch_order(key: jax.Array, labels: jax.Array, batch_size: int, batch_order: str = "iid",
+                num_classes: int = 10) -> jax.Array:
+    """The order in which an epoch visits the training examples: consecutive runs of
+    ``batch_size`` are its batches (the last, partial one last). A pure function of the key (the
+    seed and epoch) and the labels, computed on the device.
+
+    ``iid``: a uniformly random permutation. ``classes:K``: K classes per batch, B/K examples of
+    each, formed so: (1) each class's examples in random order, the classes in random order, one
+    after another; (2) each class cut into chunks of B/K consecutive examples, its last chunk
+    partial unless its size is a multiple of B/K; (3) the M full chunks, in that order, dealt into
+    F = M // K batches column by column: chunk j goes to batch j mod F, place j // F (so a batch's K
+    chunks lie F chunks apart in the order, and come from K different classes wherever no class has
+    more than F full chunks, that is holds at most 1/K of the examples); (4) what is left, each
+    class's partial chunk and the last M mod K full chunks, is shuffled together into the remaining
+    full batches, which mix classes, and the epoch's last, partial batch; (5) the full batches, the
+    K-class and the mixed, in random order, the partial one last, as with ``iid``. Inside a
+    K-class batch its classes come one after another (B/K examples each)."""
+    n = labels.shape[0]
+    k = classes_per_batch(batch_order)
+    if k is None:
+        return jax.random.permutation(key, n)
+    chunk = batch_size // k
+    full_batches = n // batch_size
+    class_key, within_key, batch_key, rest_key = jax.random.split(key, 4)
+    # (1) classes in random order, each class's examples in random order.
+    place = jax.random.permutation(class_key, num_classes)  # place[c]: class c's place in the order
+    by_class = jnp.argsort(place[labels] * n + jax.random.permutation(within_key, n))
+    counts = jnp.bincount(labels, length=num_classes)
+    in_order = jnp.argsort(place)  # the classes, in order
+    starts = (jnp.cumsum(counts[in_order]) - counts[in_order])[place]
+    full_chunks = counts // chunk
+    chunk_starts = (jnp.cumsum(full_chunks[in_order]) - full_chunks[in_order])[place]
+    # (2, 3) each position of that order: its chunk, and the batch and place it is dealt to.
+    c = labels[by_class]
+    i = jnp.arange(n) - starts[c]
+    j = chunk_starts[c] + i // chunk
+    dealt_batches = jnp.sum(full_chunks) // k
+    dealt = (i // chunk < full_chunks[c]) & (j < dealt_batches * k)
+    safe = jnp.maximum(dealt_batches, 1)
+    batch = j % safe
+    within = (j // safe) * chunk + i % chunk
+    # (4) the rest, shuffled: its q-th example fills the batches after the dealt ones.
+    q = jnp.argsort(jnp.argsort(jnp.where(dealt, n, 0) + jax.random.permutation(rest_key, n)))
+    batch = jnp.where(dealt, batch, dealt_batches + q // batch_size)
+    within = jnp.where(dealt, within, q % batch_size)
+    # (5) the full batches in random order; the partial batch (index full_batches) last.
+    rank = jnp.concatenate([jax.random.permutation(batch_key, full_batches), jnp.array([full_batches])])
+    return by_class[jnp.argsort(rank[batch] * batch_size + within)]
+
+
 def _shard(batch: jax.Array, parallel: DataParallel) -> jax.Array:
     """This device's consecutive part of a global batch (of example indices)."""
     if parallel.axis is None:
@@ -248,12 +335,13 @@ def _shard(batch: jax.Array, parallel: DataParallel) -> jax.Array:
 
 def epoch(model, batch_size: int, state: TrainState, key: jax.Array, hyperparams: Hyperparams,
           train_images, train_labels, val_images, val_labels, unroll: int = 1,
-          eval_every: int | None = None, parallel: DataParallel = SINGLE_DEVICE) -> tuple[TrainState, dict]:
+          eval_every: int | None = None, parallel: DataParallel = SINGLE_DEVICE,
+          batch_order: str = "iid") -> tuple[TrainState, dict]:
     """An epoch as Keras' ``fit`` runs it: the updates, then validation; one run's ``hyperparams``."""
     model, tx = hyperparams.apply(model)
     state, metrics = train_epoch(model, tx, batch_size, state, key, train_images, train_labels, unroll,
-                                 eval_every, (val_images, val_labels), parallel)
-    val = evaluate(model, state, val_images, val_labels)
+                                 eval_every, (val_images, val_labels), parallel, batch_order)
+    val = evaluate(model, state, val_images, val_labels, train_images, batch_size)
     return state, {**metrics, "val_loss": val["loss"], "val_accuracy": val["accuracy"]}
 
 
@@ -337,6 +425,7 @@ class Trainer:
         if num_seeds < 1:
             raise BnbenchError("at least one seed is needed")
         parallel.check_batches(protocol.batch_size, int(data.train_labels.shape[0]))
+        check_batch_order(protocol.batch_order, protocol.batch_size, getattr(model, "num_classes", None))
         self.model, self.protocol, self.num_seeds, self.parallel = model, protocol, num_seeds, parallel
         self.unroll, self.eval_every = unroll, eval_every
         self.mesh = device_lib.seed_mesh(num_seeds, devices, parallel.devices)
@@ -347,6 +436,7 @@ class Trainer:
         self.data = device_lib.replicate(data, self.mesh)
         subset = min(TRAIN_EVAL_EXAMPLES, int(data.train_labels.shape[0]))
         self.train_subset = device_lib.replicate((data.train_images[:subset], data.train_labels[:subset]), self.mesh)
+        self.empty_images = device_lib.replicate(jnp.zeros((0,), jnp.uint8), self.mesh)
         share = self.trained_runs // self.seed_devices
 
         def seeded(fn, in_axes):
@@ -361,10 +451,15 @@ class Trainer:
                                         (0,)))
         self.epoch_program = jax.jit(
             seeded(functools.partial(epoch, model, protocol.batch_size, unroll=unroll, eval_every=eval_every,
-                                     parallel=parallel),
+                                     parallel=parallel, batch_order=protocol.batch_order),
                    (0, 0, 0, None, None, None, None)),
             donate_argnums=0)
-        self._evaluate_program = jax.jit(seeded(functools.partial(evaluate, model), (0, None, None)))
+        # The training images reach evaluation only where it recomputes population statistics.
+        population = eval_statistics(model) == "population"
+        self._evaluate_program = jax.jit(seeded(
+            lambda state, images, labels, train_images: evaluate(
+                model, state, images, labels, train_images if population else None, protocol.batch_size),
+            (0, None, None, None)))
         self._epoch = self._evaluate = self._evaluate_train = None  # compiled on first use, then reused
         self.compile_time_s = 0.0
 
@@ -421,8 +516,9 @@ class Trainer:
         start = time.perf_counter()
         self._epoch = self.epoch_program.lower(state, epoch_keys, hyperparams, *self._train_val()).compile()
         self._evaluate = self._evaluate_program.lower(
-            state, self.data.test_images, self.data.test_labels).compile()
-        self._evaluate_train = self._evaluate_program.lower(state, *self.train_subset).compile()
+            state, self.data.test_images, self.data.test_labels, self._population_images()).compile()
+        self._evaluate_train = self._evaluate_program.lower(
+            state, *self.train_subset, self._population_images()).compile()
         self.compile_time_s = time.perf_counter() - start
 
     def epoch_args(self) -> tuple:
@@ -444,12 +540,19 @@ class Trainer:
         state, metrics = jax.block_until_ready(self._epoch(state, epoch_keys, hyperparams, *self._train_val()))
         return state, metrics, time.perf_counter() - start
 
+    def _population_images(self):
+        """The training images where evaluation recomputes population statistics from them, else
+        an empty array: the compiled evaluation takes one either way."""
+        if eval_statistics(self.model) == "population":
+            return self.data.train_images
+        return self.empty_images
+
     def test(self, state: TrainState) -> dict:
-        return self._evaluate(state, self.data.test_images, self.data.test_labels)
+        return self._evaluate(state, self.data.test_images, self.data.test_labels, self._population_images())
 
     def evaluate_train(self, state: TrainState) -> dict:
         """Loss and accuracy on the fixed training subset (``TRAIN_EVAL_EXAMPLES``), as evaluated."""
-        return self._evaluate_train(state, *self.train_subset)
+        return self._evaluate_train(state, *self.train_subset, self._population_images())
 
 
 @jax.jit

@@ -199,16 +199,17 @@ def summarize(runs: list[dict], updates_per_epoch: int, target: float | None = N
 
 
 def protocol_model(dataset: Dataset, seeds: Sequence[int], parallel: DataParallel = SINGLE_DEVICE,
-                   protocol: train.Protocol | None = None) -> model.SharedProtocol:
+                   protocol: train.Protocol | None = None, batch_order: str | None = None) -> model.SharedProtocol:
     """What a run trained on and how: the fields ``bnbench compare`` checks before comparing. The
     one protocol builder of every report: without ``protocol`` (a sweep), what all its
     configurations share, each run's ``config`` holding the rest (batch size, learning rate, epochs,
-    updates per epoch)."""
+    updates per epoch; and ``batch_order`` where all share one)."""
     shared = {**dataset.describe(), "optimizer": "sgd", "momentum": 0.0, "seeds": [int(s) for s in seeds],
               **parallel.protocol_fields()}
     if protocol is None:
-        return model.SharedProtocol(**shared)
-    return model.Protocol(**shared, batch_size=protocol.batch_size, learning_rate=protocol.learning_rate,
+        return model.SharedProtocol(**shared, **({"batch_order": batch_order} if batch_order is not None else {}))
+    return model.Protocol(**shared, batch_order=protocol.batch_order, batch_size=protocol.batch_size,
+                          learning_rate=protocol.learning_rate,
                           epochs=protocol.epochs,
                           updates_per_epoch=protocol.updates_per_epoch(len(dataset.train_labels)))
 

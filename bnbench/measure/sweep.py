@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import itertools
 import math
 from typing import Callable, Sequence
 
@@ -46,6 +47,10 @@ class Grid:
     eval_every: int | None = None
     target: float | None = None  # the validation accuracy whose time and updates to reach are reported
     slice: tuple[int, int] | None = None  # (I, N): only the I-th of N slices of the configurations (job arrays)
+    # Ghost batch sizes (the variants' ghost_batch field; empty: each variant's own) and batch
+    # orders: shapes or the sampler differ, so one program each, as batch sizes.
+    ghost_batches: tuple[int, ...] = ()
+    batch_orders: tuple[str, ...] = ("iid",)
 
     def check(self, train_examples: int | None = None) -> None:
         """One line for the first value out of its range; batch sizes against the training set
@@ -76,6 +81,14 @@ class Grid:
                 raise BnbenchError(f"--eval-every {self.eval_every}: an epoch has only {fewest} updates at batch "
                                    f"{max(self.batch_sizes)}, and evaluations are every N updates of each epoch; "
                                    f"choose N below {fewest}")
+        for g in self.ghost_batches:
+            if g < 1:
+                raise BnbenchError(f"--ghost-batch: {g} is not a group size; choose sizes of 1 or more examples")
+            for b in self.batch_sizes:
+                if b % g:
+                    fits = ", ".join(str(d) for d in range(1, b + 1) if b % d == 0)
+                    raise BnbenchError(f"--ghost-batch: {g} does not divide the batch size {b}; choose group sizes "
+                                       f"that divide every batch size ({fits})")
         if self.lr_scaling not in LR_SCALINGS:
             raise BnbenchError(f"--lr-scaling {self.lr_scaling!r}: choose one of {', '.join(LR_SCALINGS)}")
 
@@ -86,6 +99,9 @@ class Grid:
                 "seeds": list(self.seeds), "budget": self.budget, "lr_scaling": self.lr_scaling,
                 "reference_batch_size": self.reference_batch_size, "eval_every": self.eval_every,
                 "target": self.target,
+                # Only where swept, so that sweeps from before these axes keep comparing with new ones.
+                **({"ghost_batch": list(self.ghost_batches)} if self.ghost_batches else {}),
+                **({"batch_order": list(self.batch_orders)} if self.batch_orders != ("iid",) else {}),
                 # Only in a slice's report: a whole grid's record stays what it was before slices.
                 **({"slice": {"index": self.slice[0], "count": self.slice[1]}} if self.slice else {})}
 
@@ -107,6 +123,13 @@ def uses_momentum(variant: Variant) -> bool:
     return getattr(variant.model, "norm", None) in MOVING_STATISTICS
 
 
+def with_ghost_batch(variant: Variant, ghost_batch: int | None) -> Variant:
+    """``variant`` with its statistics over groups of ``ghost_batch`` (None: the variant as it is)."""
+    if ghost_batch is None:
+        return variant
+    return Variant(variant.name, variant.description, variant.model.clone(ghost_batch=ghost_batch))
+
+
 @dataclasses.dataclass(frozen=True)
 class Program:
     """One compiled program of a sweep: a variant at one batch size, with its configurations."""
@@ -115,9 +138,18 @@ class Program:
     protocol: train.Protocol
     configs: tuple[dict, ...]
 
+    def axes(self) -> str:
+        """The program's ghost batch and batch order, where the sweep varies them, for its progress line."""
+        config = self.configs[0]
+        return "".join(f", {text}" for key, text in (("ghost_batch", f"ghost batch {config.get('ghost_batch')}"),
+                                                      ("batch_order", f"{config.get('batch_order')} order"))
+                       if key in config)
 
-def programs(grid: Grid, chosen: Sequence[Variant], train_examples: int) -> list[Program]:
-    """The sweep's programs in order: per variant, per batch size, every learning rate and momentum."""
+
+def programs(grid: Grid, chosen: Sequence[Variant], train_examples: int, data_devices: int = 1) -> list[Program]:
+    """The sweep's programs in order: per variant, per batch order, per ghost batch, per batch size,
+    every learning rate and momentum. A variant without batch statistics has no ghost batch: it is
+    trained once, its configurations without ``ghost_batch`` (the sweep's control)."""
     out = []
     for variant in chosen:
         if len(grid.bn_momenta) > 1 and not uses_momentum(variant):
@@ -127,14 +159,20 @@ def programs(grid: Grid, chosen: Sequence[Variant], train_examples: int) -> list
         # Keras' 0.99 unless its bn_momentum field says otherwise.
         own = (getattr(variant.model, "bn_momentum", KERAS_BN_MOMENTUM),)
         momenta = grid.bn_momenta if grid.bn_momenta and uses_momentum(variant) else own
-        for b in grid.batch_sizes:
+        ghosts = grid.ghost_batches if grid.ghost_batches and uses_momentum(variant) else (None,)
+        for order, ghost, b in itertools.product(grid.batch_orders, ghosts, grid.batch_sizes):
             epochs = grid.epochs_for(b, train_examples)
-            protocol = train.Protocol(epochs=epochs, batch_size=b, learning_rate=grid.learning_rates[0])
+            protocol = train.Protocol(epochs=epochs, batch_size=b, learning_rate=grid.learning_rates[0],
+                                      batch_order=order)
+            program_variant = with_ghost_batch(variant, ghost)
+            program_variant.check_batches(b, train_examples, data_devices)
+            axes = {**({"ghost_batch": ghost} if ghost is not None else {}),
+                    **({"batch_order": order} if len(grid.batch_orders) > 1 else {})}
             configs = tuple({"learning_rate": grid.learning_rate_for(lr, b), "base_learning_rate": lr,
                              "batch_size": b, "bn_momentum": float(m), "epochs": epochs,
-                             "updates_per_epoch": protocol.updates_per_epoch(train_examples)}
+                             "updates_per_epoch": protocol.updates_per_epoch(train_examples), **axes}
                             for lr in grid.learning_rates for m in momenta)
-            out.append(Program(variant, protocol, configs))
+            out.append(Program(program_variant, protocol, configs))
     return sliced(out, grid.slice)
 
 
@@ -173,20 +211,31 @@ def label(variant: str, config: dict, grid: Grid) -> str:
         parts.append(f"bs={config['batch_size']}")
     if len(grid.bn_momenta) > 1:
         parts.append(f"m={number(config['bn_momentum'])}")
+    if "ghost_batch" in config:
+        parts.append(f"gb={config['ghost_batch']}")
+    if "batch_order" in config:
+        parts.append(f"order={config['batch_order']}")
     return f"{variant} {' '.join(parts)}"
 
 
 def sweep_protocol(dataset: Dataset, grid: Grid, parallel: DataParallel = SINGLE_DEVICE) -> dict:
     """What every configuration shares (the run protocol less what each run's ``config`` holds)."""
-    return experiment.protocol_model(dataset, grid.seeds, parallel).dump()
+    return experiment.protocol_model(dataset, grid.seeds, parallel, batch_order=shared_order(grid)).dump()
+
+
+def shared_order(grid: Grid) -> str | None:
+    """The batch order every configuration shares, which the protocol records; None where the
+    sweep varies it (each run's ``config`` then holds its own)."""
+    return grid.batch_orders[0] if len(grid.batch_orders) == 1 else None
 
 
 def make_sweep_report(dataset: Dataset, grid: Grid, runs: list[dict], summary: dict, command: str | None,
                       run_id: str, created: str, parallel: DataParallel = SINGLE_DEVICE) -> dict:
     """The sweep report (``model.SweepReport``), built and checked, as the JSON it is written as."""
     report = model.SweepReport(
-        **experiment.envelope(SWEEP_KIND, experiment.protocol_model(dataset, grid.seeds, parallel), command,
-                              run_id, created),
+        **experiment.envelope(SWEEP_KIND, experiment.protocol_model(dataset, grid.seeds, parallel,
+                                                                    batch_order=shared_order(grid)),
+                              command, run_id, created),
         sweep=grid.record(), runs=runs, summary=summary)
     return report.dump()
 

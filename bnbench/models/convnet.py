@@ -56,6 +56,9 @@ class ConvNet(nn.Module):
     groups: int = 4
     bn_momentum: float = KERAS_BN_MOMENTUM
     eval_batch_size: int | None = None
+    eval_stats: str = "moving"
+    population_batches: int = 100
+    ghost_batch: int | None = None
     im2col: bool = True
     bn_axis_name: str | None = None  # as MLP's
 
@@ -78,7 +81,7 @@ class ConvNet(nn.Module):
             if self.norm is not None:
                 x = make_norm(self.norm, train, x, self.groups, f"convolution {i + 1}",
                               reduction_axes=(-3, -2, -1), momentum=self.bn_momentum,
-                              axis_name=self.bn_axis_name)(x)
+                              axis_name=self.bn_axis_name, ghost_batch=self.ghost_batch)(x)
             x = nn.relu(x)
             x = nn.max_pool(x, (2, 2), strides=(2, 2))
         x = x.reshape((x.shape[0], -1))

@@ -34,10 +34,16 @@ class MLP(nn.Module):
     activation, norm) or ``before_activation`` (the BN paper: Dense without bias, norm, activation).
     ``norm_inputs``: the notebook's BN model also normalizes the raw pixels. ``groups``: GroupNorm's
     group count, which must divide every normalized width. ``bn_momentum``: of BatchNorm's and Batch
-Renorm's moving statistics. ``eval_batch_size``: evaluate in batches
-    of this size with each batch's own statistics instead of the moving averages (None: the moving
-    averages, as Keras). ``bn_axis_name``: set by data-parallel training with synchronized batch
-    statistics, the mesh axis their statistics are reduced over (a layout, not part of the variant).
+    Renorm's moving statistics. ``eval_stats``: what evaluation normalizes with, ``moving`` (the
+    moving averages, as Keras), ``batch`` (each evaluation batch's own statistics, in batches of
+    ``eval_batch_size``, or of the training batch size where that is None) or ``population`` (the
+    statistics of ``population_batches`` training batches, recomputed with the trained weights before
+    each evaluation; ``engine.train.evaluate``). An ``eval_batch_size`` with ``eval_stats="moving"``
+    means ``batch``, its spelling before ``eval_stats``. ``ghost_batch``: BatchNorm's and Batch
+    Renorm's training statistics over consecutive groups of this many examples of each batch (None:
+    the whole batch; ``norms.ghost_batch_norm``). ``bn_axis_name``: set by data-parallel training
+    with synchronized batch statistics, the mesh axis their statistics are reduced over (a layout,
+    not part of the variant).
     """
 
     hidden: Sequence[int] = (300, 100)
@@ -50,6 +56,9 @@ Renorm's moving statistics. ``eval_batch_size``: evaluate in batches
     groups: int = 4
     bn_momentum: float = KERAS_BN_MOMENTUM
     eval_batch_size: int | None = None
+    eval_stats: str = "moving"
+    population_batches: int = 100
+    ghost_batch: int | None = None
     bn_axis_name: str | None = None
 
     def check_fields(self) -> None:
@@ -67,7 +76,7 @@ Renorm's moving statistics. ``eval_batch_size``: evaluate in batches
 
         def normalized(x, where):
             return make_norm(self.norm, train, x, self.groups, where, momentum=self.bn_momentum,
-                             axis_name=self.bn_axis_name)(x)
+                             axis_name=self.bn_axis_name, ghost_batch=self.ghost_batch)(x)
 
         activation = ACTIVATIONS[self.activation]
         before = self.norm is not None and self.placement == "before_activation"

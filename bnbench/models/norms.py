@@ -25,12 +25,18 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from bnbench.errors import BnbenchError
 
 # Keras' defaults, which differ from Flax's (see ../shared/reference/FIDELITY.md).
 KERAS_BN_MOMENTUM = 0.99
 KERAS_EPSILON = 1e-3  # Keras' BatchNormalization, LayerNormalization, GroupNormalization; Flax: 1e-5, 1e-6
+# The collection into which BatchNorm and Batch Renorm sow each step's group statistics, where it is
+# mutable (only while population statistics are collected: ``population_statistics``).
+MOMENTS = "batch_moments"
+# What evaluation normalizes BatchNorm's and Batch Renorm's inputs with (the model's ``eval_stats``).
+EVAL_STATS = ("moving", "batch", "population")
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
@@ -194,11 +200,91 @@ def _all_but_last(x: jax.Array) -> tuple[int, ...]:
     return tuple(range(x.ndim - 1))
 
 
+def ghost_batch_norm(x, scale, bias, epsilon, axes, axis_name=None, ghost_batch: int | None = None):
+    """``batch_norm_train`` over consecutive groups of ``ghost_batch`` examples of the batch, each
+    with its own statistics; returns y and each group's mean and variance (a leading group axis).
+
+    The one mechanism behind every spelling of "the examples a BatchNorm's statistics span": the
+    batch axis is split into groups and each group reduced on its own (here, on one device), then
+    over ``axis_name`` or not (a data-parallel layout). A group is exactly one device's shard of
+    ``--data-parallel B/G --batch-stats local``: the same function, vmapped over the groups instead
+    of mapped over devices. A batch not a multiple of ``ghost_batch`` (the epoch's last, partial
+    batch) ends in one smaller group of what is left; a batch of at most ``ghost_batch`` examples
+    is one group, computed as ``batch_norm_train`` (so that None, or a group of the whole batch,
+    is today's computation, op for op)."""
+    n = x.shape[0]
+    if ghost_batch is None or ghost_batch >= n:
+        y, mean, var = batch_norm_train(x, scale, bias, epsilon, axes, axis_name)
+        return y, mean[None], var[None]
+    full = n // ghost_batch * ghost_batch
+
+    def one_group(group):
+        return batch_norm_train(group, scale, bias, epsilon, axes, axis_name)
+
+    y, mean, var = jax.vmap(one_group)(x[:full].reshape(-1, ghost_batch, *x.shape[1:]))
+    y = y.reshape(full, *x.shape[1:])
+    if full < n:
+        rest_y, rest_mean, rest_var = one_group(x[full:])
+        y = jnp.concatenate([y, rest_y])
+        mean, var = jnp.concatenate([mean, rest_mean[None]]), jnp.concatenate([var, rest_var[None]])
+    return y, mean, var
+
+
+def per_example(values: jax.Array, x: jax.Array, ghost_batch: int | None) -> jax.Array:
+    """Each group's ``values`` (groups, features) broadcast to the rows of ``x`` its group holds."""
+    if values.shape[0] == 1:
+        return values[0]
+    group = np.arange(x.shape[0]) // ghost_batch  # static: which group each example is in
+    return values[group].reshape(x.shape[0], *([1] * (x.ndim - 2)), x.shape[-1])
+
+
+def averaged_moving(momentum, moving: jax.Array, groups: jax.Array) -> jax.Array:
+    """The moving statistic after a step whose groups had statistics ``groups``: each group's own
+    update, averaged over the groups, as local data-parallel BatchNorm averages its devices'
+    (``train.train_step``); one group is ``moving_average`` itself."""
+    if groups.shape[0] == 1:
+        return moving_average(momentum, moving, groups[0])
+    return jnp.mean(moving_average(momentum, moving[None], groups), axis=0)
+
+
+def population_statistics(batch_stats, moments, epsilon: float = KERAS_EPSILON):
+    """``batch_stats`` with each BatchNorm's and Batch Renorm's moving statistics replaced by the
+    population statistics of the batches whose group statistics ``moments`` holds (what the layers
+    sowed into ``MOMENTS``: per layer, a mean and a variance of shape (batches, groups, features)).
+
+    As precise BN (Wu & Johnson, 2021): the mean of the groups' means, and the variance of all their
+    examples together, the mean of the groups' variances plus the variance of their means (exact
+    for groups of equal size); Batch Renorm's standard deviation includes epsilon, as its own."""
+    if "moments" in moments and not isinstance(moments["moments"], dict):
+        (mean, var), = moments["moments"]
+        mean, var = mean.reshape(-1, mean.shape[-1]), var.reshape(-1, var.shape[-1])
+        population_mean = jnp.mean(mean, axis=0)
+        population_var = jnp.mean(var, axis=0) + jnp.mean(jnp.square(mean - population_mean), axis=0)
+        if "var" in batch_stats:
+            return {**batch_stats, "mean": population_mean, "var": population_var}
+        return {**batch_stats, "mean": population_mean, "std": jnp.sqrt(population_var + epsilon)}
+    return {name: population_statistics(value, moments[name], epsilon) if name in moments else value
+            for name, value in batch_stats.items()}
+
+
+def check_ghost_batch(ghost_batch) -> None:
+    require(ghost_batch is None or (isinstance(ghost_batch, int) and not isinstance(ghost_batch, bool)
+                                    and ghost_batch >= 1),
+            f"ghost_batch={ghost_batch!r}: must be 1 or more examples per group, or None for the whole batch")
+
+
 def _updates_statistics(module: nn.Module) -> bool:
     """Moving statistics change only in training proper: not while initialising, and not when the
     model is applied with batch statistics but its batch_stats immutable (evaluation with batch
     statistics, ``bn_batch_stats_eval``)."""
     return not module.is_initializing() and module.is_mutable_collection("batch_stats")
+
+
+def _sow_moments(module: nn.Module, mean: jax.Array, var: jax.Array) -> None:
+    """The groups' statistics into ``MOMENTS``, only while population statistics are collected (the
+    collection mutable outside initialisation): otherwise nothing is stored or computed."""
+    if not module.is_initializing() and module.is_mutable_collection(MOMENTS):
+        module.sow(MOMENTS, "moments", (mean, var))
 
 
 def moving_average(momentum, moving: jax.Array, batch: jax.Array) -> jax.Array:
@@ -224,6 +310,7 @@ class BatchNorm(nn.Module):
     momentum: float = KERAS_BN_MOMENTUM
     epsilon: float = KERAS_EPSILON
     axis_name: str | None = None  # synchronized statistics over this mesh axis (see batch_norm_train)
+    ghost_batch: int | None = None  # statistics over groups of this many examples (see ghost_batch_norm)
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -231,10 +318,12 @@ class BatchNorm(nn.Module):
         moving_var = self.variable("batch_stats", "var", jnp.ones, (x.shape[-1],), jnp.float32)
         if self.use_running_average:
             return (x - moving_mean.value) * jax.lax.rsqrt(moving_var.value + self.epsilon) * scale + bias
-        y, mean, var = batch_norm_train(x, scale, bias, self.epsilon, _all_but_last(x), self.axis_name)
+        y, mean, var = ghost_batch_norm(x, scale, bias, self.epsilon, _all_but_last(x), self.axis_name,
+                                        self.ghost_batch)
+        _sow_moments(self, mean, var)
         if _updates_statistics(self):
-            moving_mean.value = moving_average(self.momentum, moving_mean.value, mean)
-            moving_var.value = moving_average(self.momentum, moving_var.value, var)
+            moving_mean.value = averaged_moving(self.momentum, moving_mean.value, mean)
+            moving_var.value = averaged_moving(self.momentum, moving_var.value, var)
         return y
 
 
@@ -269,6 +358,7 @@ class BatchRenorm(nn.Module):
     r_ramp_steps: int = 8000
     d_ramp_steps: int = 5000
     axis_name: str | None = None
+    ghost_batch: int | None = None  # as BatchNorm's: r and d are then each group's own
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -280,17 +370,19 @@ class BatchRenorm(nn.Module):
         # y = scale * (r * x_hat + d) + bias, x_hat the batch-normalized input: the closed-form
         # backward of BatchNorm gives x_hat's gradient, and r, d are constants to it.
         ones, zeros = jnp.ones_like(scale), jnp.zeros_like(bias)
-        normalized, mean, var = batch_norm_train(x, ones, zeros, self.epsilon, _all_but_last(x), self.axis_name)
+        normalized, mean, var = ghost_batch_norm(x, ones, zeros, self.epsilon, _all_but_last(x), self.axis_name,
+                                                 self.ghost_batch)
+        _sow_moments(self, mean, var)
         std = jnp.sqrt(var + self.epsilon)
         r_max, d_max = renorm_limits(steps.value, self.r_max, self.d_max, self.warmup_steps,
                                      self.r_ramp_steps, self.d_ramp_steps)
         r = jax.lax.stop_gradient(jnp.clip(std / moving_std.value, 1.0 / r_max, r_max))
         d = jax.lax.stop_gradient(jnp.clip((mean - moving_mean.value) / moving_std.value, -d_max, d_max))
         if _updates_statistics(self):
-            moving_mean.value = moving_average(self.momentum, moving_mean.value, mean)
-            moving_std.value = moving_average(self.momentum, moving_std.value, std)
+            moving_mean.value = averaged_moving(self.momentum, moving_mean.value, mean)
+            moving_std.value = averaged_moving(self.momentum, moving_std.value, std)
             steps.value = steps.value + 1
-        return (normalized * r + d) * scale + bias
+        return (normalized * per_example(r, x, self.ghost_batch) + per_example(d, x, self.ghost_batch)) * scale + bias
 
 
 def check_groups(groups: int, features: int, where: str) -> None:
@@ -323,6 +415,19 @@ def check_common(model) -> None:
             f"bn_momentum={momentum!r}: must be a number from 0 to below 1")
     require(model.eval_batch_size is None or (isinstance(model.eval_batch_size, int) and model.eval_batch_size >= 1),
             f"eval_batch_size={model.eval_batch_size!r}: must be 1 or more, or None for the moving averages")
+    check_ghost_batch(model.ghost_batch)
+    require(model.eval_stats in EVAL_STATS,
+            f"eval_stats={model.eval_stats!r}: choose one of {', '.join(EVAL_STATS)}")
+    require(isinstance(model.population_batches, int) and model.population_batches >= 1,
+            f"population_batches={model.population_batches!r}: must be 1 or more training batches")
+    require(model.eval_stats != "population" or model.eval_batch_size is None,
+            f"eval_batch_size={model.eval_batch_size!r} with eval_stats=population: population statistics are "
+            "taken over training batches; drop eval_batch_size, or use eval_stats=batch")
+    batch_statistics = model.norm in ("batch_norm", "batch_renorm")
+    for field, default in (("ghost_batch", None), ("eval_stats", "moving")):
+        require(batch_statistics or getattr(model, field) == default,
+                f"{field}={getattr(model, field)!r}: norm={model.norm!r} has no batch statistics; {field} is a field "
+                "of BatchNorm and Batch Renorm (norm='batch_norm' or 'batch_renorm')")
 
 
 def positive_widths(name: str, widths) -> None:
@@ -336,19 +441,22 @@ CENTERING = {"batch_norm", "batch_renorm", "layer_norm", "group_norm"}  # a bias
 
 def make_norm(kind: str, train: bool, x: jax.Array, groups: int, where: str,
               reduction_axes: Sequence[int] | None = None, momentum=KERAS_BN_MOMENTUM,
-              axis_name: str | None = None) -> nn.Module:
+              axis_name: str | None = None, ghost_batch: int | None = None) -> nn.Module:
     """The normalization ``kind`` for input ``x``, its statistics per example over ``reduction_axes``
     (LayerNorm; the last axis by default) or over the batch (BatchNorm, Batch Renorm).
 
     BatchNorm's placement and axes are the model's; everything else is Keras' defaults: epsilon
     1e-3 and two-pass variance for every layer that has a variance; ``momentum`` (Keras' 0.99) for the
     moving statistics of BatchNorm and Batch Renorm (see ``moving_average``). ``axis_name``: the
-    mesh axis over which their statistics are synchronized (data-parallel training), if any.
+    mesh axis over which their statistics are synchronized (data-parallel training), if any;
+    ``ghost_batch``: the examples each of their statistics spans (None: the whole batch).
     """
     if kind == "batch_norm":
-        return BatchNorm(use_running_average=not train, momentum=momentum, axis_name=axis_name)
+        return BatchNorm(use_running_average=not train, momentum=momentum, axis_name=axis_name,
+                         ghost_batch=ghost_batch)
     if kind == "batch_renorm":
-        return BatchRenorm(use_running_average=not train, momentum=momentum, axis_name=axis_name)
+        return BatchRenorm(use_running_average=not train, momentum=momentum, axis_name=axis_name,
+                           ghost_batch=ghost_batch)
     if kind == "layer_norm":
         return LayerNorm(reduction_axes=tuple(reduction_axes or (-1,)))
     if kind == "group_norm":

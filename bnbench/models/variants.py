@@ -46,6 +46,26 @@ class Variant:
             raise BnbenchError(f"{self.name}: num_classes={self.model.num_classes} but the data has {num_classes} "
                                f"classes: set num_classes={num_classes} or more")
 
+    def check_batches(self, batch_size: int, train_examples: int, data_devices: int = 1) -> None:
+        """What the model's batch-statistics fields ask of the batches, checked before any training:
+        a ghost batch that divides the batch size, on one device; population statistics over no
+        more full training batches than there are."""
+        ghost = getattr(self.model, "ghost_batch", None)
+        if ghost is not None and batch_size % ghost:
+            fits = [g for g in range(1, batch_size + 1) if batch_size % g == 0]
+            raise BnbenchError(f"{self.name}: ghost_batch={ghost} does not divide the batch size {batch_size}; "
+                               f"choose a group size that does ({', '.join(map(str, fits))})")
+        if ghost is not None and data_devices > 1:
+            raise BnbenchError(f"{self.name}: ghost_batch with --data-parallel {data_devices}: a ghost batch is "
+                               "local statistics on one device, and --data-parallel N --batch-stats local their "
+                               "data-parallel spelling; use one of them")
+        if getattr(self.model, "eval_stats", "moving") == "population":
+            batches = self.model.population_batches
+            if batches > train_examples // batch_size:
+                raise BnbenchError(f"{self.name}: population_batches={batches} at batch {batch_size} needs "
+                                   f"{batches * batch_size} training examples, and there are {train_examples}; "
+                                   f"choose population_batches={max(1, train_examples // batch_size)} or fewer")
+
 
 def _variants(*variants: Variant) -> dict[str, Variant]:
     return {v.name: v for v in variants}
@@ -65,7 +85,7 @@ VARIANTS = _variants(
     Variant("bn_hidden_only", "seed_bn without the BN on the raw inputs: Dense-ReLU-BN x2",
             MLP(norm="batch_norm")),
     Variant("bn_batch_stats_eval", "seed_bn evaluated with each batch of 32's own statistics, not the moving ones",
-            MLP(norm="batch_norm", norm_inputs=True, eval_batch_size=32)),
+            MLP(norm="batch_norm", norm_inputs=True, eval_stats="batch", eval_batch_size=32)),
     Variant("batch_renorm", "seed_bn with Batch Renormalization (r_max 3, d_max 5, warm-up 1k updates)",
             MLP(norm="batch_renorm", norm_inputs=True)),
     # The alternatives, in BatchNorm's places in the notebook's MLP.

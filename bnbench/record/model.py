@@ -49,6 +49,7 @@ NonNegative = Annotated[float, Field(ge=0, description="a number >= 0")]
 Momentum = Annotated[float, Field(ge=0, lt=1, description="a number from 0 to below 1")]
 IQR = Annotated[float, Field(ge=0, le=1e9, description="a spread in seconds from 0 to 1e+09")]
 BatchStats = Annotated[Literal["sync", "local"], Field(description="sync or local")]
+BatchOrder = Annotated[str, Field(pattern="^(iid|classes:[1-9][0-9]*)$", description="iid or classes:K")]
 RunId = Annotated[str, Field(pattern="^[0-9a-f]{32}$", description="a run id (32 hex digits)")]
 Seeds = Annotated[list[Whole], Field(min_length=1, description="a list of seeds (whole numbers)",
                                      json_schema_extra={"uniqueItems": True}), AfterValidator(_unique)]
@@ -154,6 +155,9 @@ class SharedProtocol(Record):
     # Absent in reports from before data-parallel training: one device, sync.
     data_parallel: Count = Field(None, description="the devices each batch was split over (a whole number >= 1)")
     batch_stats: BatchStats = None
+    # Absent in reports from before non-i.i.d. batches (iid), and in a sweep that varies it (each
+    # run's config holds its own).
+    batch_order: BatchOrder = None
 
 
 class Protocol(SharedProtocol):
@@ -174,6 +178,9 @@ class Config(Record):
     bn_momentum: Momentum
     epochs: Count
     updates_per_epoch: Count
+    # Where the sweep varies them (--ghost-batch, several --batch-order).
+    ghost_batch: Count = None
+    batch_order: BatchOrder = None
 
 
 class Epoch(Record):
@@ -384,6 +391,8 @@ class Grid(Record):
     eval_every: Count | None = _nullable("a whole number >= 1", None)
     target: Fraction | None = _nullable("an accuracy between 0 and 1", None)
     slice: GridSlice = None
+    ghost_batch: list[Count] = Field(None, description="a list of whole numbers >= 1")
+    batch_order: list[BatchOrder] = Field(None, description="a list of batch orders (iid or classes:K)")
 
 
 class SweepReport(Envelope):

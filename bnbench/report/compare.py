@@ -50,7 +50,22 @@ def differences(base: dict, other: dict) -> list[str]:
              dict.fromkeys([*base.get("sweep", {}), *other.get("sweep", {})])
              if key not in ("variants", "target") and base["sweep"].get(key) != other["sweep"].get(key)]
     fields = [f"{key} {a[key]} vs {b[key]}" for key in PROTOCOL_KEYS if key in a and key in b and a[key] != b[key]]
-    return grids + fields + _batch_stats_differ(base, other)
+    return grids + fields + _batch_stats_differ(base, other) + _batch_order_differ(base, other)
+
+
+def batch_order(protocol: dict) -> str:
+    """How training batches were formed: ``classes:K``, or ``iid``, also where the protocol does not
+    say (reports from before ``--batch-order``; a sweep that varies it, whose grid then differs)."""
+    return protocol.get("batch_order", "iid")
+
+
+def _batch_order_differ(base: dict, other: dict) -> list[str]:
+    """Batches of K classes train a different model from i.i.d. batches, for every variant: never
+    compared silently."""
+    a, b = base["protocol"], other["protocol"]
+    if "dataset" not in a or "dataset" not in b or batch_order(a) == batch_order(b):
+        return []
+    return [f"batch order {batch_order(a)} vs {batch_order(b)}"]
 
 
 def batch_stats(protocol: dict) -> str:
@@ -76,7 +91,7 @@ def protocol_key(report: dict) -> tuple:
     """The values of PROTOCOL_KEYS (and a sweep's grid): reports with equal keys are comparable."""
     grid = {k: v for k, v in report.get("sweep", {}).items() if k not in ("variants", "target")}
     return (*(json.dumps(report["protocol"].get(key)) for key in PROTOCOL_KEYS), json.dumps(grid, sort_keys=True),
-            batch_stats(report["protocol"]))
+            batch_stats(report["protocol"]), batch_order(report["protocol"]))
 
 
 def check_comparable(loaded: list[dict]) -> None:

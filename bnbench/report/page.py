@@ -275,7 +275,9 @@ def protocol_title(p: dict) -> str:
     statistics where they are local to each device)."""
     local = (f", BatchNorm statistics local to each of {p['data_parallel']} devices"
              if batch_stats(p) == "local" else "")
-    return _title(p) + local
+    order = f", batches of {p['batch_order'].partition(':')[2]} classes each" if p.get("batch_order", "iid") != "iid" \
+        else ""
+    return _title(p) + local + order
 
 
 def _title(p: dict) -> str:

@@ -20,14 +20,25 @@ from bnbench.report.table import format_table
 # What each swept axis is called, read from and drawn as.
 AXES = {"learning_rate": ("learning rate", "base_learning_rate", "log"),
         "batch_size": ("batch size", "batch_size", "log2"),
-        "bn_momentum": ("BN momentum", "bn_momentum", "linear")}
+        "bn_momentum": ("BN momentum", "bn_momentum", "linear"),
+        "ghost_batch": ("ghost batch (examples per BN statistic)", "ghost_batch", "log2")}
 
 
 def swept_axes(grid: dict) -> list[str]:
-    return [axis for axis in AXES if len(grid[axis]) > 1]
+    return [axis for axis in AXES if len(grid.get(axis) or []) > 1]
 
 
-SHORT = {"learning_rate": "lr", "batch_size": "batch", "bn_momentum": "m"}
+SHORT = {"learning_rate": "lr", "batch_size": "batch", "bn_momentum": "m", "ghost_batch": "gb"}
+
+
+def _at_every_value(report: dict, axis: str, entry: dict) -> list[dict]:
+    """``entry`` as drawn along ``axis``: itself, or, for a control that the axis does not apply to
+    (a variant without batch statistics in a ghost-batch sweep), a copy at every swept value (a
+    flat line)."""
+    key = AXES[axis][1]
+    if key in entry["config"]:
+        return [entry]
+    return [{**entry, "config": {**entry["config"], key: value}} for value in report["sweep"][axis]]
 
 
 def _lines(report: dict, axis: str) -> dict[str, list[dict]]:
@@ -39,8 +50,10 @@ def _lines(report: dict, axis: str) -> dict[str, list[dict]]:
     for entry in report["variants"].values():
         if "config" not in entry:
             continue
-        name = " ".join([entry["variant"], *(f"{SHORT[a]}={entry['config'][AXES[a][1]]:g}" for a in others)])
-        lines.setdefault(name, []).append(entry)
+        order = [entry["config"]["batch_order"]] if "batch_order" in entry["config"] else []  # a line each
+        name = " ".join([entry["variant"], *(f"{SHORT[a]}={entry['config'][AXES[a][1]]:g}" for a in others
+                                             if AXES[a][1] in entry["config"]), *order])
+        lines.setdefault(name, []).extend(_at_every_value(report, axis, entry))
     return {name: sorted(entries, key=lambda e: e["config"][key]) for name, entries in lines.items()}
 
 
@@ -273,6 +286,10 @@ def _config_label(report: dict, config: dict) -> str:
         parts.append(f"batch {config['batch_size']}")
     if len(report["sweep"]["bn_momentum"]) > 1:
         parts.append(f"m {config['bn_momentum']:g}")
+    if "ghost_batch" in config:
+        parts.append(f"ghost {config['ghost_batch']}")
+    if "batch_order" in config:
+        parts.append(config["batch_order"])
     return ", ".join(parts)
 
 
@@ -365,6 +382,8 @@ def grid_text(report: dict) -> str:
     scaling = (f"learning rate scaled linearly with the batch size from batch {g['reference_batch_size']}"
                if g["lr_scaling"] == "linear" else "the same learning rate at every batch size")
     every = f", validation also every {g['eval_every']} updates of each epoch" if g.get("eval_every") else ""
+    every += f"; ghost batches {', '.join(map(str, g['ghost_batch']))}" if g.get("ghost_batch") else ""
+    every += f"; batch orders {', '.join(g['batch_order'])}" if g.get("batch_order") else ""
     own = "each variant's own"
     return (f"{', '.join(g['variants'])}; learning rates {', '.join(f'{v:g}' for v in g['learning_rate'])}; "
             f"batch sizes {', '.join(map(str, g['batch_size']))}; BN momenta "
