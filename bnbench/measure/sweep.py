@@ -15,7 +15,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from bnbench.config import MOVING_STATISTICS
+from bnbench import options
+from bnbench.config import MOVING_STATISTICS, OPTIMIZERS, PRECISIONS
 from bnbench.data.sources import Dataset
 from bnbench.engine import train
 from bnbench.errors import BnbenchError
@@ -45,6 +46,10 @@ class Grid:
     reference_batch_size: int = 32
     eval_every: int | None = None
     target: float | None = None  # the validation accuracy whose time and updates to reach are reported
+    optimizer: str = "sgd"
+    momenta: tuple[float, ...] = ()  # the optimizer's; empty: its default (config.DEFAULT_MOMENTUM, or none)
+    weight_decays: tuple[float, ...] = ()  # empty: none
+    precision: str = "float32"  # every variant's, unless its name sets it
 
     def check(self, train_examples: int | None = None) -> None:
         """One line for the first value out of its range; batch sizes against the training set
@@ -77,6 +82,34 @@ class Grid:
                                    f"choose N below {fewest}")
         if self.lr_scaling not in LR_SCALINGS:
             raise BnbenchError(f"--lr-scaling {self.lr_scaling!r}: choose one of {', '.join(LR_SCALINGS)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise BnbenchError(f"--optimizer {self.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
+        if self.precision not in PRECISIONS:
+            raise BnbenchError(f"--precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
+        for m in self.momenta:
+            if not 0 <= m < 1:
+                raise BnbenchError(f"--momentum: {m:g} is not a momentum; choose values from 0 to below 1")
+            options.resolve_momentum(self.optimizer, m)
+        for wd in self.weight_decays:
+            if not (wd >= 0 and math.isfinite(wd)):
+                raise BnbenchError(f"--weight-decay: {wd:g} is not a weight decay; choose finite values of 0 or more")
+
+    def optimizer_momenta(self) -> tuple[float, ...]:
+        """The optimizer's momenta the grid trains: those given, or the optimizer's one."""
+        return self.momenta or (options.resolve_momentum(self.optimizer, None),)
+
+    def optimizer_weight_decays(self) -> tuple[float, ...]:
+        return self.weight_decays or (0.0,)
+
+    def training(self) -> dict:
+        """The optimizer as the protocol records it: its kind, and its momentum and weight decay
+        where every configuration shares one (else each configuration's ``config`` holds them)."""
+        fields = {"optimizer": self.optimizer}
+        if len(self.optimizer_momenta()) == 1:
+            fields["momentum"] = self.optimizer_momenta()[0]
+        if len(self.optimizer_weight_decays()) == 1:
+            fields["weight_decay"] = self.optimizer_weight_decays()[0]
+        return fields
 
     def record(self) -> dict:
         """The grid as the report stores it; ``--resume`` refuses a report whose grid differs."""
@@ -84,7 +117,10 @@ class Grid:
                 "batch_size": list(self.batch_sizes), "bn_momentum": list(self.bn_momenta), "epochs": self.epochs,
                 "seeds": list(self.seeds), "budget": self.budget, "lr_scaling": self.lr_scaling,
                 "reference_batch_size": self.reference_batch_size, "eval_every": self.eval_every,
-                "target": self.target}
+                "target": self.target,
+                # Only where given: a sweep without them records (and compares) as sweeps did before them.
+                **({"momentum": list(self.momenta)} if self.momenta else {}),
+                **({"weight_decay": list(self.weight_decays)} if self.weight_decays else {})}
 
     def epochs_for(self, batch_size: int, train_examples: int) -> int:
         """Epochs at ``batch_size``: the grid's, or with an updates budget as many as give the updates
@@ -126,11 +162,16 @@ def programs(grid: Grid, chosen: Sequence[Variant], train_examples: int) -> list
         momenta = grid.bn_momenta if grid.bn_momenta and uses_momentum(variant) else own
         for b in grid.batch_sizes:
             epochs = grid.epochs_for(b, train_examples)
-            protocol = train.Protocol(epochs=epochs, batch_size=b, learning_rate=grid.learning_rates[0])
+            # The program's shape: the optimizer, with a weight-decay term if any configuration decays.
+            protocol = train.Protocol(epochs=epochs, batch_size=b, learning_rate=grid.learning_rates[0],
+                                      optimizer=grid.optimizer, momentum=grid.optimizer_momenta()[0],
+                                      weight_decay=max(grid.optimizer_weight_decays()))
             configs = tuple({"learning_rate": grid.learning_rate_for(lr, b), "base_learning_rate": lr,
-                             "batch_size": b, "bn_momentum": float(m), "epochs": epochs,
+                             "batch_size": b, "bn_momentum": float(m), "momentum": float(mom),
+                             "weight_decay": float(wd), "epochs": epochs,
                              "updates_per_epoch": protocol.updates_per_epoch(train_examples)}
-                            for lr in grid.learning_rates for m in momenta)
+                            for lr in grid.learning_rates for m in momenta for mom in grid.optimizer_momenta()
+                            for wd in grid.optimizer_weight_decays())
             out.append(Program(variant, protocol, configs))
     return out
 
@@ -148,20 +189,26 @@ def label(variant: str, config: dict, grid: Grid) -> str:
         parts.append(f"bs={config['batch_size']}")
     if len(grid.bn_momenta) > 1:
         parts.append(f"m={number(config['bn_momentum'])}")
+    if len(grid.momenta) > 1:
+        parts.append(f"momentum={number(config['momentum'])}")
+    if len(grid.weight_decays) > 1:
+        parts.append(f"wd={number(config['weight_decay'])}")
     return f"{variant} {' '.join(parts)}"
 
 
 def sweep_protocol(dataset: Dataset, grid: Grid, parallel: DataParallel = SINGLE_DEVICE) -> dict:
     """What every configuration shares (the run protocol less what each run's ``config`` holds)."""
-    return experiment.protocol_model(dataset, grid.seeds, parallel).dump()
+    return experiment.protocol_model(dataset, grid.seeds, parallel, training=grid.training(),
+                                     precision=grid.precision).dump()
 
 
 def make_sweep_report(dataset: Dataset, grid: Grid, runs: list[dict], summary: dict, command: str | None,
                       run_id: str, created: str, parallel: DataParallel = SINGLE_DEVICE) -> dict:
     """The sweep report (``model.SweepReport``), built and checked, as the JSON it is written as."""
     report = model.SweepReport(
-        **experiment.envelope(SWEEP_KIND, experiment.protocol_model(dataset, grid.seeds, parallel), command,
-                              run_id, created),
+        **experiment.envelope(SWEEP_KIND, experiment.protocol_model(dataset, grid.seeds, parallel,
+                                                                    training=grid.training(), precision=grid.precision),
+                              command, run_id, created),
         sweep=grid.record(), runs=runs, summary=summary)
     return report.dump()
 
@@ -175,7 +222,8 @@ def check_resumable(previous: dict, dataset: Dataset, grid: Grid, parallel: Data
         raise BnbenchError(f"--resume: the report at --out was made with other arguments ({', '.join(differ)} "
                            "differ); rerun with its arguments, or name a new --out")
     mine = sweep_protocol(dataset, grid, parallel)
-    differ = [k for k in ("dataset", "order", "train_examples", "validation_examples", "test_examples")
+    differ = [k for k in ("dataset", "order", "train_examples", "validation_examples", "test_examples", "optimizer",
+                          "precision")
               if previous["protocol"].get(k) != mine.get(k)]
     if differ:
         raise BnbenchError(f"--resume: the report at --out was trained on other data ({', '.join(differ)} differ); "
