@@ -22,5 +22,5 @@ DEFAULT_MOMENTUM = 0.9
 
 # The number types of --precision: float32 throughout (the notebook's); bfloat16 products and
 # activations with float32 parameters, optimizer state and normalization statistics; or that with
-# the statistics computed in bfloat16 too (docs/precision.md says which operation runs in which).
+# the statistics computed in bfloat16 too (docs/settings.md says which operation runs in which).
 PRECISIONS = ("float32", "bfloat16", "bfloat16-statistics")

@@ -48,7 +48,7 @@ Renorm's moving statistics. ``eval_batch_size``: evaluate in batches
     statistics, the mesh axis their statistics are reduced over (a layout, not part of the variant).
     ``depth`` and ``width``: ``depth`` hidden layers of ``width`` units each instead of ``hidden``
     (``width`` alone: as many layers as ``hidden``, each that wide). ``precision``: float32, or
-    bfloat16 products and activations (``config.PRECISIONS``; docs/precision.md).
+    bfloat16 products and activations (``config.PRECISIONS``; docs/settings.md).
     """
 
     hidden: Sequence[int] = (300, 100)

@@ -406,7 +406,7 @@ def make_norm(kind: str, train: bool, x: jax.Array, groups: int, where: str,
     1e-3 and two-pass variance for every layer that has a variance; ``momentum`` (Keras' 0.99) for the
     moving statistics of BatchNorm and Batch Renorm (see ``moving_average``). ``axis_name``: the
     mesh axis over which their statistics are synchronized (data-parallel training), if any.
-    ``precision``: see ``computed_in`` (docs/precision.md).
+    ``precision``: see ``computed_in`` (docs/settings.md).
     """
     if kind == "batch_norm":
         return BatchNorm(use_running_average=not train, momentum=momentum, axis_name=axis_name, precision=precision)
