@@ -140,7 +140,10 @@ def _get(name: str) -> Variant:
         changes[key] = _value(name, key, text, fields[key])
     model = variant.model.clone(**changes)
     if {"depth", "width"} & set(changes):  # the report records the hidden widths that are built
-        model.check_fields()
+        try:
+            model.check_fields()
+        except BnbenchError as e:
+            raise BnbenchError(f"{name!r}: {e}") from None
         model = model.clone(hidden=model.layers())
     return Variant(name, f"{variant.description}; {overrides}", model)
 
