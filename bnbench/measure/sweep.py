@@ -224,7 +224,7 @@ def check_resumable(previous: dict, dataset: Dataset, grid: Grid, parallel: Data
     mine = sweep_protocol(dataset, grid, parallel)
     differ = [k for k in ("dataset", "order", "train_examples", "validation_examples", "test_examples", "optimizer",
                           "precision")
-              if previous["protocol"].get(k) != mine.get(k)]
+              if model.protocol_value(previous["protocol"], k) != mine.get(k)]
     if differ:
         raise BnbenchError(f"--resume: the report at --out was trained on other data ({', '.join(differ)} differ); "
                            "use its --dataset and --data-dir, or name a new --out")
