@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from bnbench.measure import experiment, steptime
-from bnbench.models import variants
 from bnbench.parallel import devices
 
 
@@ -14,8 +13,8 @@ def step_program(session, variant_name: str, batch_size: int) -> steptime.StepPr
     """Compiled once per session: the step-time and scaling benchmarks and the check share them."""
     key = (variant_name, batch_size)
     if key not in session.step_programs:
-        session.step_programs[key] = steptime.StepProgram(variants.get(variant_name), session.data,
-                                                          batch_size=batch_size)
+        session.step_programs[key] = steptime.StepProgram(session.variant(variant_name), session.data,
+                                                          batch_size=batch_size, protocol=session.protocol)
     return session.step_programs[key]
 
 
@@ -39,13 +38,13 @@ def test_accuracy(benchmark, bnbench_session, variant_name):
     s = bnbench_session
     benchmark.group = "training"
     result = benchmark.pedantic(
-        experiment.run_variant, args=(variants.get(variant_name), s.protocol, s.data, s.seeds),
+        experiment.run_variant, args=(s.variant(variant_name), s.protocol, s.data, s.seeds),
         kwargs={"measure_floor": True, "floor_every": s.floor_every, "target": s.target, "parallel": s.parallel},
         rounds=1, iterations=1)
     s.results[variant_name] = result
     benchmark.extra_info.update({
         "bnbench": "accuracy", "variant": variant_name, "summary": result["summary"], "runs": result["runs"],
-        "protocol": experiment.protocol_record(s.dataset, s.protocol, s.seeds, s.parallel)})
+        "protocol": experiment.protocol_record(s.dataset, s.protocol, s.seeds, s.parallel, s.precision)})
 
 
 def _alternating(benchmark, session, variant_name: str, tag: str, base, timed, info) -> None:
@@ -70,7 +69,7 @@ def test_seed_scaling(benchmark, bnbench_session, variant_name):
     s = bnbench_session
     if not s.scaling_seeds:
         pytest.skip("opt in with --scaling-seeds K (for instance 8)")
-    variant = variants.get(variant_name)
+    variant = s.variant(variant_name)
     _alternating(benchmark, s, variant_name, "seed_scaling", steptime.EpochProgram(variant, s.protocol, s.data, 1),
                  steptime.EpochProgram(variant, s.protocol, s.data, s.scaling_seeds), steptime.seed_scaling_info)
 
@@ -81,7 +80,7 @@ def test_sweep_cost(benchmark, bnbench_session, variant_name):
     s = bnbench_session
     if not s.sweep_configs:
         pytest.skip("opt in with --sweep-configs N (for instance 6)")
-    variant, n = variants.get(variant_name), s.sweep_configs
+    variant, n = s.variant(variant_name), s.sweep_configs
     rates = [float(lr) for lr in np.geomspace(1e-3, 3e-2, n)]
     _alternating(benchmark, s, variant_name, "sweep_cost", steptime.EpochProgram(variant, s.protocol, s.data, n),
                  steptime.EpochProgram(variant, s.protocol, s.data, n, learning_rates=rates), steptime.sweep_cost_info)
@@ -95,7 +94,7 @@ def test_data_parallel_scaling(benchmark, bnbench_session, scaling_case):
         pytest.skip("opt in with --scaling-devices N,N,... (for instance 1,2,4)")
     variant_name, batch_stats, count = scaling_case
     # One device is every curve's first point: its statistics are the whole batch's, whichever kind.
-    program = steptime.EpochProgram(variants.get(variant_name), s.protocol, s.data, 1,
+    program = steptime.EpochProgram(s.variant(variant_name), s.protocol, s.data, 1,
                                  parallel=devices.DataParallel(count, batch_stats if count > 1 else "sync"))
     program()  # the first epoch pays for page faults
     program.times.clear()

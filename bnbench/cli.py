@@ -103,7 +103,8 @@ def cmd_run(args) -> int:
 
     parallel, main_process = start_devices(args, [args.seeds])
 
-    chosen = [variants.get(name) for name in (args.variant or list(variants.NOTEBOOK_VARIANTS))]
+    chosen = [variants.get(name, precision=args.precision)
+              for name in (args.variant or list(variants.NOTEBOOK_VARIANTS))]
     claim = claim_report(args, "run", main_process)
     try:
         return _run(args, chosen, parallel, main_process, claim)
@@ -121,7 +122,8 @@ def _run(args, chosen, parallel, main_process: bool, claim) -> int:
     from bnbench.report.summary import summary_table
 
     protocol = train.Protocol(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
-                              batch_order=options.single(options.BATCH_ORDER, args.batch_order, "bnbench run"))
+                              batch_order=options.single(options.BATCH_ORDER, args.batch_order, "bnbench run"),
+                              optimizer=args.optimizer, momentum=args.momentum, weight_decay=args.weight_decay)
     dataset, device_data = _load_data(args, chosen, quiet=not main_process)
     seeds = list(range(args.seed, args.seed + args.seeds))
     preflight.ready_to_train(parallel, [protocol.batch_size], len(seeds), dataset, args.argv, variants=chosen,
@@ -142,7 +144,8 @@ def _run(args, chosen, parallel, main_process: bool, claim) -> int:
     if not main_process:
         return 0
     command = options.recorded_command("bnbench", args.argv)
-    report = experiment.make_report(dataset, protocol, seeds, results, command=command, parallel=parallel)
+    report = experiment.make_report(dataset, protocol, seeds, results, command=command, parallel=parallel,
+                                    precision=args.precision)
     print(summary_table(report))
     return finish(claim, report)
 
@@ -174,10 +177,15 @@ def cmd_sweep(args) -> int:
         epochs=args.epochs, seeds=tuple(range(args.seed, args.seed + args.seeds)), budget=args.budget,
         lr_scaling=args.lr_scaling, reference_batch_size=args.reference_batch_size, eval_every=args.eval_every,
         target=args.target, slice=args.slice, batch_orders=args.batch_order,
-        ghost_batches=tuple(options.number_list(args.ghost_batch, "--ghost-batch", int)) if args.ghost_batch else ())
+        ghost_batches=tuple(options.number_list(args.ghost_batch, "--ghost-batch", int)) if args.ghost_batch else (),
+        optimizer=args.optimizer,
+        momenta=tuple(options.values(options.MOMENTUM, args.momentum)) if args.momentum is not None else (),
+        weight_decays=tuple(options.values(options.WEIGHT_DECAY, args.weight_decay))
+        if args.weight_decay is not None else (), precision=args.precision)
     grid.check()  # now, and the batch sizes against the training set once the data is loaded
-    chosen = [variants.get(name) for name in grid.variants]
-    runs_per_program = len(grid.learning_rates) * max(1, len(grid.bn_momenta)) * len(grid.seeds)
+    chosen = [variants.get(name, precision=grid.precision) for name in grid.variants]
+    runs_per_program = (len(grid.learning_rates) * max(1, len(grid.bn_momenta)) * len(grid.optimizer_momenta())
+                        * len(grid.optimizer_weight_decays()) * len(grid.seeds))
     parallel, main_process = start_devices(args, [runs_per_program, len(grid.seeds) * len(grid.learning_rates)])
     claim = claim_report(args, "sweep", main_process, replace=args.resume)
     try:
@@ -332,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     options.add_to_argparse(run, options.RUN)
     run.add_argument("--seed", type=int, default=0, help="first seed; seeds are SEED, SEED+1, ... (default 0)")
     run.add_argument("--batch-size", type=positive_int, default=32, help="batch size (default 32)")
-    run.add_argument("--learning-rate", type=positive_float, default=1e-3, help="SGD learning rate (default 1e-3)")
+    run.add_argument("--learning-rate", type=positive_float, default=1e-3, help="learning rate (default 1e-3)")
     run.add_argument("--out", metavar="FILE.json",
                      help="where to write the JSON report (default: reports/run-<date>-<time>.json); an existing "
                           "file is kept unless --force")
@@ -348,7 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--variant", action="append", metavar="NAME",
                        help="a variant to sweep (repeatable; default: seed_plain and seed_bn), NAME:FIELD=VALUE,...")
     sweep.add_argument("--learning-rate", default="1e-3", metavar="LR,LR,...", action=_Once,
-                       help="SGD learning rates, comma-separated (default 1e-3); trained together in one program")
+                       help="learning rates, comma-separated (default 1e-3); trained together in one program")
     sweep.add_argument("--batch-size", default="32", metavar="B,B,...", action=_Once,
                        help="batch sizes, comma-separated (default 32); one program each")
     sweep.add_argument("--bn-momentum", default=None, metavar="M,M,...", action=_Once,
@@ -434,7 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-GRID_OPTIONS = ("--learning-rate", "--batch-size", "--bn-momentum", "--ghost-batch")
+GRID_OPTIONS = ("--learning-rate", "--batch-size", "--bn-momentum", "--ghost-batch", "--momentum", "--weight-decay")
 
 
 def _negative_values_attached(argv: list[str]) -> list[str]:

@@ -13,3 +13,14 @@ GATES = ("auto", "time", "accuracy", "all")
 # Over which examples data-parallel BatchNorm takes its statistics: the whole batch (sync, what one
 # device computes), or each device's shard (local); the first is the default.
 BATCH_STATS = ("sync", "local")
+
+# The optimizers of --optimizer (optax's): plain SGD (the notebook's, Keras' SGD without momentum),
+# SGD with heavy-ball or Nesterov momentum, Adam and AdamW. Where a momentum applies (SGD momentum,
+# Adam's first-moment decay b1) it defaults to DEFAULT_MOMENTUM.
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw")
+DEFAULT_MOMENTUM = 0.9
+
+# The number types of --precision: float32 throughout (the notebook's); bfloat16 products and
+# activations with float32 parameters, optimizer state and normalization statistics; or that with
+# the statistics computed in bfloat16 too (docs/settings.md says which operation runs in which).
+PRECISIONS = ("float32", "bfloat16", "bfloat16-statistics")

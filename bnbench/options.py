@@ -60,6 +60,28 @@ def fraction(text: str) -> float:
     return value
 
 
+def momentum(text: str) -> float:
+    """A momentum (SGD's, or Adam's b1) in [0, 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise BadValue(f"{text!r} is not a number") from None
+    if not 0 <= value < 1:
+        raise BadValue(f"{text!r} is not a momentum: choose a value from 0 to below 1, as 0.9")
+    return value
+
+
+def weight_decay(text: str) -> float:
+    """A weight decay: 0 or more, finite."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise BadValue(f"{text!r} is not a number") from None
+    if not (value >= 0 and math.isfinite(value)):
+        raise BadValue(f"{text!r} is not a weight decay: choose a finite value of 0 or more, as 5e-4")
+    return value
+
+
 def cpu_devices(text: str) -> int | None:
     """``auto`` (None: chosen from the runs and the cores) or a count."""
     if text == "auto":
@@ -143,6 +165,29 @@ def check_batch_order(batch_order: str, batch_size: int | None = None, num_class
                            f"(B/K examples each); choose K that divides the batch size ({', '.join(map(str, fits))})")
 
 
+def values(option: "Option", text: str) -> list:
+    """A sweep's list of ``option``'s values (``0,5e-4``), each checked by the option's own parser;
+    one line naming the bad item otherwise."""
+    found = number_list(text, option.flag)
+    for item in text.split(","):
+        try:
+            option.parse(item.strip())
+        except BadValue as e:
+            raise BnbenchError(f"{option.flag} {text!r}: {e}") from None
+    return found
+
+
+def resolve_momentum(optimizer: str, given: float | None) -> float:
+    """The momentum an optimizer trains with: ``given``, or DEFAULT_MOMENTUM where one applies.
+    Plain SGD has none: a momentum above 0 with it is one line pointing to ``--optimizer momentum``."""
+    if optimizer == "sgd":
+        if given:
+            raise BnbenchError(f"--momentum {given:g} with --optimizer sgd: plain SGD (the notebook's) has no "
+                               "momentum; use --optimizer momentum or nesterov for SGD with momentum")
+        return 0.0
+    return config.DEFAULT_MOMENTUM if given is None else given
+
+
 @dataclasses.dataclass(frozen=True)
 class Option:
     """One option of the front ends: ``parse`` turns its text into its value or raises BadValue."""
@@ -156,6 +201,12 @@ class Option:
     switch: bool = False  # a flag without a value (store_true)
     # May differ between the processes of one job without changing what they train together.
     per_process: bool = False
+
+    def listed(self, example: str) -> "Option":
+        """This option as a sweep takes it: comma-separated values trained together in one program,
+        parsed by ``values`` (with this option's parser) once the command starts."""
+        return dataclasses.replace(self, parse=text, default=None, metavar=f"{example},...",
+                                   help=f"{self.help}; comma-separated values, trained together in one program")
 
     @property
     def dest(self) -> str:
@@ -215,6 +266,21 @@ def grid_slice(text: str) -> tuple[int, int]:
 SLICE = Option("--slice", "train only the I-th of N disjoint slices of the grid's configurations (each with "
                "every seed), for a job array; join the slices' reports with bnbench merge", None, grid_slice,
                metavar="I/N")
+OPTIMIZER = Option(
+    "--optimizer", "optax's: sgd (plain SGD, the notebook's), momentum (SGD with heavy-ball momentum), nesterov, "
+    "adam or adamw", "sgd", one_of(config.OPTIMIZERS), choices=config.OPTIMIZERS)
+MOMENTUM = Option(
+    "--momentum", "SGD's momentum with --optimizer momentum or nesterov, Adam's and AdamW's b1 (default "
+    f"{config.DEFAULT_MOMENTUM} where it applies; plain sgd has none)", None, momentum, metavar="M")
+WEIGHT_DECAY = Option(
+    "--weight-decay", "on every parameter: an L2 term added to the gradient (coupled) for sgd, momentum, nesterov "
+    "and adam; decoupled for adamw (the weights shrink by learning rate x decay each update, as optax and "
+    "PyTorch)", 0.0, weight_decay, metavar="WD")
+PRECISION = Option(
+    "--precision", "float32 (the notebook's); bfloat16: products and activations in bfloat16, parameters, "
+    "optimizer state and normalization statistics in float32; bfloat16-statistics: the statistics in bfloat16 "
+    "too. Sets every variant's precision field unless its name sets it", config.PRECISIONS[0],
+    one_of(config.PRECISIONS), choices=config.PRECISIONS)
 QUIET = Option("--quiet", "no progress output", False, switch=True, per_process=True)
 BATCH_ORDER = Option(
     "--batch-order", "how training batches are formed: iid (a random permutation) or classes:K (each batch K "
@@ -224,9 +290,12 @@ BATCH_ORDER = Option(
 DATA = (DATASET, DATA_DIR, DOWNLOAD_URL)
 SCALE_OUT = (DATA_PARALLEL, BATCH_STATS, COORDINATOR, NUM_PROCESSES, PROCESS_ID, PEER_TIMEOUT)
 # What each front end takes from here (each adds its own options beside them).
-RUN = (EPOCHS, SEEDS, CPU_DEVICES, *DATA, TARGET, BATCH_ORDER, QUIET)
-SWEEP = (EPOCHS, SEEDS, CPU_DEVICES, *DATA, TARGET, BATCH_ORDER, SLICE, QUIET)
-HARNESS = (EPOCHS, SEEDS, CPU_DEVICES, *DATA, TARGET, BATCH_ORDER, *SCALE_OUT)
+TRAINING = (OPTIMIZER, MOMENTUM, WEIGHT_DECAY, PRECISION)
+RUN = (EPOCHS, SEEDS, CPU_DEVICES, *DATA, TARGET, *TRAINING, BATCH_ORDER, QUIET)
+# A sweep trains several momenta and weight decays together, as it does learning rates.
+SWEEP = (EPOCHS, SEEDS, CPU_DEVICES, *DATA, TARGET, OPTIMIZER, MOMENTUM.listed("0.9,0.99"),
+         WEIGHT_DECAY.listed("0,5e-4"), PRECISION, BATCH_ORDER, SLICE, QUIET)
+HARNESS = (EPOCHS, SEEDS, CPU_DEVICES, *DATA, TARGET, *TRAINING, BATCH_ORDER, *SCALE_OUT)
 
 # Options of the front ends' own that may differ between processes too (the files each writes).
 PER_PROCESS_OPTIONS = ("--out", "--bnbench-report", "--benchmark-json", "--benchmark-save", "--benchmark-storage")

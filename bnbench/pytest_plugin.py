@@ -91,9 +91,11 @@ class Session:
     def __init__(self, config):
         opt = config.getoption
         self.quick = opt("--quick")
+        self.precision = opt("--precision")
         for name in variant_names(config):
-            variants.get(name)  # an unknown name stops the session with one line, before any benchmark
-        self.protocol = train.Protocol(epochs=1 if self.quick else opt("--epochs"),
+            self.variant(name)  # an unknown name stops the session with one line, before any benchmark
+        self.protocol = train.Protocol(epochs=1 if self.quick else opt("--epochs"), optimizer=opt("--optimizer"),
+                                       momentum=opt("--momentum"), weight_decay=opt("--weight-decay"),
                                        batch_order=options.single(options.BATCH_ORDER, opt("--batch-order"),
                                                                   "pytest benchmarks/"))
         self.seeds = list(range(opt("--seeds")))
@@ -109,7 +111,7 @@ class Session:
         else:
             self.dataset = data_lib.load(opt("--dataset"), opt("--data-dir"), download_url=opt("--download-url"))
         for name in variant_names(config):
-            variants.get(name).check(self.dataset.train_images.shape[1:], self.dataset.num_classes)
+            self.variant(name).check(self.dataset.train_images.shape[1:], self.dataset.num_classes)
         # Before any benchmark, in one line; and every process of a job ready with the same arguments.
         preflight.ready_to_train(self.parallel, [self.protocol.batch_size], len(self.seeds), self.dataset,
                                  config.invocation_params.args, device_counts=scaling_devices(config),
@@ -126,6 +128,10 @@ class Session:
         self.summary_extras: dict[str, dict] = collections.defaultdict(dict)
         self.scaling: list[dict] = []  # the data-parallel scaling benchmark's points
         self.run_id = config._bnbench_run_id
+
+    def variant(self, name: str) -> variants.Variant:
+        """The variant ``name`` at the session's --precision (unless its name sets one)."""
+        return variants.get(name, precision=self.precision)
 
 
 def _read_options(config) -> None:
@@ -281,7 +287,8 @@ def pytest_sessionfinish(session, exitstatus):
     command = options.recorded_command("pytest", session.config.invocation_params.args)
     report = experiment.make_report(state.dataset, state.protocol, state.seeds, state.results, command=command,
                                     run_id=state.run_id, parallel=state.parallel,
-                                    summary_extras=state.summary_extras, data_parallel_scaling=state.scaling)
+                                    summary_extras=state.summary_extras, data_parallel_scaling=state.scaling,
+                                    precision=state.precision)
     claim = session.config._bnbench_claim
     written = claim.write_json(report)
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")

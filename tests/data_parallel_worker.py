@@ -107,7 +107,7 @@ def local_equals_shards(variant: str, data_parallel: int, steps: int = 3) -> dic
     and moving statistics averaged (for SGD, averaging the weights is averaging the gradients)."""
     d = data()
     model = variants.get(variant).model
-    tx = train.Protocol().optimizer()
+    tx = train.Protocol().transform()
     state = train.initializer(model, tuple(d.train_images.shape[1:]))(jax.random.PRNGKey(0))
     parallel = devices.DataParallel(data_parallel, "local")
     mesh = Mesh(np.array(jax.devices()[:data_parallel]), (devices.DATA_AXIS,))

@@ -147,7 +147,7 @@ def start_from_keras(name):
     starting state: Keras' initial weights."""
     keras.utils.set_random_seed(0)
     reference = keras_model(name)
-    model, tx = variants.get(name).model, train.Protocol().optimizer()
+    model, tx = variants.get(name).model, train.Protocol().transform()
     params, stats = keras_to_flax(reference, name)
     state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=stats,
                              opt_state=tx.init(params))

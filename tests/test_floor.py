@@ -49,7 +49,7 @@ def test_floor_computes_every_product_whole():
     # XLA may shrink a product whose result is barely used, or drop one whose result is unused;
     # either would make the floor too low. Its compiled FLOPs must cover every product.
     model = variants.get("seed_bn").model
-    tx = train.Protocol().optimizer()
+    tx = train.Protocol().transform()
     state = train.create_train_state(model, tx, jax.random.PRNGKey(0), (28, 28))
     images, labels = jax.numpy.zeros((32, 28, 28), jax.numpy.uint8), jax.numpy.zeros((32,), jax.numpy.int32)
     products = floor.matmuls(functools.partial(train.train_step, model, tx), state, images, labels)
@@ -84,7 +84,7 @@ def test_floor_counts_a_convolutions_products_whole_and_times_them():
     im2col ConvNet's are products already (dot_general)."""
     x = jax.numpy.zeros((32, 28, 28), jax.numpy.uint8)
     labels = jax.numpy.zeros((32,), jax.numpy.int32)
-    tx = train.Protocol().optimizer()
+    tx = train.Protocol().transform()
     for name, kind in (("conv_bn:im2col=False", "conv_general_dilated"), ("conv_bn", "dot_general")):
         model = variants.get(name).model
         state = train.create_train_state(model, tx, jax.random.PRNGKey(0), (28, 28))

@@ -10,6 +10,7 @@ from report_helpers import RESULTS, as_pytest_benchmark, harness_report, made_re
 from bnbench import cli
 from bnbench.measure import experiment
 from bnbench.record.io import write_json
+from bnbench.record.model import protocol_value
 from bnbench.record.schema import PROTOCOL_KEYS
 from bnbench.record.stats import format_ci
 from bnbench.report import page, reading
@@ -54,6 +55,29 @@ def test_compare_refuses_reports_with_different_protocols(report_file, tmp_path,
     assert cli.main(["compare", str(report_file), str(other)]) == 2
     err = capsys.readouterr().err
     assert "not comparable" in err and "learning_rate 0.05 vs 0.1" in err
+
+
+@pytest.mark.parametrize("edit, says", [
+    (lambda p: p.update(optimizer="adamw", momentum=0.9), "optimizer sgd vs adamw"),
+    (lambda p: p.update(weight_decay=5e-4), "weight_decay 0.0 vs 0.0005"),
+    (lambda p: p.update(precision="bfloat16"), "precision float32 vs bfloat16"),
+    # A report from before --weight-decay and --precision had neither: it compares with 0 and float32...
+    (lambda p: [p.pop("weight_decay"), p.pop("precision")], None),
+])
+def test_compare_refuses_other_optimizers_and_precisions(report_file, tmp_path, capsys, edit, says):
+    other = edited(tmp_path, report_file, "other.json", lambda r: edit(r["protocol"]))
+    assert cli.main(["compare", str(report_file), str(other)]) == (2 if says else 0)
+    err = capsys.readouterr().err
+    assert (says in err and "not comparable" in err) if says else "not comparable" not in err
+
+
+def test_an_older_report_is_not_comparable_with_a_bfloat16_one(report_file, tmp_path, capsys):
+    """...and not with bfloat16: the missing field stands for float32, not for "anything"."""
+    old = edited(tmp_path, report_file, "old.json", lambda r: [r["protocol"].pop(k) for k in ("weight_decay",
+                                                                                              "precision")])
+    new = edited(tmp_path, report_file, "new.json", lambda r: r["protocol"].update(precision="bfloat16"))
+    assert cli.main(["compare", str(old), str(new)]) == 2
+    assert "precision float32 vs bfloat16" in capsys.readouterr().err
 
 
 def slower(report, factor):
@@ -257,8 +281,9 @@ def test_e_report_shows_runs_of_other_protocols_in_sections_of_their_own(report_
 def test_e_section_titles_tell_apart_every_field_reports_are_grouped_by():
     base = json.loads((RESULTS / "cpu-benchmark.json").read_text())["protocol"]
     changed = {str: lambda v: v + "x", int: lambda v: v + 1, float: lambda v: v * 2 + 1, list: lambda v: v + [99]}
-    for key in PROTOCOL_KEYS:
-        other = {**base, key: changed[type(base[key])](base[key])}
+    for key in PROTOCOL_KEYS:  # a key older reports lack stands for its value then (weight decay, precision)
+        value = protocol_value(base, key)
+        other = {**base, key: changed[type(value)](value)}
         assert page.protocol_title(other) != page.protocol_title(base), key
 
 

@@ -10,7 +10,7 @@ from bnbench.engine import train
 from bnbench.models import variants
 from bnbench.parallel import devices
 
-tx = train.Protocol().optimizer()
+tx = train.Protocol().transform()
 
 
 def tiny_data(n=36, seed=0):

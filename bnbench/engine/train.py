@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from bnbench import config, options
 from bnbench.data.sources import Dataset
 from bnbench.errors import BnbenchError
 from bnbench.models import normalize
@@ -30,13 +31,46 @@ from bnbench.parallel.devices import SINGLE_DEVICE, DataParallel
 
 
 @dataclasses.dataclass(frozen=True)
+class Optimizer:
+    """What of an optimizer is a program's shape: its kind (``config.OPTIMIZERS``) and whether it has a
+    weight-decay term. Its numbers (learning rate, momentum, decay) are each run's data (``Hyperparams``)."""
+
+    name: str = "sgd"
+    decays: bool = False  # False: no weight-decay term at all, so that plain SGD is the notebook's to the bit
+
+    def transform(self, learning_rate, momentum, weight_decay) -> optax.GradientTransformation:
+        """optax's optimizer with these numbers (Python floats, or a run's scalars inside the program).
+        Weight decay is coupled (an L2 term, ``weight_decay * params``, added to the gradient before the
+        optimizer) for the SGD family and Adam, decoupled for AdamW (optax's: the weights shrink by
+        ``learning_rate * weight_decay * params`` each update, beside Adam's step)."""
+        if self.name == "adamw":
+            return optax.adamw(learning_rate, b1=momentum, weight_decay=weight_decay if self.decays else 0.0)
+        if self.name == "sgd":
+            tx = optax.sgd(learning_rate)  # Keras SGD: momentum 0, no Nesterov
+        elif self.name in ("momentum", "nesterov"):
+            tx = optax.sgd(learning_rate, momentum=momentum, nesterov=self.name == "nesterov")
+        elif self.name == "adam":
+            tx = optax.adam(learning_rate, b1=momentum)
+        else:
+            raise BnbenchError(f"--optimizer {self.name!r}: choose one of {', '.join(config.OPTIMIZERS)}")
+        if self.decays:
+            tx = optax.chain(optax.add_decayed_weights(weight_decay), tx)
+        return tx
+
+
+@dataclasses.dataclass(frozen=True)
 class Protocol:
-    """How a model is trained: the notebook's values by default."""
+    """How a model is trained: the notebook's values by default (plain SGD at 1e-3, batch 32, 10 epochs).
+    ``momentum`` None is ``config.DEFAULT_MOMENTUM`` where the optimizer has one (0 for plain SGD).
+    A sweep's program holds its first configuration's numbers; each run's own are ``Hyperparams``."""
 
     epochs: int = 10
     batch_size: int = 32
-    learning_rate: float = 1e-3  # SGD, no momentum
+    learning_rate: float = 1e-3
     batch_order: str = "iid"  # or "classes:K" (see epoch_order)
+    optimizer: str = "sgd"
+    momentum: float | None = None
+    weight_decay: float = 0.0
 
     def __post_init__(self):
         for name in ("epochs", "batch_size"):
@@ -45,9 +79,20 @@ class Protocol:
         if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
             raise BnbenchError(f"learning rate must be a positive finite number, got {self.learning_rate!r}")
         check_batch_order(self.batch_order)  # its batches against the data's classes: preflight, Trainer
+        if self.optimizer not in config.OPTIMIZERS:
+            raise BnbenchError(f"--optimizer {self.optimizer!r}: choose one of {', '.join(config.OPTIMIZERS)}")
+        if self.momentum is not None and not 0 <= self.momentum < 1:
+            raise BnbenchError(f"--momentum {self.momentum!r}: choose a value from 0 to below 1")
+        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
+            raise BnbenchError(f"--weight-decay {self.weight_decay!r}: choose a finite value of 0 or more")
+        object.__setattr__(self, "momentum", options.resolve_momentum(self.optimizer, self.momentum))
 
-    def optimizer(self) -> optax.GradientTransformation:
-        return optax.sgd(self.learning_rate)  # Keras SGD: momentum 0, no Nesterov
+    @property
+    def kind(self) -> Optimizer:
+        return Optimizer(self.optimizer, self.weight_decay > 0)
+
+    def transform(self) -> optax.GradientTransformation:
+        return self.kind.transform(self.learning_rate, self.momentum, self.weight_decay)
 
     def updates_per_epoch(self, train_examples: int) -> int:
         return -(-train_examples // self.batch_size)  # the last, partial batch is trained on too
@@ -56,25 +101,33 @@ class Protocol:
 @flax.struct.dataclass
 class Hyperparams:
     """The numbers a run may have of its own, as data: runs that differ only in these (seeds, a
-    learning-rate or momentum sweep) train together in one compiled program. Each is an array with
-    one entry per run; ``bn_momentum_complement`` is 1 - bn_momentum taken in double precision on
-    the host (see ``norms.moving_average``)."""
+    sweep of learning rates, momenta, weight decays) train together in one compiled program. Each is
+    an array with one entry per run; ``bn_momentum_complement`` is 1 - bn_momentum taken in double
+    precision on the host (see ``norms.moving_average``). ``momentum`` is the optimizer's (SGD's, or
+    Adam's b1; unused by plain SGD), ``weight_decay`` unused where the program has no decay term."""
 
     learning_rate: jax.Array
     bn_momentum: jax.Array
     bn_momentum_complement: jax.Array
+    momentum: jax.Array
+    weight_decay: jax.Array
 
     @classmethod
-    def of(cls, learning_rates: Sequence[float], bn_momenta: Sequence[float]) -> "Hyperparams":
+    def of(cls, learning_rates: Sequence[float], bn_momenta: Sequence[float], momenta: Sequence[float] | None = None,
+           weight_decays: Sequence[float] | None = None) -> "Hyperparams":
         as_f32 = functools.partial(np.asarray, dtype=np.float32)
+        zeros = [0.0] * len(learning_rates)
         return cls(learning_rate=as_f32(learning_rates), bn_momentum=as_f32(bn_momenta),
-                   bn_momentum_complement=as_f32([1 - float(m) for m in bn_momenta]))
+                   bn_momentum_complement=as_f32([1 - float(m) for m in bn_momenta]),
+                   momentum=as_f32(zeros if momenta is None else momenta),
+                   weight_decay=as_f32(zeros if weight_decays is None else weight_decays))
 
-    def apply(self, model: nn.Module) -> tuple[nn.Module, optax.GradientTransformation]:
+    def apply(self, model: nn.Module, optimizer: Optimizer = Optimizer()
+              ) -> tuple[nn.Module, optax.GradientTransformation]:
         """One run's model and optimizer with these values (scalars, inside the mapped program)."""
         if hasattr(model, "bn_momentum"):
             model = model.clone(bn_momentum=(self.bn_momentum, self.bn_momentum_complement))
-        return model, optax.sgd(self.learning_rate)  # Keras SGD: momentum 0, no Nesterov
+        return model, optimizer.transform(self.learning_rate, self.momentum, self.weight_decay)
 
 
 @flax.struct.dataclass
@@ -96,13 +149,15 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation, key: 
 
 
 @functools.cache
-def initializer(model: nn.Module, image_shape: tuple[int, ...]) -> Callable[[jax.Array], TrainState]:
-    """``model``'s initial state from a key, compiled once per model and image shape and shared by
-    every program that trains it (XLA takes longer to compile the random initialisers than a
-    training step). SGD keeps no state, so the optimizer's learning rate does not matter here.
-    Compiled, not eager: run eagerly, flax's initialisers compile each small operation on their own."""
-    return jax.jit(functools.partial(create_train_state, model, Protocol().optimizer(),
-                                     image_shape=tuple(image_shape)))
+def initializer(model: nn.Module, image_shape: tuple[int, ...], optimizer: Optimizer = Optimizer()
+                ) -> Callable[[jax.Array], TrainState]:
+    """``model``'s initial state from a key, compiled once per model, image shape and optimizer kind,
+    and shared by every program that trains it (XLA takes longer to compile the random initialisers
+    than a training step). An optimizer's initial state depends on its kind, not on its numbers, so
+    these are placeholders. Compiled, not eager: run eagerly, flax's initialisers compile each small
+    operation on their own."""
+    tx = optimizer.transform(1e-3, config.DEFAULT_MOMENTUM, 0.0)
+    return jax.jit(functools.partial(create_train_state, model, tx, image_shape=tuple(image_shape)))
 
 
 def _loss_and_correct(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -336,9 +391,9 @@ def _shard(batch: jax.Array, parallel: DataParallel) -> jax.Array:
 def epoch(model, batch_size: int, state: TrainState, key: jax.Array, hyperparams: Hyperparams,
           train_images, train_labels, val_images, val_labels, unroll: int = 1,
           eval_every: int | None = None, parallel: DataParallel = SINGLE_DEVICE,
-          batch_order: str = "iid") -> tuple[TrainState, dict]:
+          batch_order: str = "iid", optimizer: Optimizer = Optimizer()) -> tuple[TrainState, dict]:
     """An epoch as Keras' ``fit`` runs it: the updates, then validation; one run's ``hyperparams``."""
-    model, tx = hyperparams.apply(model)
+    model, tx = hyperparams.apply(model, optimizer)
     state, metrics = train_epoch(model, tx, batch_size, state, key, train_images, train_labels, unroll,
                                  eval_every, (val_images, val_labels), parallel, batch_order)
     val = evaluate(model, state, val_images, val_labels, train_images, batch_size)
@@ -442,16 +497,18 @@ class Trainer:
         def seeded(fn, in_axes):
             return device_lib.over_mesh(over_seeds(fn, share, in_axes, self.sequential), self.mesh, in_axes)
 
-        tx = protocol.optimizer()
+        tx = protocol.transform()
         image_shape = tuple(data.train_images.shape[1:])
         if self.mesh is None and self.trained_runs == 1:  # the program every one-seed run shares
-            self._init = lambda keys: jax.tree.map(lambda x: x[None], initializer(model, image_shape)(keys[0]))
+            self._init = lambda keys: jax.tree.map(lambda x: x[None],
+                                                   initializer(model, image_shape, protocol.kind)(keys[0]))
         else:
             self._init = jax.jit(seeded(functools.partial(create_train_state, model, tx, image_shape=image_shape),
                                         (0,)))
         self.epoch_program = jax.jit(
             seeded(functools.partial(epoch, model, protocol.batch_size, unroll=unroll, eval_every=eval_every,
-                                     parallel=parallel, batch_order=protocol.batch_order),
+                                     parallel=parallel, batch_order=protocol.batch_order,
+                                     optimizer=protocol.kind),
                    (0, 0, 0, None, None, None, None)),
             donate_argnums=0)
         # The training images reach evaluation only where it recomputes population statistics.
@@ -471,15 +528,21 @@ class Trainer:
         return device_lib.place(tree, self.mesh, device_lib.PartitionSpec(device_lib.SEED_AXIS))
 
     def hyperparams(self, learning_rates: Sequence[float] | None = None,
-                    bn_momenta: Sequence[float] | None = None) -> Hyperparams:
+                    bn_momenta: Sequence[float] | None = None, momenta: Sequence[float] | None = None,
+                    weight_decays: Sequence[float] | None = None) -> Hyperparams:
         """Each run's hyperparameters, placed as the runs are; by default the protocol's learning
-        rate and the model's momentum for every run."""
-        n = self.num_seeds
+        rate, momentum and weight decay and the model's BN momentum for every run."""
+        n, p = self.num_seeds, self.protocol
         default_momentum = getattr(self.model, "bn_momentum", 0.99)
-        hyper = Hyperparams.of(learning_rates if learning_rates is not None else [self.protocol.learning_rate] * n,
-                               bn_momenta if bn_momenta is not None else [default_momentum] * n)
-        if hyper.learning_rate.shape != (n,) or hyper.bn_momentum.shape != (n,):
-            raise BnbenchError(f"the trainer was built for {n} runs: give one learning rate and momentum per run")
+        if weight_decays is not None and any(weight_decays) and not p.kind.decays:
+            raise BnbenchError("weight decays given to a trainer whose protocol has none: set the protocol's "
+                               "weight_decay to the largest of them")
+        hyper = Hyperparams.of(learning_rates if learning_rates is not None else [p.learning_rate] * n,
+                               bn_momenta if bn_momenta is not None else [default_momentum] * n,
+                               momenta if momenta is not None else [p.momentum] * n,
+                               weight_decays if weight_decays is not None else [p.weight_decay] * n)
+        if any(getattr(hyper, f.name).shape != (n,) for f in dataclasses.fields(hyper)):
+            raise BnbenchError(f"the trainer was built for {n} runs: give one value of each hyperparameter per run")
         return self.per_run(self.padded(hyper))
 
     def padded(self, tree):

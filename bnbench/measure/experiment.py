@@ -40,7 +40,8 @@ def run_variant(variant: Variant, protocol: train.Protocol, data: train.DeviceDa
     ``measure_floor``, the matmul floor is timed right after every ``floor_every``-th epoch (and the
     last), so that each timed epoch has a floor measured under the same machine load.
 
-    ``configs`` (a sweep): configurations that differ only in numbers ({learning_rate, bn_momentum}),
+    ``configs`` (a sweep): configurations that differ only in numbers ({learning_rate, bn_momentum,
+    momentum, weight_decay}; ``protocol`` holds the first's, and a weight decay if any has one),
     each trained for every seed, all of them together in one compiled program; the result then has
     ``summaries``, one per configuration in order, instead of ``summary``, and each run its ``config``.
     ``parallel``: each batch split over that many devices (see ``devices.DataParallel``)."""
@@ -50,8 +51,11 @@ def run_variant(variant: Variant, protocol: train.Protocol, data: train.DeviceDa
                             parallel=parallel)
     hyperparams = None
     if configs:
-        hyperparams = trainer.hyperparams([c["learning_rate"] for c in configs for _ in seeds],
-                                          [c["bn_momentum"] for c in configs for _ in seeds])
+        def each(key, default):
+            return [c.get(key, default) for c in configs for _ in seeds]
+
+        hyperparams = trainer.hyperparams(each("learning_rate", None), each("bn_momentum", None),
+                                          each("momentum", protocol.momentum), each("weight_decay", 0.0))
     clock, timed, unavailable = None, [], None
     if measure_floor:
         try:
@@ -199,12 +203,18 @@ def summarize(runs: list[dict], updates_per_epoch: int, target: float | None = N
 
 
 def protocol_model(dataset: Dataset, seeds: Sequence[int], parallel: DataParallel = SINGLE_DEVICE,
-                   protocol: train.Protocol | None = None, batch_order: str | None = None) -> model.SharedProtocol:
+                   protocol: train.Protocol | None = None, batch_order: str | None = None,
+                   training: dict | None = None, precision: str = "float32") -> model.SharedProtocol:
     """What a run trained on and how: the fields ``bnbench compare`` checks before comparing. The
     one protocol builder of every report: without ``protocol`` (a sweep), what all its
-    configurations share, each run's ``config`` holding the rest (batch size, learning rate, epochs,
-    updates per epoch; and ``batch_order`` where all share one)."""
-    shared = {**dataset.describe(), "optimizer": "sgd", "momentum": 0.0, "seeds": [int(s) for s in seeds],
+    configurations share (``training``: the optimizer, and its momentum and weight decay where they
+    share one; ``batch_order`` where all share one), each run's ``config`` holding the rest (batch
+    size, learning rate, epochs, updates per epoch, a swept momentum or weight decay).
+    ``precision``: the variants' (``--precision``)."""
+    if training is None:
+        p = protocol or train.Protocol()
+        training = {"optimizer": p.optimizer, "momentum": p.momentum, "weight_decay": p.weight_decay}
+    shared = {**dataset.describe(), **training, "precision": precision, "seeds": [int(s) for s in seeds],
               **parallel.protocol_fields()}
     if protocol is None:
         return model.SharedProtocol(**shared, **({"batch_order": batch_order} if batch_order is not None else {}))
@@ -215,9 +225,9 @@ def protocol_model(dataset: Dataset, seeds: Sequence[int], parallel: DataParalle
 
 
 def protocol_record(dataset: Dataset, protocol: train.Protocol, seeds: Sequence[int],
-                    parallel: DataParallel = SINGLE_DEVICE) -> dict:
+                    parallel: DataParallel = SINGLE_DEVICE, precision: str = "float32") -> dict:
     """A run's protocol as its report holds it (the harness's accuracy benchmark keeps it too)."""
-    return protocol_model(dataset, seeds, parallel, protocol).dump()
+    return protocol_model(dataset, seeds, parallel, protocol, precision=precision).dump()
 
 
 def new_run_id() -> str:
@@ -243,13 +253,14 @@ def envelope(kind: str, protocol: model.SharedProtocol, command: str | None, run
 def make_report(dataset: Dataset, protocol: train.Protocol, seeds: Sequence[int],
                 results: dict[str, dict], command: str | None = None, run_id: str | None = None,
                 parallel: DataParallel = SINGLE_DEVICE, summary_extras: dict[str, dict] | None = None,
-                data_parallel_scaling: list | None = None) -> dict:
+                data_parallel_scaling: list | None = None, precision: str = "float32") -> dict:
     """The run report (``model.RunReport``), built and checked, as the JSON it is written as.
     ``summary_extras``: figures added to a variant's summary (the harness's lone-step time and seed
     scaling); ``data_parallel_scaling``: the harness's scaling points, if any."""
     extras = summary_extras or {}
     report = model.RunReport(
-        **envelope(REPORT_KIND, protocol_model(dataset, seeds, parallel, protocol), command, run_id, now()),
+        **envelope(REPORT_KIND, protocol_model(dataset, seeds, parallel, protocol, precision=precision), command,
+                   run_id, now()),
         runs=[run for result in results.values() for run in result["runs"]],
         summary={name: {**result["summary"], **extras.get(name, {})} for name, result in results.items()},
         **({"data_parallel_scaling": data_parallel_scaling} if data_parallel_scaling else {}))

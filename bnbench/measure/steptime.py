@@ -7,6 +7,7 @@ same process, so a report from any hardware reads as a fraction of what that har
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 
@@ -25,10 +26,13 @@ FLOOR_REPEATS = 200  # floor steps per timing: long enough to swamp the dispatch
 class StepProgram:
     """A variant's compiled train step on a fixed batch, callable repeatedly; state is threaded through."""
 
-    def __init__(self, variant: Variant, data: train.DeviceData, batch_size: int = 32, seed: int = 0):
-        tx = train.Protocol(batch_size=batch_size).optimizer()
-        step = functools.partial(train.train_step, variant.model, tx)
-        self.state = train.initializer(variant.model, tuple(data.train_images.shape[1:]))(jax.random.PRNGKey(seed))
+    def __init__(self, variant: Variant, data: train.DeviceData, batch_size: int = 32, seed: int = 0,
+                 protocol: train.Protocol | None = None):
+        """``protocol``: its optimizer and numbers (plain SGD at 1e-3 by default); its batch size is ``batch_size``."""
+        protocol = dataclasses.replace(protocol or train.Protocol(), batch_size=batch_size)
+        step = functools.partial(train.train_step, variant.model, protocol.transform())
+        self.state = train.initializer(variant.model, tuple(data.train_images.shape[1:]),
+                                       protocol.kind)(jax.random.PRNGKey(seed))
         self.images = data.train_images[:batch_size]
         self.labels = data.train_labels[:batch_size]
         if self.labels.shape[0] < batch_size:
@@ -60,13 +64,15 @@ class EpochProgram:
     laid out over the devices as ``bnbench run`` would; each call trains the next epoch, synchronised."""
 
     def __init__(self, variant: Variant, protocol: train.Protocol, data: train.DeviceData, num_seeds: int,
-                 learning_rates: list[float] | None = None, parallel: DataParallel = SINGLE_DEVICE):
-        """``num_seeds`` seeds at the protocol's learning rate or, with ``learning_rates``, one run of
-        seed 0 per rate: a sweep's program; ``parallel``: each batch split over devices."""
+                 learning_rates: list[float] | None = None, parallel: DataParallel = SINGLE_DEVICE,
+                 momenta: list[float] | None = None, weight_decays: list[float] | None = None):
+        """``num_seeds`` seeds at the protocol's numbers or, with ``learning_rates`` (and, if given,
+        ``momenta`` and ``weight_decays``, one each per run), one run of seed 0 per configuration: a
+        sweep's program; ``parallel``: each batch split over devices."""
         self.trainer = train.Trainer(variant.model, protocol, data, num_seeds, parallel=parallel)
         seeds = [0] * num_seeds if learning_rates else range(num_seeds)
-        self.state, self._shuffle_roots, self.hyperparams = self.trainer.start(
-            seeds, self.trainer.hyperparams(learning_rates) if learning_rates else None)
+        hyper = self.trainer.hyperparams(learning_rates, momenta=momenta, weight_decays=weight_decays)
+        self.state, self._shuffle_roots, self.hyperparams = self.trainer.start(seeds, hyper if learning_rates else None)
         self.epochs = 0
         self.times: list[float] = []  # wall time of each call's epoch
 

@@ -16,7 +16,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from bnbench.config import MOVING_STATISTICS
+from bnbench import options
+from bnbench.config import MOVING_STATISTICS, OPTIMIZERS, PRECISIONS
 from bnbench.data.sources import Dataset
 from bnbench.engine import train
 from bnbench.errors import BnbenchError
@@ -51,6 +52,10 @@ class Grid:
     # orders: shapes or the sampler differ, so one program each, as batch sizes.
     ghost_batches: tuple[int, ...] = ()
     batch_orders: tuple[str, ...] = ("iid",)
+    optimizer: str = "sgd"
+    momenta: tuple[float, ...] = ()  # the optimizer's; empty: its default (config.DEFAULT_MOMENTUM, or none)
+    weight_decays: tuple[float, ...] = ()  # empty: none
+    precision: str = "float32"  # every variant's, unless its name sets it
 
     def check(self, train_examples: int | None = None) -> None:
         """One line for the first value out of its range; batch sizes against the training set
@@ -91,6 +96,34 @@ class Grid:
                                        f"that divide every batch size ({fits})")
         if self.lr_scaling not in LR_SCALINGS:
             raise BnbenchError(f"--lr-scaling {self.lr_scaling!r}: choose one of {', '.join(LR_SCALINGS)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise BnbenchError(f"--optimizer {self.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
+        if self.precision not in PRECISIONS:
+            raise BnbenchError(f"--precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
+        for m in self.momenta:
+            if not 0 <= m < 1:
+                raise BnbenchError(f"--momentum: {m:g} is not a momentum; choose values from 0 to below 1")
+            options.resolve_momentum(self.optimizer, m)
+        for wd in self.weight_decays:
+            if not (wd >= 0 and math.isfinite(wd)):
+                raise BnbenchError(f"--weight-decay: {wd:g} is not a weight decay; choose finite values of 0 or more")
+
+    def optimizer_momenta(self) -> tuple[float, ...]:
+        """The optimizer's momenta the grid trains: those given, or the optimizer's one."""
+        return self.momenta or (options.resolve_momentum(self.optimizer, None),)
+
+    def optimizer_weight_decays(self) -> tuple[float, ...]:
+        return self.weight_decays or (0.0,)
+
+    def training(self) -> dict:
+        """The optimizer as the protocol records it: its kind, and its momentum and weight decay
+        where every configuration shares one (else each configuration's ``config`` holds them)."""
+        fields = {"optimizer": self.optimizer}
+        if len(self.optimizer_momenta()) == 1:
+            fields["momentum"] = self.optimizer_momenta()[0]
+        if len(self.optimizer_weight_decays()) == 1:
+            fields["weight_decay"] = self.optimizer_weight_decays()[0]
+        return fields
 
     def record(self) -> dict:
         """The grid as the report stores it; ``--resume`` refuses a report whose grid differs."""
@@ -103,7 +136,10 @@ class Grid:
                 **({"ghost_batch": list(self.ghost_batches)} if self.ghost_batches else {}),
                 **({"batch_order": list(self.batch_orders)} if self.batch_orders != ("iid",) else {}),
                 # Only in a slice's report: a whole grid's record stays what it was before slices.
-                **({"slice": {"index": self.slice[0], "count": self.slice[1]}} if self.slice else {})}
+                **({"slice": {"index": self.slice[0], "count": self.slice[1]}} if self.slice else {}),
+                # Only where given: a sweep without them records (and compares) as sweeps did before them.
+                **({"momentum": list(self.momenta)} if self.momenta else {}),
+                **({"weight_decay": list(self.weight_decays)} if self.weight_decays else {})}
 
     def epochs_for(self, batch_size: int, train_examples: int) -> int:
         """Epochs at ``batch_size``: the grid's, or with an updates budget as many as give the updates
@@ -162,16 +198,21 @@ def programs(grid: Grid, chosen: Sequence[Variant], train_examples: int, data_de
         ghosts = grid.ghost_batches if grid.ghost_batches and uses_momentum(variant) else (None,)
         for order, ghost, b in itertools.product(grid.batch_orders, ghosts, grid.batch_sizes):
             epochs = grid.epochs_for(b, train_examples)
+            # The program's shape: the optimizer, with a weight-decay term if any configuration decays.
             protocol = train.Protocol(epochs=epochs, batch_size=b, learning_rate=grid.learning_rates[0],
-                                      batch_order=order)
+                                      batch_order=order, optimizer=grid.optimizer,
+                                      momentum=grid.optimizer_momenta()[0],
+                                      weight_decay=max(grid.optimizer_weight_decays()))
             program_variant = with_ghost_batch(variant, ghost)
             program_variant.check_batches(b, train_examples, data_devices)
             axes = {**({"ghost_batch": ghost} if ghost is not None else {}),
                     **({"batch_order": order} if len(grid.batch_orders) > 1 else {})}
             configs = tuple({"learning_rate": grid.learning_rate_for(lr, b), "base_learning_rate": lr,
-                             "batch_size": b, "bn_momentum": float(m), "epochs": epochs,
+                             "batch_size": b, "bn_momentum": float(m), "momentum": float(mom),
+                             "weight_decay": float(wd), "epochs": epochs,
                              "updates_per_epoch": protocol.updates_per_epoch(train_examples), **axes}
-                            for lr in grid.learning_rates for m in momenta)
+                            for lr in grid.learning_rates for m in momenta for mom in grid.optimizer_momenta()
+                            for wd in grid.optimizer_weight_decays())
             out.append(Program(program_variant, protocol, configs))
     return sliced(out, grid.slice)
 
@@ -215,12 +256,17 @@ def label(variant: str, config: dict, grid: Grid) -> str:
         parts.append(f"gb={config['ghost_batch']}")
     if "batch_order" in config:
         parts.append(f"order={config['batch_order']}")
+    if len(grid.momenta) > 1:
+        parts.append(f"momentum={number(config['momentum'])}")
+    if len(grid.weight_decays) > 1:
+        parts.append(f"wd={number(config['weight_decay'])}")
     return f"{variant} {' '.join(parts)}"
 
 
 def sweep_protocol(dataset: Dataset, grid: Grid, parallel: DataParallel = SINGLE_DEVICE) -> dict:
     """What every configuration shares (the run protocol less what each run's ``config`` holds)."""
-    return experiment.protocol_model(dataset, grid.seeds, parallel, batch_order=shared_order(grid)).dump()
+    return experiment.protocol_model(dataset, grid.seeds, parallel, batch_order=shared_order(grid),
+                                     training=grid.training(), precision=grid.precision).dump()
 
 
 def shared_order(grid: Grid) -> str | None:
@@ -234,7 +280,9 @@ def make_sweep_report(dataset: Dataset, grid: Grid, runs: list[dict], summary: d
     """The sweep report (``model.SweepReport``), built and checked, as the JSON it is written as."""
     report = model.SweepReport(
         **experiment.envelope(SWEEP_KIND, experiment.protocol_model(dataset, grid.seeds, parallel,
-                                                                    batch_order=shared_order(grid)),
+                                                                    batch_order=shared_order(grid),
+                                                                    training=grid.training(),
+                                                                    precision=grid.precision),
                               command, run_id, created),
         sweep=grid.record(), runs=runs, summary=summary)
     return report.dump()
@@ -249,8 +297,9 @@ def check_resumable(previous: dict, dataset: Dataset, grid: Grid, parallel: Data
         raise BnbenchError(f"--resume: the report at --out was made with other arguments ({', '.join(differ)} "
                            "differ); rerun with its arguments, or name a new --out")
     mine = sweep_protocol(dataset, grid, parallel)
-    differ = [k for k in ("dataset", "order", "train_examples", "validation_examples", "test_examples")
-              if previous["protocol"].get(k) != mine.get(k)]
+    differ = [k for k in ("dataset", "order", "train_examples", "validation_examples", "test_examples", "optimizer",
+                          "precision")
+              if model.protocol_value(previous["protocol"], k) != mine.get(k)]
     if differ:
         raise BnbenchError(f"--resume: the report at --out was trained on other data ({', '.join(differ)} differ); "
                            "use its --dataset and --data-dir, or name a new --out")

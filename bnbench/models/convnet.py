@@ -25,7 +25,15 @@ import jax
 import jax.numpy as jnp
 
 from bnbench.models.mlp import glorot_uniform
-from bnbench.models.norms import CENTERING, KERAS_BN_MOMENTUM, check_common, make_norm, positive_widths, require
+from bnbench.models.norms import (
+    CENTERING,
+    KERAS_BN_MOMENTUM,
+    check_common,
+    compute_dtype,
+    make_norm,
+    positive_widths,
+    require,
+)
 
 
 class Conv(nn.Module):
@@ -34,18 +42,22 @@ class Conv(nn.Module):
 
     features: int
     use_bias: bool = True
+    dtype: jnp.dtype | None = None  # of the product (bfloat16: kernel and bias rounded to it); None as given
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         n, height, width, channels = x.shape
         kernel = self.param("kernel", glorot_uniform, (3, 3, channels, self.features), jnp.float32)
+        if self.dtype is not None:
+            x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
         padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
         patches = jnp.concatenate([padded[:, i:i + height, j:j + width, :] for i in range(3) for j in range(3)],
                                   axis=-1)  # (n, h, w, 9 x channels), ordered as the kernel's (3, 3, in)
         y = (patches.reshape(-1, 9 * channels) @ kernel.reshape(9 * channels, self.features))
         y = y.reshape(n, height, width, self.features)
         if self.use_bias:
-            y = y + self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+            bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+            y = y + (bias if self.dtype is None else bias.astype(self.dtype))
         return y
 
 
@@ -61,6 +73,7 @@ class ConvNet(nn.Module):
     ghost_batch: int | None = None
     im2col: bool = True
     bn_axis_name: str | None = None  # as MLP's
+    precision: str = "float32"  # as MLP's
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -72,17 +85,23 @@ class ConvNet(nn.Module):
         require(smallest >= 1, f"channels={tuple(self.channels)!r}: {len(self.channels)} stages of 2x2 pooling leave "
                                f"nothing of {x.shape[1]}x{x.shape[2]} images; use at most "
                                f"{max(1, min(x.shape[1:3]).bit_length() - 1)} stages")
+        dtype = compute_dtype(self.precision)
+        if dtype is not None:
+            x = x.astype(dtype)
         for i, width in enumerate(self.channels):
             use_bias = self.norm not in CENTERING
             if self.im2col:
-                x = Conv(width, use_bias=use_bias)(x)
+                x = Conv(width, use_bias=use_bias, dtype=dtype)(x)
             else:
-                x = nn.Conv(width, (3, 3), padding="SAME", kernel_init=glorot_uniform, use_bias=use_bias)(x)
+                x = nn.Conv(width, (3, 3), padding="SAME", kernel_init=glorot_uniform, use_bias=use_bias,
+                            dtype=dtype)(x)
             if self.norm is not None:
                 x = make_norm(self.norm, train, x, self.groups, f"convolution {i + 1}",
                               reduction_axes=(-3, -2, -1), momentum=self.bn_momentum,
-                              axis_name=self.bn_axis_name, ghost_batch=self.ghost_batch)(x)
+                              axis_name=self.bn_axis_name, ghost_batch=self.ghost_batch,
+                              precision=self.precision)(x)
             x = nn.relu(x)
             x = nn.max_pool(x, (2, 2), strides=(2, 2))
         x = x.reshape((x.shape[0], -1))
-        return nn.Dense(self.num_classes, kernel_init=glorot_uniform)(x)
+        logits = nn.Dense(self.num_classes, kernel_init=glorot_uniform, dtype=dtype)(x)
+        return logits if dtype is None else logits.astype(jnp.float32)

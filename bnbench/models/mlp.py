@@ -13,7 +13,15 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from bnbench.models.norms import CENTERING, KERAS_BN_MOMENTUM, check_common, make_norm, positive_widths, require
+from bnbench.models.norms import (
+    CENTERING,
+    KERAS_BN_MOMENTUM,
+    check_common,
+    compute_dtype,
+    make_norm,
+    positive_widths,
+    require,
+)
 
 KERAS_LEAKY_RELU_SLOPE = 0.3  # Flax: 0.01
 glorot_uniform = nn.initializers.glorot_uniform()  # Keras Dense default; Flax's is lecun_normal
@@ -44,6 +52,9 @@ class MLP(nn.Module):
     the whole batch; ``norms.ghost_batch_norm``). ``bn_axis_name``: set by data-parallel training
     with synchronized batch statistics, the mesh axis their statistics are reduced over (a layout,
     not part of the variant).
+    ``depth`` and ``width``: ``depth`` hidden layers of ``width`` units each instead of ``hidden``
+    (``width`` alone: as many layers as ``hidden``, each that wide). ``precision``: float32, or
+    bfloat16 products and activations (``config.PRECISIONS``; docs/settings.md).
     """
 
     hidden: Sequence[int] = (300, 100)
@@ -60,10 +71,26 @@ class MLP(nn.Module):
     population_batches: int = 100
     ghost_batch: int | None = None
     bn_axis_name: str | None = None
+    depth: int | None = None
+    width: int | None = None
+    precision: str = "float32"
+
+    def layers(self) -> tuple[int, ...]:
+        """The hidden layers' widths: ``hidden``, or ``depth`` layers of ``width``."""
+        if self.depth is None and self.width is None:
+            return tuple(self.hidden)
+        return (self.width,) * (len(self.hidden) if self.depth is None else self.depth)
 
     def check_fields(self) -> None:
         check_common(self)
         positive_widths("hidden", self.hidden)
+        require(self.depth is None or (isinstance(self.depth, int) and self.depth >= 1),
+                f"depth={self.depth!r}: the hidden layers, 1 or more (as depth=8,width=256)")
+        require(self.width is None or (isinstance(self.width, int) and self.width >= 1),
+                f"width={self.width!r}: the units of each hidden layer, 1 or more (as depth=8,width=256)")
+        require(self.depth is None or self.width is not None,
+                f"depth={self.depth} needs width=N too: the units of each hidden layer (as depth={self.depth},"
+                "width=256)")
         for field, allowed in (("activation", ACTIVATIONS), ("hidden_init", INITIALIZERS), ("placement", PLACEMENTS)):
             require(getattr(self, field) in allowed,
                     f"{field}={getattr(self, field)!r}: choose one of {', '.join(allowed)}")
@@ -76,22 +103,27 @@ class MLP(nn.Module):
 
         def normalized(x, where):
             return make_norm(self.norm, train, x, self.groups, where, momentum=self.bn_momentum,
-                             axis_name=self.bn_axis_name, ghost_batch=self.ghost_batch)(x)
+                             axis_name=self.bn_axis_name, ghost_batch=self.ghost_batch,
+                             precision=self.precision)(x)
 
         activation = ACTIVATIONS[self.activation]
         before = self.norm is not None and self.placement == "before_activation"
+        dtype = compute_dtype(self.precision)  # None: float32, flax's default, as before precision existed
         x = x.reshape((x.shape[0], -1))
+        if dtype is not None:
+            x = x.astype(dtype)
         if self.norm_inputs:
             x = normalized(x, "the input")
-        for i, width in enumerate(self.hidden):
+        for i, width in enumerate(self.layers()):
             x = nn.Dense(width, kernel_init=INITIALIZERS[self.hidden_init],
-                         use_bias=not (before and self.norm in CENTERING))(x)
+                         use_bias=not (before and self.norm in CENTERING), dtype=dtype)(x)
             if before:
                 x = normalized(x, f"hidden layer {i + 1}")
             x = activation(x)
             if self.norm is not None and not before:
                 x = normalized(x, f"hidden layer {i + 1}")
-        return nn.Dense(self.num_classes, kernel_init=glorot_uniform)(x)
+        logits = nn.Dense(self.num_classes, kernel_init=glorot_uniform, dtype=dtype)(x)
+        return logits if dtype is None else logits.astype(jnp.float32)  # the loss in float32
 
 
 def normalize(images: jax.Array) -> jax.Array:

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bnbench.config import PRECISIONS
 from bnbench.errors import BnbenchError
 
 # Keras' defaults, which differ from Flax's (see ../shared/reference/FIDELITY.md).
@@ -37,6 +38,46 @@ KERAS_EPSILON = 1e-3  # Keras' BatchNormalization, LayerNormalization, GroupNorm
 MOMENTS = "batch_moments"
 # What evaluation normalizes BatchNorm's and Batch Renorm's inputs with (the model's ``eval_stats``).
 EVAL_STATS = ("moving", "batch", "population")
+
+
+def _sum(x: jax.Array, axis, keepdims: bool = False) -> jax.Array:
+    """``jnp.sum``; but a bfloat16 input (``bfloat16-statistics``) is summed in bfloat16, where
+    ``jnp.sum`` would accumulate it in float32 and round only the result."""
+    if x.dtype != jnp.bfloat16:
+        return jnp.sum(x, axis=axis, keepdims=keepdims)
+    axes = tuple(a % x.ndim for a in (axis if isinstance(axis, (tuple, list)) else (axis,)))
+    total = jax.lax.reduce(x, jnp.zeros((), x.dtype), jax.lax.add, axes)
+    return jnp.expand_dims(total, axes) if keepdims else total
+
+
+def _mean_of(x: jax.Array, axis, keepdims: bool = False) -> jax.Array:
+    """``jnp.mean``, in bfloat16 for a bfloat16 input as ``_sum``."""
+    if x.dtype != jnp.bfloat16:
+        return jnp.mean(x, axis=axis, keepdims=keepdims)
+    axes = tuple(a % x.ndim for a in (axis if isinstance(axis, (tuple, list)) else (axis,)))
+    count = 1
+    for a in axes:
+        count *= x.shape[a]
+    return _sum(x, axes, keepdims) / jnp.asarray(count, x.dtype)
+
+
+def computed_in(precision: str, x: jax.Array) -> jax.Array:
+    """The input a normalization computes on (``config.PRECISIONS``): under ``bfloat16`` the bfloat16
+    activations upcast, so that its statistics and its normalization are float32 (the output is
+    rounded back to bfloat16 by ``returned``); otherwise as they are (float32 throughout, or
+    bfloat16 throughout under ``bfloat16-statistics``)."""
+    return x.astype(jnp.float32) if precision == "bfloat16" else x
+
+
+def returned(precision: str, y: jax.Array, dtype) -> jax.Array:
+    """A normalization's output in the activations' type (``dtype``, its input's)."""
+    return y if precision == "float32" else y.astype(dtype)
+
+
+def in_type_of(x: jax.Array, *params: jax.Array) -> tuple[jax.Array, ...]:
+    """Float32 parameters as a bfloat16 computation uses them (``bfloat16-statistics``: rounded to
+    bfloat16, so that the arithmetic stays in bfloat16); unchanged otherwise."""
+    return tuple(p.astype(x.dtype) if x.dtype == jnp.bfloat16 else p for p in params)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
@@ -53,7 +94,7 @@ def batch_norm_train(x, scale, bias, epsilon, axes=(0,), axis_name=None):
 
 
 def _mean(x, axes, axis_name):
-    mean = jnp.mean(x, axis=axes)
+    mean = _mean_of(x, axes)
     return mean if axis_name is None else jax.lax.pmean(mean, axis_name)
 
 
@@ -79,8 +120,8 @@ def _bwd(epsilon, axes, axis_name, residuals, cotangents):
     n = 1
     for axis in axes:
         n *= dy.shape[axis]
-    dbias = jnp.sum(dy, axis=axes)
-    dscale = jnp.sum(dy * normalized, axis=axes)
+    dbias = _sum(dy, axes)
+    dscale = _sum(dy * normalized, axes)
     if axis_name is None:
         dx = (scale * inv) * (dy - (dbias + normalized * dscale) / n)
     else:
@@ -104,16 +145,16 @@ def standardize(x, axes, epsilon):
 
 
 def _standardize(x, axes, epsilon):
-    centered = x - jnp.mean(x, axis=axes, keepdims=True)
-    inv = jax.lax.rsqrt(jnp.mean(jnp.square(centered), axis=axes, keepdims=True) + epsilon)  # two-pass
+    centered = x - _mean_of(x, axes, keepdims=True)
+    inv = jax.lax.rsqrt(_mean_of(jnp.square(centered), axes, keepdims=True) + epsilon)  # two-pass
     normalized = centered * inv
     return normalized, (normalized, inv)
 
 
 def _standardize_bwd(axes, epsilon, residuals, dnormalized):
     normalized, inv = residuals
-    mean_grad = jnp.mean(dnormalized, axis=axes, keepdims=True)
-    mean_projection = jnp.mean(dnormalized * normalized, axis=axes, keepdims=True)
+    mean_grad = _mean_of(dnormalized, axes, keepdims=True)
+    mean_projection = _mean_of(dnormalized * normalized, axes, keepdims=True)
     return (inv * (dnormalized - mean_grad - normalized * mean_projection),)
 
 
@@ -122,8 +163,9 @@ standardize.defvjp(lambda x, axes, epsilon: _standardize(x, axes, epsilon), _sta
 
 def _scale_and_bias(module: nn.Module, normalized: jax.Array) -> jax.Array:
     features = normalized.shape[-1]
-    return (normalized * module.param("scale", nn.initializers.ones, (features,), jnp.float32)
-            + module.param("bias", nn.initializers.zeros, (features,), jnp.float32))
+    scale, bias = in_type_of(normalized, module.param("scale", nn.initializers.ones, (features,), jnp.float32),
+                             module.param("bias", nn.initializers.zeros, (features,), jnp.float32))
+    return normalized * scale + bias
 
 
 class LayerNorm(nn.Module):
@@ -132,11 +174,13 @@ class LayerNorm(nn.Module):
 
     reduction_axes: tuple[int, ...] = (-1,)
     epsilon: float = KERAS_EPSILON
+    precision: str = "float32"  # config.PRECISIONS: see computed_in
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         axes = tuple(a % x.ndim for a in self.reduction_axes)
-        return _scale_and_bias(self, standardize(x, axes, self.epsilon))
+        y = _scale_and_bias(self, standardize(computed_in(self.precision, x), axes, self.epsilon))
+        return returned(self.precision, y, x.dtype)
 
 
 # Up to this many groups, each is standardized as a slice of the features: XLA's CPU code for
@@ -189,11 +233,13 @@ class GroupNorm(nn.Module):
 
     num_groups: int
     epsilon: float = KERAS_EPSILON
+    precision: str = "float32"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         check_groups(self.num_groups, x.shape[-1], "its input")
-        return _scale_and_bias(self, group_standardize(x, self.num_groups, self.epsilon))
+        y = _scale_and_bias(self, group_standardize(computed_in(self.precision, x), self.num_groups, self.epsilon))
+        return returned(self.precision, y, x.dtype)
 
 
 def _all_but_last(x: jax.Array) -> tuple[int, ...]:
@@ -311,20 +357,24 @@ class BatchNorm(nn.Module):
     epsilon: float = KERAS_EPSILON
     axis_name: str | None = None  # synchronized statistics over this mesh axis (see batch_norm_train)
     ghost_batch: int | None = None  # statistics over groups of this many examples (see ghost_batch_norm)
+    precision: str = "float32"  # config.PRECISIONS: see computed_in; moving statistics are float32 always
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         scale, bias, moving_mean = _batch_norm_variables(self, x.shape[-1])
         moving_var = self.variable("batch_stats", "var", jnp.ones, (x.shape[-1],), jnp.float32)
+        given = x
+        x = computed_in(self.precision, x)
         if self.use_running_average:
-            return (x - moving_mean.value) * jax.lax.rsqrt(moving_var.value + self.epsilon) * scale + bias
-        y, mean, var = ghost_batch_norm(x, scale, bias, self.epsilon, _all_but_last(x), self.axis_name,
-                                        self.ghost_batch)
+            y = (x - moving_mean.value) * jax.lax.rsqrt(moving_var.value + self.epsilon) * scale + bias
+            return returned(self.precision, y, given.dtype)
+        y, mean, var = ghost_batch_norm(x, *in_type_of(x, scale, bias), self.epsilon, _all_but_last(x),
+                                        self.axis_name, self.ghost_batch)
         _sow_moments(self, mean, var)
         if _updates_statistics(self):
             moving_mean.value = averaged_moving(self.momentum, moving_mean.value, mean)
             moving_var.value = averaged_moving(self.momentum, moving_var.value, var)
-        return y
+        return returned(self.precision, y, given.dtype)
 
 
 def renorm_limits(step: jax.Array, r_max: float, d_max: float, warmup_steps: int, r_ramp_steps: int,
@@ -359,17 +409,20 @@ class BatchRenorm(nn.Module):
     d_ramp_steps: int = 5000
     axis_name: str | None = None
     ghost_batch: int | None = None  # as BatchNorm's: r and d are then each group's own
+    precision: str = "float32"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
+        given = x.dtype
+        x = computed_in(self.precision, x)
         scale, bias, moving_mean = _batch_norm_variables(self, x.shape[-1])
         moving_std = self.variable("batch_stats", "std", jnp.ones, (x.shape[-1],), jnp.float32)
         steps = self.variable("batch_stats", "steps", jnp.zeros, (), jnp.float32)
         if self.use_running_average:
-            return (x - moving_mean.value) / moving_std.value * scale + bias
+            return returned(self.precision, (x - moving_mean.value) / moving_std.value * scale + bias, given)
         # y = scale * (r * x_hat + d) + bias, x_hat the batch-normalized input: the closed-form
         # backward of BatchNorm gives x_hat's gradient, and r, d are constants to it.
-        ones, zeros = jnp.ones_like(scale), jnp.zeros_like(bias)
+        ones, zeros = in_type_of(x, jnp.ones_like(scale), jnp.zeros_like(bias))
         normalized, mean, var = ghost_batch_norm(x, ones, zeros, self.epsilon, _all_but_last(x), self.axis_name,
                                                  self.ghost_batch)
         _sow_moments(self, mean, var)
@@ -382,7 +435,8 @@ class BatchRenorm(nn.Module):
             moving_mean.value = averaged_moving(self.momentum, moving_mean.value, mean)
             moving_std.value = averaged_moving(self.momentum, moving_std.value, std)
             steps.value = steps.value + 1
-        return (normalized * per_example(r, x, self.ghost_batch) + per_example(d, x, self.ghost_batch)) * scale + bias
+        return returned(self.precision, (normalized * per_example(r, x, self.ghost_batch)
+                                         + per_example(d, x, self.ghost_batch)) * scale + bias, given)
 
 
 def check_groups(groups: int, features: int, where: str) -> None:
@@ -402,9 +456,17 @@ def require(condition: bool, message: str) -> None:
         raise BnbenchError(message)
 
 
+def compute_dtype(precision: str):
+    """The type of a model's products and activations: None (float32, flax's default, left as it
+    was: float64 in the tests' float64 references) or bfloat16."""
+    return None if precision == "float32" else jnp.bfloat16
+
+
 def check_common(model) -> None:
     """The fields every model family has: the normalization, its groups and momentum, the classes,
-    the evaluation batch."""
+    the evaluation batch, the precision."""
+    require(model.precision in PRECISIONS,
+            f"precision={model.precision!r}: choose one of {', '.join(PRECISIONS)}")
     require(model.norm is None or model.norm in NORMS,
             f"norm={model.norm!r}: choose one of {', '.join(NORMS)}, or None for no normalization")
     require(isinstance(model.groups, int) and model.groups >= 1, f"groups={model.groups!r}: must be 1 or more")
@@ -441,7 +503,8 @@ CENTERING = {"batch_norm", "batch_renorm", "layer_norm", "group_norm"}  # a bias
 
 def make_norm(kind: str, train: bool, x: jax.Array, groups: int, where: str,
               reduction_axes: Sequence[int] | None = None, momentum=KERAS_BN_MOMENTUM,
-              axis_name: str | None = None, ghost_batch: int | None = None) -> nn.Module:
+              axis_name: str | None = None, ghost_batch: int | None = None, precision: str = "float32"
+              ) -> nn.Module:
     """The normalization ``kind`` for input ``x``, its statistics per example over ``reduction_axes``
     (LayerNorm; the last axis by default) or over the batch (BatchNorm, Batch Renorm).
 
@@ -450,18 +513,23 @@ def make_norm(kind: str, train: bool, x: jax.Array, groups: int, where: str,
     moving statistics of BatchNorm and Batch Renorm (see ``moving_average``). ``axis_name``: the
     mesh axis over which their statistics are synchronized (data-parallel training), if any;
     ``ghost_batch``: the examples each of their statistics spans (None: the whole batch).
+    ``precision``: see ``computed_in`` (docs/settings.md).
     """
     if kind == "batch_norm":
         return BatchNorm(use_running_average=not train, momentum=momentum, axis_name=axis_name,
-                         ghost_batch=ghost_batch)
+                         ghost_batch=ghost_batch, precision=precision)
     if kind == "batch_renorm":
         return BatchRenorm(use_running_average=not train, momentum=momentum, axis_name=axis_name,
-                           ghost_batch=ghost_batch)
+                           ghost_batch=ghost_batch, precision=precision)
     if kind == "layer_norm":
-        return LayerNorm(reduction_axes=tuple(reduction_axes or (-1,)))
+        return LayerNorm(reduction_axes=tuple(reduction_axes or (-1,)), precision=precision)
     if kind == "group_norm":
         check_groups(groups, x.shape[-1], where)
-        return GroupNorm(num_groups=groups)
+        return GroupNorm(num_groups=groups, precision=precision)
     if kind == "rms_norm":
-        return nn.RMSNorm(epsilon=KERAS_EPSILON)
+        if precision == "float32":
+            return nn.RMSNorm(epsilon=KERAS_EPSILON)
+        # flax's dtype: statistics in float32 (its default), or in bfloat16 without float32 reductions.
+        return nn.RMSNorm(epsilon=KERAS_EPSILON, dtype=jnp.bfloat16,
+                          force_float32_reductions=precision == "bfloat16")
     raise BnbenchError(f"unknown normalization {kind!r}: choose one of {', '.join(NORMS)}")

@@ -126,9 +126,22 @@ def names(text: str) -> list[str]:
     return found
 
 
-def get(name: str) -> Variant:
+def get(name: str, precision: str | None = None) -> Variant:
     """The variant ``name``, or ``base:field=value,...``: the variant ``base`` with those fields of
-    its model replaced (named with the whole text, so reports tell them apart)."""
+    its model replaced (named with the whole text, so reports tell them apart). ``precision``
+    (``--precision``): the model's precision field, unless the name sets it."""
+    variant = _get(name)
+    if precision is None or variant.model.precision == precision or "precision" in _overridden(name):
+        return variant
+    return Variant(variant.name, variant.description, variant.model.clone(precision=precision))
+
+
+def _overridden(name: str) -> set[str]:
+    overrides = name.partition(":")[2]
+    return {item.partition("=")[0] for item in _FIELD_COMMA.split(overrides)} if overrides else set()
+
+
+def _get(name: str) -> Variant:
     base, _, overrides = name.partition(":")
     try:
         variant = VARIANTS[base]
@@ -145,7 +158,14 @@ def get(name: str) -> Variant:
             raise BnbenchError(f"{name!r}: {item!r} is not FIELD=VALUE with a field of {base}'s model "
                                f"({', '.join(fields)})")
         changes[key] = _value(name, key, text, fields[key])
-    return Variant(name, f"{variant.description}; {overrides}", variant.model.clone(**changes))
+    model = variant.model.clone(**changes)
+    if {"depth", "width"} & set(changes):  # the report records the hidden widths that are built
+        try:
+            model.check_fields()
+        except BnbenchError as e:
+            raise BnbenchError(f"{name!r}: {e}") from None
+        model = model.clone(hidden=model.layers())
+    return Variant(name, f"{variant.description}; {overrides}", model)
 
 
 def _value(name: str, key: str, text: str, current):

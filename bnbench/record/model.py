@@ -26,7 +26,14 @@ SWEEP_KIND = "bnbench.sweep"
 # these are defined: every protocol must hold them, `compare` refuses reports that differ in them
 # and `report` groups reports by them.
 PROTOCOL_KEYS = ("dataset", "order", "train_examples", "validation_examples", "test_examples", "batch_size",
-                 "optimizer", "learning_rate", "momentum", "epochs", "seeds")
+                 "optimizer", "learning_rate", "momentum", "weight_decay", "precision", "epochs", "seeds")
+# What reports written before a key existed had (absent there, the same as this value).
+PROTOCOL_DEFAULTS = {"weight_decay": 0.0, "precision": "float32"}
+
+
+def protocol_value(protocol: dict, key: str):
+    """A protocol's ``key``, with PROTOCOL_DEFAULTS standing for keys older reports lack."""
+    return protocol.get(key, PROTOCOL_DEFAULTS.get(key))
 
 
 def _unique(items: list) -> list:
@@ -50,6 +57,8 @@ Momentum = Annotated[float, Field(ge=0, lt=1, description="a number from 0 to be
 IQR = Annotated[float, Field(ge=0, le=1e9, description="a spread in seconds from 0 to 1e+09")]
 BatchStats = Annotated[Literal["sync", "local"], Field(description="sync or local")]
 BatchOrder = Annotated[str, Field(pattern="^(iid|classes:[1-9][0-9]*)$", description="iid or classes:K")]
+Precision = Annotated[Literal["float32", "bfloat16", "bfloat16-statistics"],
+                      Field(description="float32, bfloat16 or bfloat16-statistics")]
 RunId = Annotated[str, Field(pattern="^[0-9a-f]{32}$", description="a run id (32 hex digits)")]
 Seeds = Annotated[list[Whole], Field(min_length=1, description="a list of seeds (whole numbers)",
                                      json_schema_extra={"uniqueItems": True}), AfterValidator(_unique)]
@@ -148,7 +157,11 @@ class SharedProtocol(Record):
     batch_size: Count = None
     optimizer: String
     learning_rate: Positive = None
-    momentum: NonNegative
+    # The optimizer's (SGD's, Adam's b1); a sweep over several has none here, each config its own.
+    momentum: NonNegative = None
+    # Absent in reports from before --weight-decay and --precision: 0 and float32 (PROTOCOL_DEFAULTS).
+    weight_decay: NonNegative = None
+    precision: Precision = None
     epochs: Count = None
     updates_per_epoch: Count = None
     seeds: Seeds
@@ -165,6 +178,7 @@ class Protocol(SharedProtocol):
 
     batch_size: Count
     learning_rate: Positive
+    momentum: NonNegative
     epochs: Count
     updates_per_epoch: Count
 
@@ -176,6 +190,9 @@ class Config(Record):
     base_learning_rate: Positive
     batch_size: Count
     bn_momentum: Momentum
+    # The optimizer's momentum and weight decay (absent in sweeps from before they were swept).
+    momentum: Momentum = None
+    weight_decay: NonNegative = None
     epochs: Count
     updates_per_epoch: Count
     # Where the sweep varies them (--ghost-batch, several --batch-order).
@@ -393,6 +410,9 @@ class Grid(Record):
     slice: GridSlice = None
     ghost_batch: list[Count] = Field(None, description="a list of whole numbers >= 1")
     batch_order: list[BatchOrder] = Field(None, description="a list of batch orders (iid or classes:K)")
+    # Only where --momentum or --weight-decay were given.
+    momentum: list[Momentum] = Field(None, description="a list of momenta from 0 to below 1")
+    weight_decay: list[NonNegative] = Field(None, description="a list of numbers >= 0")
 
 
 class SweepReport(Envelope):

@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass, field
 
 from bnbench.record import stats
+from bnbench.record.model import PROTOCOL_DEFAULTS, protocol_value
 from bnbench.record.schema import PROTOCOL_KEYS
 from bnbench.record.stats import format_ci
 from bnbench.report import reading, scaling
@@ -49,7 +50,12 @@ def differences(base: dict, other: dict) -> list[str]:
     grids = [f"sweep {key} {base['sweep'].get(key)} vs {other['sweep'].get(key)}" for key in
              dict.fromkeys([*base.get("sweep", {}), *other.get("sweep", {})])
              if key not in ("variants", "target") and base["sweep"].get(key) != other["sweep"].get(key)]
-    fields = [f"{key} {a[key]} vs {b[key]}" for key in PROTOCOL_KEYS if key in a and key in b and a[key] != b[key]]
+    # A key older reports lack stands for its value then (protocol_value); one a harness file without
+    # its accuracy benchmark lacks altogether (no dataset) is not compared.
+    recorded = "dataset" in a and "dataset" in b
+    fields = [f"{key} {protocol_value(a, key)} vs {protocol_value(b, key)}" for key in PROTOCOL_KEYS
+              if (key in a and key in b or recorded and key in PROTOCOL_DEFAULTS)
+              and protocol_value(a, key) != protocol_value(b, key)]
     return grids + fields + _batch_stats_differ(base, other) + _batch_order_differ(base, other)
 
 
@@ -66,6 +72,17 @@ def _batch_order_differ(base: dict, other: dict) -> list[str]:
     if "dataset" not in a or "dataset" not in b or batch_order(a) == batch_order(b):
         return []
     return [f"batch order {batch_order(a)} vs {batch_order(b)}"]
+
+
+def settings_text(protocol: dict) -> str:
+    """The optimizer's weight decay and the precision where they are not the notebook's (none,
+    float32), as a title's tail: ``, weight decay 0.0005, bfloat16``."""
+    parts = []
+    if protocol_value(protocol, "weight_decay") != 0:
+        parts.append(f"weight decay {protocol_value(protocol, 'weight_decay')}")
+    if protocol_value(protocol, "precision") != "float32":
+        parts.append(str(protocol_value(protocol, "precision")))
+    return "".join(f", {part}" for part in parts)
 
 
 def batch_stats(protocol: dict) -> str:
@@ -90,7 +107,8 @@ def _batch_stats_differ(base: dict, other: dict) -> list[str]:
 def protocol_key(report: dict) -> tuple:
     """The values of PROTOCOL_KEYS (and a sweep's grid): reports with equal keys are comparable."""
     grid = {k: v for k, v in report.get("sweep", {}).items() if k not in ("variants", "target")}
-    return (*(json.dumps(report["protocol"].get(key)) for key in PROTOCOL_KEYS), json.dumps(grid, sort_keys=True),
+    return (*(json.dumps(protocol_value(report["protocol"], key) if "dataset" in report["protocol"]
+                         else report["protocol"].get(key)) for key in PROTOCOL_KEYS), json.dumps(grid, sort_keys=True),
             batch_stats(report["protocol"]), batch_order(report["protocol"]))
 
 

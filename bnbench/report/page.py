@@ -18,7 +18,7 @@ from bnbench.record.io import ReportFolder, atomic_write
 from bnbench.record.schema import PROTOCOL_KEYS
 from bnbench.record.stats import EQUIVALENCE_MARGIN
 from bnbench.report import plots, reading, scaling
-from bnbench.report.compare import KEY, batch_stats, check_baselines, compare_loaded, protocol_key
+from bnbench.report.compare import KEY, batch_stats, check_baselines, compare_loaded, protocol_key, settings_text
 from bnbench.report.reading import STEP_KINDS
 from bnbench.report.table import format_table
 
@@ -286,11 +286,12 @@ def _title(p: dict) -> str:
     g = lambda key: p.get(key, "?")  # noqa: E731
     if "learning_rate" not in p:  # a sweep: batch size, learning rate and epochs are its grid's
         return (f"{g('dataset')}, {g('order')} order, {g('train_examples')}/{g('validation_examples')}/"
-                f"{g('test_examples')} train/validation/test, {g('optimizer')} momentum {g('momentum')}, a sweep "
-                f"(its grid below), {_seeds_text(p['seeds'])}")
+                f"{g('test_examples')} train/validation/test, {g('optimizer')} momentum {g('momentum')}"
+                f"{settings_text(p)}, a sweep (its grid below), {_seeds_text(p['seeds'])}")
     return (f"{g('dataset')}, {g('order')} order, {g('train_examples')}/{g('validation_examples')}/"
             f"{g('test_examples')} train/validation/test, batch {g('batch_size')}, {g('optimizer')} "
-            f"lr {g('learning_rate')} momentum {g('momentum')}, {g('epochs')} epoch{'s' * (g('epochs') != 1)}, "
+            f"lr {g('learning_rate')} momentum {g('momentum')}{settings_text(p)}, "
+            f"{g('epochs')} epoch{'s' * (g('epochs') != 1)}, "
             f"{_seeds_text(p['seeds'])}")
 
 

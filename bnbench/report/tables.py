@@ -24,7 +24,7 @@ from pathlib import Path
 from bnbench.record import model, stats
 from bnbench.record.io import atomic_write
 from bnbench.report import reading
-from bnbench.report.compare import baseline_entry, baseline_family
+from bnbench.report.compare import baseline_entry, baseline_family, settings_text
 
 FORMATS = ("markdown", "latex", "csv")
 LATEX_FILE, RUNS_FILE, SUMMARY_FILE = "tables.tex", "runs.csv", "summary.csv"
@@ -93,12 +93,13 @@ def _protocol_text(report: dict) -> str:
     if "sweep" in report:
         grid = report["sweep"]
         swept = [f"{label} {', '.join(map(str, grid[key]))}" for key, label in
-                 (("learning_rate", "learning rates"), ("batch_size", "batch sizes"), ("bn_momentum", "BN momenta"))
-                 if grid.get(key)]
-        return (f"{p['dataset']}, {sizes}, {p['optimizer']} momentum {p['momentum']}, a sweep over "
+                 (("learning_rate", "learning rates"), ("batch_size", "batch sizes"), ("bn_momentum", "BN momenta"),
+                  ("momentum", "momenta"), ("weight_decay", "weight decays")) if grid.get(key)]
+        return (f"{p['dataset']}, {sizes}, {p['optimizer']} momentum {p.get('momentum', '(swept)')}"
+                f"{settings_text(p)}, a sweep over "
                 f"{'; '.join(swept)}, {grid['epochs']} epochs")
     return (f"{p['dataset']}, {sizes}, batch {p['batch_size']}, {p['optimizer']} lr {p['learning_rate']} "
-            f"momentum {p['momentum']}, {p['epochs']} epoch{'s' * (p['epochs'] != 1)}")
+            f"momentum {p['momentum']}{settings_text(p)}, {p['epochs']} epoch{'s' * (p['epochs'] != 1)}")
 
 
 def _entries(report: dict) -> dict[str, dict]:
