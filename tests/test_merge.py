@@ -143,3 +143,29 @@ def test_reports_that_are_not_parts_of_one_experiment_are_refused_in_one_line(sl
     notices = load(out)["notices"]
     assert len(notices) == 1 and "ran in another environment" in notices[0] and "cpu_model" in notices[0]
     assert "bnbench: notice:" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # shares the three sweeps above, and resumes one configuration
+def test_a_hole_in_the_grid_is_a_notice_and_resume_trains_only_the_hole(sliced_sweeps, tmp_path, capsys):
+    paths = sliced_sweeps
+    last = load(paths["2"])  # lr 0.03 and 0.1; made to look like slice 3/3 of another job array
+    last["runs"] = [r for r in last["runs"] if r["config"]["base_learning_rate"] != 0.03]
+    last["summary"] = {k: v for k, v in last["summary"].items() if "lr=0.03" not in k}
+    last["sweep"]["slice"] = {"index": 3, "count": 3}
+    write_json(tmp_path / "last.json", last)
+    out = tmp_path / "holed.json"
+    assert cli.main(["merge", str(paths["1"]), str(tmp_path / "last.json"), "--out", str(out)]) == 0
+    notices = load(out)["notices"]
+    assert len(notices) == 1 and "1 configuration of the grid has no runs (seed_bn lr=0.03)" in notices[0]
+    # --resume trains that configuration alone, and the report ends in the grid's order.
+    dataset = data_lib.load("fashion_mnist", str(paths["whole"].parent / "idx"))
+    grid = sweep.Grid(variants=("seed_bn",), learning_rates=(0.01, 0.03, 0.1), batch_sizes=(32,), bn_momenta=(),
+                      epochs=1, seeds=(0, 1), target=0.3)
+    trained = []
+    report = sweep.run_sweep(grid, [variants.get("seed_bn")], dataset, train.DeviceData.from_dataset(dataset),
+                             lambda r: None, previous=load(out),
+                             on_program=lambda program, i, total: trained.append(program.configs))
+    assert [[c["base_learning_rate"] for c in configs] for configs in trained] == [[0.03]]
+    whole = load(paths["whole"])
+    assert list(report["summary"]) == list(whole["summary"])
+    assert [(r["config"], r["seed"]) for r in report["runs"]] == [(r["config"], r["seed"]) for r in whole["runs"]]

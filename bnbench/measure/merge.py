@@ -41,8 +41,8 @@ def merge(reports: Sequence[tuple[str, dict]], command: str | None = None) -> di
     if first["kind"] == SWEEP_KIND:
         grid_record = {k: v for k, v in first["sweep"].items() if k != "slice"}
         grid_record["seeds"] = seeds
-        notices += _missing_slices(reports)
-        grid = _grid(grid_record)
+        grid = _grid(grid_record, protocol)
+        notices += _missing_slices(reports) or _missing_configurations(grid, protocol, runs)
         runs.sort(key=lambda r: _grid_position(r, grid))
         summary = _summaries(reports, runs, lambda r: sweep.label(r["variant"], r["config"], grid),
                              lambda r: r["config"]["updates_per_epoch"], grid.target)
@@ -113,12 +113,19 @@ def _config_text(config: dict) -> str:
                      if k in config)
 
 
-def _grid(record: dict) -> sweep.Grid:
+def _grid(record: dict, protocol: dict) -> sweep.Grid:
+    """The grid a sweep report records (its optimizer and precision in the protocol), every axis that
+    names a summary entry included, so that the merged report's entries are the sweep's."""
     return sweep.Grid(variants=tuple(record["variants"]), learning_rates=tuple(record["learning_rate"]),
                       batch_sizes=tuple(record["batch_size"]), bn_momenta=tuple(record["bn_momentum"]),
                       epochs=record["epochs"], seeds=tuple(record["seeds"]), budget=record["budget"],
                       lr_scaling=record["lr_scaling"], reference_batch_size=record["reference_batch_size"],
-                      eval_every=record.get("eval_every"), target=record.get("target"))
+                      eval_every=record.get("eval_every"), target=record.get("target"),
+                      ghost_batches=tuple(record.get("ghost_batch") or ()),
+                      batch_orders=tuple(record.get("batch_order") or ("iid",)),
+                      optimizer=protocol.get("optimizer", "sgd"), momenta=tuple(record.get("momentum") or ()),
+                      weight_decays=tuple(record.get("weight_decay") or ()),
+                      precision=protocol.get("precision", "float32"))
 
 
 def _grid_position(run: dict, grid: sweep.Grid) -> tuple:
@@ -128,8 +135,11 @@ def _grid_position(run: dict, grid: sweep.Grid) -> tuple:
     def at(values, value):
         return values.index(value) if value in values else 0
 
-    return (at(grid.variants, run["variant"]), at(grid.batch_sizes, config["batch_size"]),
+    # As programs() orders them: variant, batch order, ghost batch, batch size; then the configurations.
+    return (at(grid.variants, run["variant"]), at(grid.batch_orders, config.get("batch_order", "iid")),
+            at(grid.ghost_batches, config.get("ghost_batch")), at(grid.batch_sizes, config["batch_size"]),
             at(grid.learning_rates, config["base_learning_rate"]), at(grid.bn_momenta, config["bn_momentum"]),
+            at(grid.momenta, config.get("momentum")), at(grid.weight_decays, config.get("weight_decay")),
             run["seed"])
 
 
@@ -159,6 +169,26 @@ def _environment_notices(reports) -> list[str]:
                            "times are not comparable with the others', its accuracies are; the environment recorded "
                            f"is {first_name}'s")
     return notices
+
+
+def _missing_configurations(grid: sweep.Grid, protocol: dict, runs: list[dict]) -> list[str]:
+    """A notice naming the grid's configurations no input trained (slices of different counts, or
+    reports of parts of a grid): a hole in the grid is said, never left silent."""
+    from bnbench.models import variants
+
+    try:
+        chosen = [variants.get(name, precision=grid.precision) for name in grid.variants]
+        everything = sweep.programs(grid, chosen, protocol["train_examples"])
+    except BnbenchError:  # a variant this bnbench does not know: nothing to count against
+        return []
+    trained = {sweep.label(r["variant"], r["config"], grid) for r in runs}
+    missing = [name for p in everything for c in p.configs
+               if (name := sweep.label(p.variant.name, c, grid)) not in trained]
+    if not missing:
+        return []
+    shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
+    return [f"{len(missing)} configuration{'s' * (len(missing) > 1)} of the grid {'have' if len(missing) > 1 else 'has'} no runs ({shown}): merge "
+            "their reports in when they exist, or train them into this report with bnbench sweep --resume"]
 
 
 def _missing_slices(reports) -> list[str]:

@@ -324,8 +324,21 @@ def run_sweep(grid: Grid, chosen: Sequence[Variant], dataset: Dataset, data: tra
     created = previous["created"] if previous else datetime.datetime.now(datetime.timezone.utc).isoformat(
         timespec="seconds")
     done = set(summary) | set(done or ())
-    todo = [p for p in programs(grid, chosen, train_examples)
-            if any(label(p.variant.name, c, grid) not in done for c in p.configs)]
+    everything = programs(grid, chosen, train_examples)
+    # A program resumed trains only the configurations the report lacks (a merged job array's slices
+    # may end inside one), and the report keeps the grid's order however its runs came.
+    todo = [dataclasses.replace(p, configs=missing) for p in everything
+            if (missing := tuple(c for c in p.configs if label(p.variant.name, c, grid) not in done))]
+    position = {label(p.variant.name, c, grid): i for i, (p, c) in
+                enumerate((p, c) for p in everything for c in p.configs)}
+
+    def in_grid_order(runs: list[dict], summary: dict) -> tuple[list[dict], dict]:
+        def place(name):
+            return position.get(name, len(position))
+        ordered = dict(sorted(summary.items(), key=lambda item: place(item[0])))
+        return sorted(runs, key=lambda r: place(label(r["variant"], r["config"], grid)) if r.get("config")
+                      else len(position)), ordered
+
     for i, program in enumerate(todo):
         if on_program is not None:
             on_program(program, i, len(todo))
@@ -338,5 +351,6 @@ def run_sweep(grid: Grid, chosen: Sequence[Variant], dataset: Dataset, data: tra
             if "bn_momentum" in entry["model"]:  # the model as trained: the configuration's momentum
                 entry["model"] = {**entry["model"], "bn_momentum": config["bn_momentum"]}
             summary[name] = {"variant": program.variant.name, "config": config, **entry}
+        runs, summary = in_grid_order(runs, summary)
         write(make_sweep_report(dataset, grid, list(runs), dict(summary), command, run_id, created, parallel))
     return make_sweep_report(dataset, grid, runs, summary, command, run_id, created, parallel)
