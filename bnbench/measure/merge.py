@@ -187,7 +187,9 @@ def _missing_configurations(grid: sweep.Grid, protocol: dict, runs: list[dict]) 
     if not missing:
         return []
     shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
-    return [f"{len(missing)} configuration{'s' * (len(missing) > 1)} of the grid {'have' if len(missing) > 1 else 'has'} no runs ({shown}): merge "
+    many = len(missing) > 1
+    count = f"{len(missing)} configuration{'s' * many} of the grid {'have' if many else 'has'}"
+    return [f"{count} no runs ({shown}): merge "
             "their reports in when they exist, or train them into this report with bnbench sweep --resume"]
 
 
