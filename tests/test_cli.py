@@ -97,7 +97,7 @@ def test_failed_run_leaves_an_earlier_report_intact(idx_dir, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("args, message", [
     (["--variant", "group_norm:groups=3"], "group_norm: 3 groups do not divide the 784 features of the input"),
-    (["--variant", "seed_bn:depth=3"], "'depth=3' is not FIELD=VALUE with a field of seed_bn's model"),
+    (["--variant", "seed_bn:deepth=3"], "'deepth=3' is not FIELD=VALUE with a field of seed_bn's model"),
     (["--variant", "batchnorm"], "unknown variant 'batchnorm'"),
     (["--dataset", "cifar10"], "cifar10 is not prepared in tfds' data dir"),
     (["--dataset", "svhn"], "unknown dataset 'svhn'"),

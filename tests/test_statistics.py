@@ -21,7 +21,7 @@ def steps(name: str, batches) -> train.TrainState:
     """``name``'s state after one SGD step on each of ``batches`` (images, labels)."""
     model = variants.get(name).model
     state = train.initializer(model, (28, 28))(jax.random.PRNGKey(0))
-    step = jax.jit(lambda s, x, y: train.train_step(model, train.Protocol().optimizer(), s, x, y))
+    step = jax.jit(lambda s, x, y: train.train_step(model, train.Protocol().transform(), s, x, y))
     for images, labels in batches:
         state, _ = step(state, images, labels)
     return state
