@@ -40,11 +40,16 @@ def whole(least: int) -> Callable[[str], int]:
 positive_int = whole(1)
 
 
-def positive_float(text: str) -> float:
+def number(text: str) -> float:
+    """``text`` as a float; one line naming it otherwise (each parser below adds its range)."""
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
         raise BadValue(f"{text!r} is not a number") from None
+
+
+def positive_float(text: str) -> float:
+    value = number(text)
     if not value > 0:
         raise BadValue(f"{text!r} must be greater than 0")
     if not math.isfinite(value):
@@ -62,10 +67,7 @@ def fraction(text: str) -> float:
 
 def momentum(text: str) -> float:
     """A momentum (SGD's, or Adam's b1) in [0, 1)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise BadValue(f"{text!r} is not a number") from None
+    value = number(text)
     if not 0 <= value < 1:
         raise BadValue(f"{text!r} is not a momentum: choose a value from 0 to below 1, as 0.9")
     return value
@@ -73,10 +75,7 @@ def momentum(text: str) -> float:
 
 def weight_decay(text: str) -> float:
     """A weight decay: 0 or more, finite."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise BadValue(f"{text!r} is not a number") from None
+    value = number(text)
     if not (value >= 0 and math.isfinite(value)):
         raise BadValue(f"{text!r} is not a weight decay: choose a finite value of 0 or more, as 5e-4")
     return value
