@@ -12,7 +12,7 @@ import pytest
 from bnbench.engine import train
 from bnbench.errors import BnbenchError
 from bnbench.models import BatchNorm, BatchRenorm, variants
-from bnbench.models.convnet import Conv
+from bnbench.models.convnet import Conv, max_pool_2x2
 from bnbench.models.norms import GroupNorm, LayerNorm, renorm_limits
 
 EPS, MOMENTUM = 1e-3, 0.99
@@ -229,6 +229,26 @@ def test_im2col_convolution_equals_xla_convolution_and_flax_conv_parameters():
     reference = nn.Conv(5, (3, 3), padding="SAME", kernel_init=nn.initializers.glorot_uniform())
     assert jax.tree.map(jnp.shape, variables) == jax.tree.map(jnp.shape, reference.init(jax.random.PRNGKey(1), x))
     np.testing.assert_allclose(ours.apply(variables, x), reference.apply(variables, x), rtol=1e-5, atol=1e-5)
+
+
+def test_max_pool_equals_flax_max_pool_in_values_and_gradients_with_ties():
+    # Rounded values and ReLU's zeros make ties common, as in training; odd sizes leave a row and
+    # a column outside every window.
+    for shape in ((3, 8, 6, 4), (2, 7, 9, 3)):
+        x = jnp.round(jax.random.normal(jax.random.PRNGKey(0), shape) * 2) / 2
+        x = jnp.concatenate([jax.nn.relu(x), x], axis=0)
+        cotangent = jax.random.normal(jax.random.PRNGKey(1), (x.shape[0], shape[1] // 2, shape[2] // 2, shape[3]))
+
+        def flax_pool(x):
+            return nn.max_pool(x, (2, 2), strides=(2, 2))
+
+        ours, ours_vjp = jax.vjp(max_pool_2x2, x)
+        theirs, theirs_vjp = jax.vjp(flax_pool, x)
+        np.testing.assert_array_equal(ours, theirs)
+        np.testing.assert_array_equal(ours_vjp(cotangent)[0], theirs_vjp(cotangent)[0])
+        # Ties are real here (the test could fail): a split gradient would differ.
+        window = x[:, 0:2, 0:2]
+        assert int(jnp.sum(window == jnp.max(window, axis=(1, 2), keepdims=True))) > x.shape[0] * shape[3]
 
 
 @pytest.mark.slow
