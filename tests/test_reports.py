@@ -645,3 +645,17 @@ def test_a_baseline_absent_from_a_report_is_named_as_absent_not_as_a_sweep(capsy
     text = against_baselines(loaded, ["seed_bn"])
     assert "seed_bn is not in [1], whose variants are conv_bn, conv_group_norm" in text
     assert "its own configuration" not in text
+
+
+def test_a_ghost_batch_sweep_sets_each_group_size_against_the_baselines_same_size():
+    from bnbench.report.compare import baseline_entry
+
+    report = reading.load_all([str(RESULTS / "cpu-ghost-batch-mlp.json")])[0]
+    entries = report["variants"].values()
+    for entry in entries:
+        base = baseline_entry(report, entry, "seed_bn")
+        assert base["variant"] == "seed_bn"
+        # A control without batch statistics (trained once) meets the baseline's whole batch.
+        expected = entry["config"].get("ghost_batch", entry["config"]["batch_size"])
+        assert base["config"]["ghost_batch"] == expected
+    assert {e["config"].get("ghost_batch") for e in entries} == {2, 4, 8, 16, 32, None}

@@ -338,14 +338,20 @@ def check_baselines(loaded: list[dict], baselines) -> None:
 
 def baseline_entry(report: dict, entry: dict, baseline: str) -> dict | None:
     """The entry of variant ``baseline`` to set ``entry`` against: in a sweep, the baseline's entry
-    at the same learning rate and batch size (and momentum, where the baseline has one swept)."""
+    at the same configuration (learning rate, batch size, ghost batch, batch order, optimizer
+    numbers; and BN momentum, where the baseline has one swept). A variant without batch statistics,
+    trained once in a ghost-batch sweep, is set against the baseline's whole batch."""
     if "config" not in entry:
         return report["variants"].get(baseline)
-    def key(config):
-        return config["base_learning_rate"], config["batch_size"]
-    same = [v for v in report["variants"].values() if v.get("variant") == baseline
-            and key(v["config"]) == key(entry["config"])]
-    return next((v for v in same if v["config"]["bn_momentum"] == entry["config"]["bn_momentum"]),
+    config = entry["config"]
+
+    def agrees(other: dict) -> bool:
+        if "ghost_batch" not in config and other.get("ghost_batch", config["batch_size"]) != config["batch_size"]:
+            return False
+        return all(other[k] == config[k] for k in other.keys() & config.keys() if k != "bn_momentum")
+
+    same = [v for v in report["variants"].values() if v.get("variant") == baseline and agrees(v["config"])]
+    return next((v for v in same if v["config"].get("bn_momentum") == config.get("bn_momentum")),
                 same[0] if same else None)
 
 
