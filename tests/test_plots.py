@@ -115,6 +115,20 @@ def test_momentum_is_drawn_on_a_log_memory_axis_named_by_m(sweeps_loaded, drawn,
     assert [t.get_text() for t in ax.get_xticklabels()] == ["0", "0.5", "0.9", "0.99", "0.999"]
 
 
+def test_batch_orders_are_an_axis_of_classes_per_batch_iid_last(drawn, tmp_path):
+    order = reading.load_all([str(RESULTS / "cpu-batch-order.json")])[0]
+    assert "batch_order" in sweeps.swept_axes(order["sweep"])
+    sweeps.plot_accuracy(page._pyplot(), order, "batch_order", tmp_path / "order.png", page._save)
+    fig = drawn["order.png"]
+    _check_figure("order.png", fig)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "2", "4", "iid"]
+    labels = [line.get_label() for line in ax.get_lines() if not line.get_label().startswith("_")]
+    assert labels == ["seed_bn", "batch_renorm", "group_norm", "layer_norm", "plain_relu"]  # a line per variant
+    header = sweeps.table(order, "batch_order").splitlines()[0]
+    assert [cell.strip() for cell in header.split("|")[2:-1]] == ["classes:1", "classes:2", "classes:4", "iid"]
+
+
 def test_sweep_curves_run_against_epochs_with_each_runs_own_learning_rate(sweeps_loaded, drawn, tmp_path):
     batch = sweeps_loaded[1]
     sweeps.plot_curves(page._pyplot(), batch, tmp_path / "curves.png", page._save)

@@ -21,14 +21,26 @@ from bnbench.report.table import format_table
 AXES = {"learning_rate": ("learning rate", "base_learning_rate", "log"),
         "batch_size": ("batch size", "batch_size", "log2"),
         "bn_momentum": ("BN momentum", "bn_momentum", "linear"),
-        "ghost_batch": ("ghost batch (examples per BN statistic)", "ghost_batch", "log2")}
+        "ghost_batch": ("ghost batch (examples per BN statistic)", "ghost_batch", "log2"),
+        "batch_order": ("classes per training batch (iid: any)", "batch_order", "categories")}
 
 
 def swept_axes(grid: dict) -> list[str]:
     return [axis for axis in AXES if len(grid.get(axis) or []) > 1]
 
 
-SHORT = {"learning_rate": "lr", "batch_size": "batch", "bn_momentum": "m", "ghost_batch": "gb"}
+SHORT = {"learning_rate": "lr", "batch_size": "batch", "bn_momentum": "m", "ghost_batch": "gb", "batch_order": "order"}
+
+
+def _text(value) -> str:
+    return value if isinstance(value, str) else f"{value:g}"
+
+
+def _along(axis: str, value) -> float:
+    """The order of ``value`` along ``axis``: batch orders by classes per batch, i.i.d. (all of them) last."""
+    if axis == "batch_order":
+        return math.inf if value == "iid" else float(value.partition(":")[2])
+    return float(value)
 
 
 def _at_every_value(report: dict, axis: str, entry: dict) -> list[dict]:
@@ -50,16 +62,21 @@ def _lines(report: dict, axis: str) -> dict[str, list[dict]]:
     for entry in report["variants"].values():
         if "config" not in entry:
             continue
-        order = [entry["config"]["batch_order"]] if "batch_order" in entry["config"] else []  # a line each
-        name = " ".join([entry["variant"], *(f"{SHORT[a]}={entry['config'][AXES[a][1]]:g}" for a in others
+        # A line per batch order, unless the orders are an axis: this one, or among the others.
+        order = [entry["config"]["batch_order"]] if "batch_order" in entry["config"] and "batch_order" not in (
+            axis, *others) else []
+        name = " ".join([entry["variant"], *(f"{SHORT[a]}={_text(entry['config'][AXES[a][1]])}" for a in others
                                              if AXES[a][1] in entry["config"]), *order])
         lines.setdefault(name, []).extend(_at_every_value(report, axis, entry))
-    return {name: sorted(entries, key=lambda e: e["config"][key]) for name, entries in lines.items()}
+    return {name: sorted(entries, key=lambda e: _along(axis, e["config"][key])) for name, entries in lines.items()}
 
 
-def _x(axis: str, value: float) -> float:
+def _x(axis: str, value, values=()) -> float:
     """Where ``value`` of ``axis`` is drawn: BN's momentum m at 1/(1-m), the number of updates its
-    moving statistics remember (0, 0.9, 0.99 and 0.999 evenly apart on a log axis)."""
+    moving statistics remember (0, 0.9, 0.99 and 0.999 evenly apart on a log axis); a batch order
+    at its place among ``values``, the axis's values, evenly apart."""
+    if axis == "batch_order":
+        return float(sorted(set(values), key=lambda v: _along(axis, v)).index(value))
     if axis == "bn_momentum":
         return 1 / (1 - value) if value < 1 else math.inf
     return float(value)
@@ -77,8 +94,10 @@ def _x_scale(ax, scale: str, axis: str | None = None, report: dict | None = None
         ax.set_xscale("log", base=2)
     if axis is None:
         return
-    values = sorted(set(values))
-    if axis == "bn_momentum":
+    values = sorted(set(values), key=lambda v: _along(axis, v))
+    if axis == "batch_order":
+        ax.set_xticks([_x(axis, v, values) for v in values], [v.replace("classes:", "") for v in values])
+    elif axis == "bn_momentum":
         ax.set_xscale("log")
         ax.set_xticks([_x(axis, v) for v in values], [f"{v:g}" for v in values])
     elif axis == "batch_size":
@@ -135,7 +154,7 @@ def plot_accuracy(plt, report: dict, axis: str, path: Path, save, colors=None) -
         feet: dict[float, int] = {}
         for name, entries in lines.items():
             look = looks[name]
-            xs = np.array([_x(axis, e["config"][key]) for e in entries])
+            xs = np.array([_x(axis, e["config"][key], values) for e in entries])
             mean, lo, hi = (np.array(v) for v in zip(*[_interval(e, metric) for e in entries]))
             shown = np.where(mean >= cut, mean, np.nan)
             ax.plot(xs, shown, ms=4, lw=1.4, label=name, **plots.line_style(look))
@@ -358,7 +377,7 @@ def table(report: dict, axis: str, metric: str = "val_accuracy") -> str:
     the seeds that did not diverge, and how many diverged."""
     title, key, _ = AXES[axis]
     lines = _lines(report, axis)
-    values = sorted({e["config"][key] for entries in lines.values() for e in entries})
+    values = sorted({e["config"][key] for entries in lines.values() for e in entries}, key=lambda v: _along(axis, v))
     rows = []
     for name, entries in lines.items():
         cells = {e["config"][key]: e for e in entries}
@@ -372,7 +391,7 @@ def table(report: dict, axis: str, metric: str = "val_accuracy") -> str:
             text = format_ci(e[metric]) if e.get(metric) else "diverged"
             row.append(text + (f" ({diverged}/{e['seeds']} div.)" if diverged and e.get(metric) else ""))
         rows.append(row)
-    return format_table([f"{metric.replace('_', ' ')} \\ {title}", *[f"{v:g}" for v in values]], rows, markdown=True)
+    return format_table([f"{metric.replace('_', ' ')} \\ {title}", *map(_text, values)], rows, markdown=True)
 
 
 def grid_text(report: dict) -> str:
