@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from bnbench.errors import BnbenchError
 from bnbench.report import generated
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,8 +56,18 @@ def test_a_block_fills_from_its_report_and_an_unknown_kind_is_one_line(checkout,
     (checkout / "docs" / "index.md").write_text(f"<!-- generated: plot {report} -->\n<!-- end generated -->\n")
     assert generated.main(["--check"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"bnbench: error: generated block 'plot' (for {report}): use 'summary REPORT' or "
-                   "'differences REPORT BASELINE'"]
+    assert err == [f"bnbench: error: generated block 'plot' (for {report}): use 'summary REPORT', "
+                   "'differences REPORT BASELINE' or 'sweep REPORT AXIS'"]
+
+
+def test_a_sweep_block_tables_the_accuracies_along_an_axis_and_names_the_axes_there_are(checkout):
+    report = "results/cpu-batch-order.json"
+    filled = generated.fill_blocks(f"<!-- generated: sweep {report} batch_order -->\n<!-- end generated -->\n",
+                                   checkout)
+    assert "| val accuracy \\ classes per training batch" in filled and "| test accuracy \\" in filled
+    assert "| seed_bn " in filled and f"From `{report}`, 5 seeds" in filled
+    with pytest.raises(BnbenchError, match="ghost_batch is not an axis of that sweep; use one of batch_order"):
+        generated.fill_blocks(f"<!-- generated: sweep {report} ghost_batch -->\n<!-- end generated -->\n", checkout)
 
 
 def test_outside_a_checkout_it_says_where_to_run(tmp_path, monkeypatch, capsys):

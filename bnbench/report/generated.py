@@ -27,7 +27,7 @@ RESULTS = (
     "cpu-pytest-benchmark-variants.json", "cpu-notebook-5seeds.json", "cpu-amd-epyc-notebook-5seeds.json",
     "cpu-benchmark.json", "cpu-pytest-benchmark.json", "cpu-data-parallel-1device-2epochs.json",
     "cpu-data-parallel-4sync-2epochs.json", "cpu-data-parallel-4local-2epochs.json",
-    "cpu-data-parallel-scaling-pytest-benchmark.json",
+    "cpu-data-parallel-scaling-pytest-benchmark.json", "cpu-ghost-batch-mlp.json", "cpu-batch-order.json",
 )
 BASELINES = ("seed_bn", "plain_relu", "conv_plain", "conv_bn")
 # Where only generated files live: anything else there is stale.
@@ -37,8 +37,9 @@ BLOCK = re.compile(r"(<!-- generated: (\w+) ([^>]+?) -->\n).*?(<!-- end generate
 
 def fill_blocks(text: str, root: Path) -> str:
     """``text`` with each generated block's content made from the report it names: ``summary
-    REPORT`` (the summary table) or ``differences REPORT BASELINE`` (every variant against the
-    baseline, seed by seed, with verdicts)."""
+    REPORT`` (the summary table), ``differences REPORT BASELINE`` (every variant against the
+    baseline, seed by seed, with verdicts) or ``sweep REPORT AXIS`` (a sweep's final accuracies
+    along one of its axes)."""
     from bnbench.report import reading
     from bnbench.report.compare import against_baselines
     from bnbench.report.summary import summary_table
@@ -59,9 +60,19 @@ def fill_blocks(text: str, root: Path) -> str:
             table = against_baselines(loaded, rest, markdown=True).split("\n", 2)[2]
             source = (f"From `{report}`, {seeds} seeds: each variant minus {rest[0]}, paired over seeds, Holm-adjusted "
                       f"within each accuracy; `bnbench compare {report} --baseline {rest[0]}`.")
+        elif kind == "sweep" and len(rest) == 1:
+            from bnbench.report import sweeps
+
+            loaded = reading.load_all([str(root / report)])[0]
+            if rest[0] not in sweeps.swept_axes(loaded["sweep"]):
+                raise BnbenchError(f"generated block 'sweep {match.group(3)}': {rest[0]} is not an axis of that "
+                                   f"sweep; use one of {', '.join(sweeps.swept_axes(loaded['sweep']))}")
+            table = "\n\n".join(sweeps.table(loaded, rest[0], metric) for metric in ("val_accuracy", "test_accuracy"))
+            source = (f"From `{report}`, {seeds} seeds: final accuracy, mean ± 95% CI half-width over seeds; "
+                      f"plot in `results/README.md`.")
         else:
-            raise BnbenchError(f"generated block {kind!r} (for {match.group(3)}): use 'summary REPORT' or "
-                               "'differences REPORT BASELINE'")
+            raise BnbenchError(f"generated block {kind!r} (for {match.group(3)}): use 'summary REPORT', "
+                               "'differences REPORT BASELINE' or 'sweep REPORT AXIS'")
         return f"{match.group(1)}{table}\n\n{source}\n{match.group(4)}"
 
     return BLOCK.sub(fill, text)
