@@ -1,4 +1,4 @@
-"""The bnbench command line: variants, run, sweep, merge, compare, report."""
+"""The bnbench command line: variants, run, sweep, merge, compare, report, profile."""
 
 from __future__ import annotations
 
@@ -238,6 +238,27 @@ def _sweep(args, grid, chosen, parallel, main_process: bool, claim, runs_per_pro
     return finish(claim, report)
 
 
+def cmd_profile(args) -> int:
+    from bnbench.engine import train
+    from bnbench.measure import profile
+    from bnbench.models import variants
+
+    chosen = [variants.get(name) for name in (args.variant or list(variants.NOTEBOOK_VARIANTS))]
+    _, device_data = _load_data(args, chosen)
+    protocol = train.Protocol(batch_size=args.batch_size, learning_rate=args.learning_rate)
+    available = int(device_data.train_labels.shape[0]) // args.batch_size
+    if args.steps > available:
+        raise BnbenchError(f"--steps {args.steps}: the training split holds {available} batches of "
+                           f"{args.batch_size}; choose at most {available}")
+    profiles = []
+    for variant in chosen:
+        profiles.append(profile.profile_epoch(variant, device_data, protocol, steps=args.steps))
+        print(profile.table(profiles[-1], top=args.top), end="\n\n")
+    if len(profiles) > 1:
+        print(profile.side_by_side(profiles))
+    return 0
+
+
 def cmd_merge(args) -> int:
     from bnbench.measure.merge import merge
     from bnbench.record.io import ReportClaim
@@ -388,6 +409,17 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--force", action="store_true", help="replace the report at --out and start the sweep anew")
     add_scale_out_options(sweep)
     sweep.set_defaults(func=cmd_sweep)
+
+    prof = sub.add_parser("profile", help="where a training epoch's time goes: XLA's trace of a compiled epoch, "
+                                          "per part of the step (products, patches, pooling, normalization, ...)")
+    prof.add_argument("--variant", action="append", metavar="NAME",
+                      help="a variant to profile (repeatable; default: seed_plain and seed_bn), NAME:FIELD=VALUE,...")
+    prof.add_argument("--steps", type=positive_int, default=300, help="updates in the traced epoch (default 300)")
+    prof.add_argument("--batch-size", type=positive_int, default=32, help="batch size (default 32)")
+    prof.add_argument("--learning-rate", type=positive_float, default=1e-3, help="learning rate (default 1e-3)")
+    prof.add_argument("--top", type=positive_int, default=12, help="kernels listed after the parts (default 12)")
+    options.add_to_argparse(prof, options.DATA)
+    prof.set_defaults(func=cmd_profile)
 
     merge = sub.add_parser("merge", help="join reports of disjoint runs of one sweep (or run) into one report")
     merge.add_argument("reports", nargs="+", metavar="REPORT.json",

@@ -76,8 +76,9 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
     backward are elementwise over strided views, which XLA fuses with their neighbours. As
     ``select_and_scatter_add`` does, the gradient goes to the first maximum of a window in row-major
     order, never split between ties."""
-    top_left, top_right, bottom_left, bottom_right = _window_elements(x)
-    return jnp.maximum(jnp.maximum(top_left, top_right), jnp.maximum(bottom_left, bottom_right))
+    with jax.named_scope("max_pool"):  # so that a profile (bnbench profile) can name its kernels
+        top_left, top_right, bottom_left, bottom_right = _window_elements(x)
+        return jnp.maximum(jnp.maximum(top_left, top_right), jnp.maximum(bottom_left, bottom_right))
 
 
 def _max_pool_forward(x):
@@ -85,7 +86,8 @@ def _max_pool_forward(x):
     # maximum). An argmax, a reduction, is kept in memory for the backward pass; elementwise
     # comparisons would be fused into its loop over every pixel and recomputed there, with the
     # normalization and ReLU before them, four times over.
-    first = jnp.argmax(jnp.stack(_window_elements(x), axis=3), axis=3).astype(jnp.int8)
+    with jax.named_scope("max_pool"):
+        first = jnp.argmax(jnp.stack(_window_elements(x), axis=3), axis=3).astype(jnp.int8)
     return max_pool_2x2(x), (first, x.shape)
 
 
@@ -94,10 +96,11 @@ def _max_pool_backward(residuals, g):
     # interleaving copy), kept where the pixel's place in the window is the first maximum's.
     first, shape = residuals
     n, half_height, half_width, channels = g.shape
-    place = jnp.arange(4, dtype=jnp.int8).reshape(1, 1, 2, 1, 2, 1)
-    gx = jnp.where(first[:, :, None, :, None, :] == place, g[:, :, None, :, None, :], jnp.zeros((), g.dtype))
-    gx = gx.reshape(n, 2 * half_height, 2 * half_width, channels)
-    return (jnp.pad(gx, ((0, 0), (0, shape[1] - gx.shape[1]), (0, shape[2] - gx.shape[2]), (0, 0))),)
+    with jax.named_scope("max_pool"):
+        place = jnp.arange(4, dtype=jnp.int8).reshape(1, 1, 2, 1, 2, 1)
+        gx = jnp.where(first[:, :, None, :, None, :] == place, g[:, :, None, :, None, :], jnp.zeros((), g.dtype))
+        gx = gx.reshape(n, 2 * half_height, 2 * half_width, channels)
+        return (jnp.pad(gx, ((0, 0), (0, shape[1] - gx.shape[1]), (0, shape[2] - gx.shape[2]), (0, 0))),)
 
 
 max_pool_2x2.defvjp(_max_pool_forward, _max_pool_backward)
