@@ -41,9 +41,11 @@ def merge(reports: Sequence[tuple[str, dict]], command: str | None = None) -> di
     if first["kind"] == SWEEP_KIND:
         grid_record = {k: v for k, v in first["sweep"].items() if k != "slice"}
         grid_record["seeds"] = seeds
-        grid = _grid(grid_record, protocol)
+        grid = sweep.Grid.from_record(grid_record, protocol)
         notices += _missing_slices(reports) or _missing_configurations(grid, protocol, runs)
-        runs.sort(key=lambda r: _grid_position(r, grid))
+        position = _positions(grid, protocol)
+        runs.sort(key=lambda r: (position.get(sweep.label(r["variant"], r["config"], grid), len(position)),
+                                 r["seed"]))
         summary = _summaries(reports, runs, lambda r: sweep.label(r["variant"], r["config"], grid),
                              lambda r: r["config"]["updates_per_epoch"], grid.target)
         built = model.SweepReport(**envelope, sweep=grid_record, runs=runs, summary=summary,
@@ -113,36 +115,6 @@ def _config_text(config: dict) -> str:
                      if k in config)
 
 
-def _grid(record: dict, protocol: dict) -> sweep.Grid:
-    """The grid a sweep report records (its optimizer and precision in the protocol), every axis that
-    names a summary entry included, so that the merged report's entries are the sweep's."""
-    return sweep.Grid(variants=tuple(record["variants"]), learning_rates=tuple(record["learning_rate"]),
-                      batch_sizes=tuple(record["batch_size"]), bn_momenta=tuple(record["bn_momentum"]),
-                      epochs=record["epochs"], seeds=tuple(record["seeds"]), budget=record["budget"],
-                      lr_scaling=record["lr_scaling"], reference_batch_size=record["reference_batch_size"],
-                      eval_every=record.get("eval_every"), target=record.get("target"),
-                      ghost_batches=tuple(record.get("ghost_batch") or ()),
-                      batch_orders=tuple(record.get("batch_order") or ("iid",)),
-                      optimizer=protocol.get("optimizer", "sgd"), momenta=tuple(record.get("momentum") or ()),
-                      weight_decays=tuple(record.get("weight_decay") or ()),
-                      precision=protocol.get("precision", "float32"))
-
-
-def _grid_position(run: dict, grid: sweep.Grid) -> tuple:
-    """Where ``run`` stands in the order one sweep of the whole grid trains and writes its runs."""
-    config = run["config"]
-
-    def at(values, value):
-        return values.index(value) if value in values else 0
-
-    # As programs() orders them: variant, batch order, ghost batch, batch size; then the configurations.
-    return (at(grid.variants, run["variant"]), at(grid.batch_orders, config.get("batch_order", "iid")),
-            at(grid.ghost_batches, config.get("ghost_batch")), at(grid.batch_sizes, config["batch_size"]),
-            at(grid.learning_rates, config["base_learning_rate"]), at(grid.bn_momenta, config["bn_momentum"]),
-            at(grid.momenta, config.get("momentum")), at(grid.weight_decays, config.get("weight_decay")),
-            run["seed"])
-
-
 def _summaries(reports, runs: list[dict], name_of, updates_of, target) -> dict:
     """Every summary entry recomputed from its runs; what summarize does not compute (the variant's
     description, model, layout, floor) kept from the entry of the first report that has it."""
@@ -171,14 +143,26 @@ def _environment_notices(reports) -> list[str]:
     return notices
 
 
+def _chosen(grid: sweep.Grid) -> list:
+    from bnbench.models import variants
+
+    return [variants.get(name, precision=grid.precision) for name in grid.variants]
+
+
+def _positions(grid: sweep.Grid, protocol: dict) -> dict[str, int]:
+    """The grid's order (``sweep.grid_positions``); none (the inputs' order) for a variant this
+    bnbench does not know."""
+    try:
+        return sweep.grid_positions(grid, _chosen(grid), protocol["train_examples"])
+    except BnbenchError:
+        return {}
+
+
 def _missing_configurations(grid: sweep.Grid, protocol: dict, runs: list[dict]) -> list[str]:
     """A notice naming the grid's configurations no input trained (slices of different counts, or
     reports of parts of a grid): a hole in the grid is said, never left silent."""
-    from bnbench.models import variants
-
     try:
-        chosen = [variants.get(name, precision=grid.precision) for name in grid.variants]
-        everything = sweep.programs(grid, chosen, protocol["train_examples"])
+        everything = sweep.programs(grid, _chosen(grid), protocol["train_examples"])
     except BnbenchError:  # a variant this bnbench does not know: nothing to count against
         return []
     trained = {sweep.label(r["variant"], r["config"], grid) for r in runs}

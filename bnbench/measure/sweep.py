@@ -125,6 +125,21 @@ class Grid:
             fields["weight_decay"] = self.optimizer_weight_decays()[0]
         return fields
 
+    @classmethod
+    def from_record(cls, record: dict, protocol: dict) -> "Grid":
+        """The grid a sweep report records (its optimizer and precision in the protocol), every axis
+        that names a summary entry included, so that entries named from it are the sweep's."""
+        return cls(variants=tuple(record["variants"]), learning_rates=tuple(record["learning_rate"]),
+                   batch_sizes=tuple(record["batch_size"]), bn_momenta=tuple(record["bn_momentum"]),
+                   epochs=record["epochs"], seeds=tuple(record["seeds"]), budget=record["budget"],
+                   lr_scaling=record["lr_scaling"], reference_batch_size=record["reference_batch_size"],
+                   eval_every=record.get("eval_every"), target=record.get("target"),
+                   ghost_batches=tuple(record.get("ghost_batch") or ()),
+                   batch_orders=tuple(record.get("batch_order") or ("iid",)),
+                   optimizer=protocol.get("optimizer", "sgd"), momenta=tuple(record.get("momentum") or ()),
+                   weight_decays=tuple(record.get("weight_decay") or ()),
+                   precision=protocol.get("precision", "float32"))
+
     def record(self) -> dict:
         """The grid as the report stores it; ``--resume`` refuses a report whose grid differs."""
         return {"variants": list(self.variants), "learning_rate": list(self.learning_rates),
@@ -215,6 +230,14 @@ def programs(grid: Grid, chosen: Sequence[Variant], train_examples: int, data_de
                             for wd in grid.optimizer_weight_decays())
             out.append(Program(program_variant, protocol, configs))
     return sliced(out, grid.slice)
+
+
+def grid_positions(grid: Grid, chosen: Sequence[Variant], train_examples: int) -> dict[str, int]:
+    """Each summary entry's place in the order a sweep of the whole grid trains and writes it:
+    ``run_sweep`` and ``merge`` keep a report in this order however its runs came."""
+    whole = dataclasses.replace(grid, slice=None)
+    return {label(p.variant.name, c, grid): i for i, (p, c) in
+            enumerate((p, c) for p in programs(whole, chosen, train_examples) for c in p.configs)}
 
 
 def sliced(all_programs: list[Program], which: tuple[int, int] | None) -> list[Program]:
@@ -329,8 +352,7 @@ def run_sweep(grid: Grid, chosen: Sequence[Variant], dataset: Dataset, data: tra
     # may end inside one), and the report keeps the grid's order however its runs came.
     todo = [dataclasses.replace(p, configs=missing) for p in everything
             if (missing := tuple(c for c in p.configs if label(p.variant.name, c, grid) not in done))]
-    position = {label(p.variant.name, c, grid): i for i, (p, c) in
-                enumerate((p, c) for p in everything for c in p.configs)}
+    position = grid_positions(grid, chosen, train_examples)
 
     def in_grid_order(runs: list[dict], summary: dict) -> tuple[list[dict], dict]:
         def place(name):
