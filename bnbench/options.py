@@ -65,19 +65,31 @@ def fraction(text: str) -> float:
     return value
 
 
+# A momentum (SGD's, or Adam's b1) lies in [0, 1); a weight decay is finite, 0 or more. One rule
+# and one wording for the parsers below, the protocol and the sweep's grid.
+NOT_A_MOMENTUM = "is not a momentum: choose a value from 0 to below 1, as 0.9"
+NOT_A_WEIGHT_DECAY = "is not a weight decay: choose a finite value of 0 or more, as 5e-4"
+
+
+def is_momentum(value: float) -> bool:
+    return 0 <= value < 1
+
+
+def is_weight_decay(value: float) -> bool:
+    return value >= 0 and math.isfinite(value)
+
+
 def momentum(text: str) -> float:
-    """A momentum (SGD's, or Adam's b1) in [0, 1)."""
     value = number(text)
-    if not 0 <= value < 1:
-        raise BadValue(f"{text!r} is not a momentum: choose a value from 0 to below 1, as 0.9")
+    if not is_momentum(value):
+        raise BadValue(f"{text!r} {NOT_A_MOMENTUM}")
     return value
 
 
 def weight_decay(text: str) -> float:
-    """A weight decay: 0 or more, finite."""
     value = number(text)
-    if not (value >= 0 and math.isfinite(value)):
-        raise BadValue(f"{text!r} is not a weight decay: choose a finite value of 0 or more, as 5e-4")
+    if not is_weight_decay(value):
+        raise BadValue(f"{text!r} {NOT_A_WEIGHT_DECAY}")
     return value
 
 

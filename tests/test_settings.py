@@ -215,3 +215,10 @@ def test_precision_applies_to_every_variant_unless_its_name_sets_one():
     assert variants.get("layer_norm", precision="bfloat16").model.precision == "bfloat16"
     assert variants.get("seed_bn:precision=float32", precision="bfloat16").model.precision == "float32"
     assert variants.get("conv_bn", precision="bfloat16-statistics").model.precision == "bfloat16-statistics"
+
+
+def test_a_momentum_or_decay_out_of_range_reads_as_the_options_say_it_from_the_protocol():
+    with pytest.raises(BnbenchError, match=f"--momentum 1.5 {options.NOT_A_MOMENTUM}"):
+        train.Protocol(optimizer="momentum", momentum=1.5)
+    with pytest.raises(BnbenchError, match=f"--weight-decay -1 {options.NOT_A_WEIGHT_DECAY}"):
+        train.Protocol(weight_decay=-1.0)

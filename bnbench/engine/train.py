@@ -81,10 +81,10 @@ class Protocol:
         check_batch_order(self.batch_order)  # its batches against the data's classes: preflight, Trainer
         if self.optimizer not in config.OPTIMIZERS:
             raise BnbenchError(f"--optimizer {self.optimizer!r}: choose one of {', '.join(config.OPTIMIZERS)}")
-        if self.momentum is not None and not 0 <= self.momentum < 1:
-            raise BnbenchError(f"--momentum {self.momentum!r}: choose a value from 0 to below 1")
-        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
-            raise BnbenchError(f"--weight-decay {self.weight_decay!r}: choose a finite value of 0 or more")
+        if self.momentum is not None and not options.is_momentum(self.momentum):
+            raise BnbenchError(f"--momentum {self.momentum:g} {options.NOT_A_MOMENTUM}")
+        if not options.is_weight_decay(self.weight_decay):
+            raise BnbenchError(f"--weight-decay {self.weight_decay:g} {options.NOT_A_WEIGHT_DECAY}")
         object.__setattr__(self, "momentum", options.resolve_momentum(self.optimizer, self.momentum))
 
     @property

@@ -101,12 +101,12 @@ class Grid:
         if self.precision not in PRECISIONS:
             raise BnbenchError(f"--precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
         for m in self.momenta:
-            if not 0 <= m < 1:
-                raise BnbenchError(f"--momentum: {m:g} is not a momentum; choose values from 0 to below 1")
+            if not options.is_momentum(m):
+                raise BnbenchError(f"--momentum: {m:g} {options.NOT_A_MOMENTUM}")
             options.resolve_momentum(self.optimizer, m)
         for wd in self.weight_decays:
-            if not (wd >= 0 and math.isfinite(wd)):
-                raise BnbenchError(f"--weight-decay: {wd:g} is not a weight decay; choose finite values of 0 or more")
+            if not options.is_weight_decay(wd):
+                raise BnbenchError(f"--weight-decay: {wd:g} {options.NOT_A_WEIGHT_DECAY}")
 
     def optimizer_momenta(self) -> tuple[float, ...]:
         """The optimizer's momenta the grid trains: those given, or the optimizer's one."""
