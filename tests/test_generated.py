@@ -30,6 +30,7 @@ def test_the_committed_documents_are_up_to_date(checkout, capsys):
     assert generated.main(["--check"]) == 0, capsys.readouterr().out
 
 
+@pytest.mark.slow  # every document regenerated, twice
 def test_a_table_edited_by_hand_is_caught_and_regenerated(checkout, capsys, monkeypatch):
     monkeypatch.setattr(generated, "results_page", lambda root, out: [])  # the page: the test above
     monkeypatch.setattr(generated, "GENERATED_KINDS", ("docs/schema/*.json",))

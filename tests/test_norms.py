@@ -232,9 +232,9 @@ def test_im2col_convolution_equals_xla_convolution_and_flax_conv_parameters():
 
 
 def test_max_pool_equals_flax_max_pool_in_values_and_gradients_with_ties():
-    # Rounded values and ReLU's zeros make ties common, as in training; odd sizes leave a row and
-    # a column outside every window.
-    for shape in ((3, 8, 6, 4), (2, 7, 9, 3)):
+    # Rounded values and ReLU's zeros make ties common, as in training; an odd height leaves a row
+    # outside every window.
+    for shape in ((3, 7, 8, 4),):
         x = jnp.round(jax.random.normal(jax.random.PRNGKey(0), shape) * 2) / 2
         x = jnp.concatenate([jax.nn.relu(x), x], axis=0)
         cotangent = jax.random.normal(jax.random.PRNGKey(1), (x.shape[0], shape[1] // 2, shape[2] // 2, shape[3]))

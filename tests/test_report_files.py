@@ -231,6 +231,7 @@ def test_report_never_replaces_a_file_it_did_not_write_unless_forced(tmp_path, c
     assert sorted(p.name for p in folder.iterdir() if p.name.startswith(".")) == [MANIFEST]  # no staging left
 
 
+@pytest.mark.slow  # two whole pages with their plots
 def test_report_into_its_own_folder_replaces_its_files_and_removes_its_old_plots(tmp_path):
     source = write(tmp_path / "r.json", made_report())
     folder = tmp_path / "page"
