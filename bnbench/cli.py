@@ -246,7 +246,13 @@ def cmd_profile(args) -> int:
     chosen = [variants.get(name) for name in (args.variant or list(variants.NOTEBOOK_VARIANTS))]
     _, device_data = _load_data(args, chosen)
     protocol = train.Protocol(batch_size=args.batch_size, learning_rate=args.learning_rate)
-    available = int(device_data.train_labels.shape[0]) // args.batch_size
+    examples = int(device_data.train_labels.shape[0])
+    if args.batch_size > examples:
+        raise BnbenchError(f"--batch-size {args.batch_size}: the training split holds {examples} examples; "
+                           f"choose at most {examples}")
+    for variant in chosen:  # a ghost batch must divide the batch, as in run and sweep
+        variant.check_batches(args.batch_size, examples)
+    available = examples // args.batch_size
     if args.steps > available:
         raise BnbenchError(f"--steps {args.steps}: the training split holds {available} batches of "
                            f"{args.batch_size}; choose at most {available}")

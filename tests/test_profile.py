@@ -42,3 +42,14 @@ def test_more_steps_than_the_data_holds_is_one_line(tmp_path, capsys):
     assert cli.main(["profile", "--variant", "seed_plain", "--steps", "1000", "--data-dir", str(data)]) == 2
     err = capsys.readouterr().err
     assert "--steps 1000" in err and "choose at most" in err and "Traceback" not in err
+
+
+def test_a_batch_larger_than_the_data_or_a_ghost_batch_that_does_not_divide_it_is_one_line(tmp_path, capsys):
+    data = make_idx_folder(tmp_path / "data")  # 300 training examples
+    assert cli.main(["profile", "--variant", "seed_plain", "--batch-size", "400", "--data-dir", str(data)]) == 2
+    assert "--batch-size 400: the training split holds 300 examples; choose at most 300" in capsys.readouterr().err
+    assert cli.main(["profile", "--variant", "seed_bn:ghost_batch=5", "--steps", "2", "--data-dir", str(data)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1].endswith("ghost_batch=5 does not divide the batch size 32; choose a group "
+                                                 "size that does (1, 2, 4, 8, 16, 32)")

@@ -659,3 +659,18 @@ def test_a_ghost_batch_sweep_sets_each_group_size_against_the_baselines_same_siz
         expected = entry["config"].get("ghost_batch", entry["config"]["batch_size"])
         assert base["config"]["ghost_batch"] == expected
     assert {e["config"].get("ghost_batch") for e in entries} == {2, 4, 8, 16, 32, None}
+
+
+def test_a_control_without_the_baselines_whole_batch_is_named_not_dropped(tmp_path):
+    from bnbench.report.compare import against_baselines
+
+    raw = json.loads((RESULTS / "cpu-ghost-batch-mlp.json").read_text())
+    raw["summary"] = {k: v for k, v in raw["summary"].items() if "gb=32" not in k}
+    raw["runs"] = [r for r in raw["runs"] if r["config"].get("ghost_batch") != 32]
+    raw["sweep"]["ghost_batch"] = [2, 4, 8, 16]
+    path = tmp_path / "no-whole-batch.json"
+    path.write_text(json.dumps(raw))
+    text = against_baselines(reading.load_all([str(path)]), ["seed_bn"])
+    assert "batch_renorm lr=0.01 gb=2" in text
+    assert text.rstrip().endswith("Not set against seed_bn, which was not trained at their configuration: "
+                                  "layer_norm lr=0.01 [1], group_norm lr=0.01 [1].")

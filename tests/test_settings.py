@@ -222,3 +222,21 @@ def test_a_momentum_or_decay_out_of_range_reads_as_the_options_say_it_from_the_p
         train.Protocol(optimizer="momentum", momentum=1.5)
     with pytest.raises(BnbenchError, match=f"--weight-decay -1 {options.NOT_A_WEIGHT_DECAY}"):
         train.Protocol(weight_decay=-1.0)
+
+
+@pytest.mark.slow
+def test_a_sweep_of_momenta_and_decays_is_tabled_along_each_with_a_line_per_other_value(tmp_path):
+    from data_helpers import make_idx_folder
+
+    from bnbench.report import reading, sweeps
+
+    data = make_idx_folder(tmp_path / "data", train=5600)
+    out = tmp_path / "s.json"
+    assert cli.main(["sweep", "--variant", "seed_bn", "--optimizer", "momentum", "--momentum", "0.5,0.9",
+                     "--weight-decay", "0,5e-4", "--learning-rate", "0.01", "--epochs", "1", "--seeds", "2",
+                     "--data-dir", str(data), "--out", str(out), "--quiet"]) == 0
+    report = reading.load_all([str(out)])[0]
+    assert sweeps.swept_axes(report["sweep"]) == ["momentum", "weight_decay"]
+    rows = sweeps.table(report, "momentum").splitlines()
+    assert [c.strip() for c in rows[0].split("|")[2:-1]] == ["0.5", "0.9"]
+    assert [r.split("|")[1].strip() for r in rows[2:]] == ["seed_bn wd=0", "seed_bn wd=0.0005"]

@@ -44,8 +44,9 @@ def merge(reports: Sequence[tuple[str, dict]], command: str | None = None) -> di
         grid = sweep.Grid.from_record(grid_record, protocol)
         notices += _missing_slices(reports) or _missing_configurations(grid, protocol, runs)
         position = _positions(grid, protocol)
-        runs.sort(key=lambda r: (position.get(sweep.label(r["variant"], r["config"], grid), len(position)),
-                                 r["seed"]))
+        if position:  # else the inputs' order, each input's runs as its sweep wrote them
+            runs.sort(key=lambda r: (position.get(sweep.label(r["variant"], r["config"], grid), len(position)),
+                                     r["seed"]))
         summary = _summaries(reports, runs, lambda r: sweep.label(r["variant"], r["config"], grid),
                              lambda r: r["config"]["updates_per_epoch"], grid.target)
         built = model.SweepReport(**envelope, sweep=grid_record, runs=runs, summary=summary,

@@ -5,8 +5,9 @@ The epoch is the engine's (``train.train_epoch``: the shuffled batches under one
 the first ``steps`` x batch examples of the training split, so its kernels are those of a real
 epoch. XLA fuses neighbouring operations into one kernel; a kernel is attributed to the operation
 that produces its output (its root's ``op_name`` in the compiled HLO, which carries JAX's name
-stack: ``jvp(ConvNet)/BatchNorm_0/reduce_sum``), so a ReLU's backward fused with the pooling's
-counts as the activation's. The products are what the matmul floor rebuilds (``measure.floor``).
+stack: ``jvp(ConvNet)/BatchNorm_0/reduce_sum``); a kernel whose output is an operation of no
+named part (the ``select`` of a ReLU's backward, fused with the pooling's) counts under "update and
+other". The products are what the matmul floor rebuilds (``measure.floor``).
 """
 
 from __future__ import annotations

@@ -75,7 +75,9 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
     XLA's CPU backend runs as a slow window-by-window loop (docs/performance.md); here forward and
     backward are elementwise over strided views, which XLA fuses with their neighbours. As
     ``select_and_scatter_add`` does, the gradient goes to the first maximum of a window in row-major
-    order, never split between ties."""
+    order, never split between ties. Two differences, both outside training's needs: a window
+    holding NaN sends its gradient to its first NaN (flax's to another place), and, as a
+    ``custom_vjp``, it has no forward-mode derivative (``jax.jvp``, ``jacfwd``)."""
     with jax.named_scope("max_pool"):  # so that a profile (bnbench profile) can name its kernels
         top_left, top_right, bottom_left, bottom_right = _window_elements(x)
         return jnp.maximum(jnp.maximum(top_left, top_right), jnp.maximum(bottom_left, bottom_right))

@@ -387,9 +387,18 @@ def against_baselines(loaded: list[dict], baselines, markdown: bool = False,
                 for name, d in baseline_comparisons(r, baseline, metric):
                     families.setdefault((baseline, r["ref"], metric), []).append(
                         ([name, baseline, f"[{r['ref']}]", _metric(metric)], d))
-    return _differences("Differences to baseline variants (paired: the same seeds):",
+    text = _differences("Differences to baseline variants (paired: the same seeds):",
                         ["variant", "minus", "report", "accuracy"], families, margin, markdown) \
         or _nothing_against(loaded, baselines)
+    unmatched = [f"{name} [{r['ref']}]" for baseline in baselines for r in loaded
+                 for name, v in r["variants"].items()
+                 if v.get("variant", name) not in baselines and any(v2.get("variant", n2) == baseline
+                                                                    for n2, v2 in r["variants"].items())
+                 and baseline_entry(r, v, baseline) is None]
+    if text and unmatched:
+        text += (f"\n\nNot set against {', '.join(baselines)}, which was not trained at their configuration: "
+                 f"{', '.join(unmatched)}.")
+    return text
 
 
 def _nothing_against(loaded: list[dict], baselines) -> str | None:

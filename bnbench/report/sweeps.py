@@ -22,14 +22,17 @@ AXES = {"learning_rate": ("learning rate", "base_learning_rate", "log"),
         "batch_size": ("batch size", "batch_size", "log2"),
         "bn_momentum": ("BN momentum", "bn_momentum", "linear"),
         "ghost_batch": ("ghost batch (examples per BN statistic)", "ghost_batch", "log2"),
-        "batch_order": ("classes per training batch (iid: any)", "batch_order", "categories")}
+        "batch_order": ("classes per training batch (iid: any)", "batch_order", "categories"),
+        "momentum": ("optimizer momentum", "momentum", "categories"),
+        "weight_decay": ("weight decay", "weight_decay", "categories")}
 
 
 def swept_axes(grid: dict) -> list[str]:
     return [axis for axis in AXES if len(grid.get(axis) or []) > 1]
 
 
-SHORT = {"learning_rate": "lr", "batch_size": "batch", "bn_momentum": "m", "ghost_batch": "gb", "batch_order": "order"}
+SHORT = {"learning_rate": "lr", "batch_size": "batch", "bn_momentum": "m", "ghost_batch": "gb", "batch_order": "order",
+         "momentum": "momentum", "weight_decay": "wd"}
 
 
 def _text(value) -> str:
@@ -74,8 +77,9 @@ def _lines(report: dict, axis: str) -> dict[str, list[dict]]:
 def _x(axis: str, value, values=()) -> float:
     """Where ``value`` of ``axis`` is drawn: BN's momentum m at 1/(1-m), the number of updates its
     moving statistics remember (0, 0.9, 0.99 and 0.999 evenly apart on a log axis); a batch order
-    at its place among ``values``, the axis's values, evenly apart."""
-    if axis == "batch_order":
+    (or any axis drawn as categories: an optimizer's momenta, weight decays with 0 among them) at
+    its place among ``values``, the axis's values, evenly apart."""
+    if AXES[axis][2] == "categories":
         return float(sorted(set(values), key=lambda v: _along(axis, v)).index(value))
     if axis == "bn_momentum":
         return 1 / (1 - value) if value < 1 else math.inf
@@ -95,8 +99,9 @@ def _x_scale(ax, scale: str, axis: str | None = None, report: dict | None = None
     if axis is None:
         return
     values = sorted(set(values), key=lambda v: _along(axis, v))
-    if axis == "batch_order":
-        ax.set_xticks([_x(axis, v, values) for v in values], [v.replace("classes:", "") for v in values])
+    if AXES[axis][2] == "categories":
+        ax.set_xticks([_x(axis, v, values) for v in values],
+                      [v.replace("classes:", "") if axis == "batch_order" else _text(v) for v in values])
     elif axis == "bn_momentum":
         ax.set_xscale("log")
         ax.set_xticks([_x(axis, v) for v in values], [f"{v:g}" for v in values])
