@@ -26,7 +26,8 @@ def test_peer_step_time(benchmark, bnbench_session, peer_case):
         pytest.skip("the peers train with the notebook's plain SGD at 1e-3 in float32: drop --optimizer, "
                     "--momentum, --weight-decay and --precision to compare")
     try:
-        timed = peers.program(peer, name, s.dataset.train_images, s.dataset.train_labels, s.peer_steps)
+        timed = peers.program(peer, name, s.dataset.train_images, s.dataset.train_labels, s.peer_steps,
+                              s.dataset.num_classes)
     except peers.PeerMissing as e:
         pytest.skip(str(e))
     base = peers.BnbenchRounds(s.step_program(name, peers.BATCH_SIZE), s.peer_steps)

@@ -204,13 +204,15 @@ def test_the_pytorch_model_computes_bnbench_s_with_the_same_weights(name):
     """The same layers, in the same order, with bnbench's shapes: copied weights give the same
     logits, in training mode (batch statistics) and evaluation mode (moving statistics)."""
     torch = pytest.importorskip("torch")
+    import jax
+
     from bnbench.engine import train
     from bnbench.models import variants
 
     torch.manual_seed(0)
     module = peers.torch_model(name, (28, 28))
     params, stats = _torch_to_flax(module, name)
-    ours = train.initializer(variants.get(name).model, (28, 28))(__import__("jax").random.PRNGKey(0))
+    ours = train.initializer(variants.get(name).model, (28, 28))(jax.random.PRNGKey(0))
     shapes = lambda tree: {k: {n: tuple(v.shape) for n, v in d.items()} for k, d in tree.items()}  # noqa: E731
     assert shapes(params) == shapes(ours.params) and shapes(stats) == shapes(ours.batch_stats)
     images = np.random.default_rng(0).integers(0, 256, (32, 28, 28)).astype(np.uint8)
@@ -234,11 +236,13 @@ def test_the_keras_model_has_bnbench_s_layers(name):
                                      np.arange(64, dtype=np.int32) % 10, steps=2)
     except peers.PeerMissing as e:
         pytest.skip(str(e))
+    import jax
+
     from bnbench.engine import train
     from bnbench.models import variants
 
-    ours = train.initializer(variants.get(name).model, (28, 28))(__import__("jax").random.PRNGKey(0))
-    count = lambda tree: sum(int(np.prod(v.shape)) for v in __import__("jax").tree.leaves(tree))  # noqa: E731
+    ours = train.initializer(variants.get(name).model, (28, 28))(jax.random.PRNGKey(0))
+    count = lambda tree: sum(int(np.prod(v.shape)) for v in jax.tree.leaves(tree))  # noqa: E731
     assert sum(int(np.prod(w.shape)) for w in program.model.weights) == count(ours.params) + count(ours.batch_stats)
     before = [np.asarray(w) for w in program.model.trainable_weights]
     program()

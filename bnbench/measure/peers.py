@@ -145,13 +145,14 @@ class TorchProgram:
 
     peer = "pytorch"
 
-    def __init__(self, name: str, images: np.ndarray, labels: np.ndarray, steps: int, seed: int = 0):
+    def __init__(self, name: str, images: np.ndarray, labels: np.ndarray, steps: int, num_classes: int = 10,
+                 seed: int = 0):
         import torch
 
         torch.set_num_threads(usable_cores())
         torch.manual_seed(seed)
         self.torch = torch
-        self.model = torch_model(name, tuple(images.shape[1:]), int(labels.max()) + 1 if len(labels) else 10)
+        self.model = torch_model(name, tuple(images.shape[1:]), num_classes)
         self.model.train()
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=LEARNING_RATE)
         self.loss = torch.nn.CrossEntropyLoss()
@@ -215,12 +216,13 @@ class KerasProgram:
 
     peer = "keras"
 
-    def __init__(self, name: str, images: np.ndarray, labels: np.ndarray, steps: int, seed: int = 0):
+    def __init__(self, name: str, images: np.ndarray, labels: np.ndarray, steps: int, num_classes: int = 10,
+                 seed: int = 0):
         import jax.numpy as jnp
 
         keras = keras_on_jax()
         keras.utils.set_random_seed(seed)
-        self.model = keras_model(name, tuple(images.shape[1:]), int(labels.max()) + 1 if len(labels) else 10)
+        self.model = keras_model(name, tuple(images.shape[1:]), num_classes)
         images, labels = _round_data(images, labels, steps)
         self.images, self.labels = jnp.asarray(images), jnp.asarray(labels)
         self.steps = steps
@@ -235,12 +237,12 @@ class KerasProgram:
 PROGRAMS = {"pytorch": TorchProgram, "keras": KerasProgram}
 
 
-def program(peer: str, name: str, images: np.ndarray, labels: np.ndarray, steps: int):
+def program(peer: str, name: str, images: np.ndarray, labels: np.ndarray, steps: int, num_classes: int = 10):
     """The peer's program for variant ``name``; PeerMissing (one line) where the peer cannot run."""
     reason = missing(peer)
     if reason is not None:
         raise PeerMissing(reason)
-    return PROGRAMS[peer](name, images, labels, steps)
+    return PROGRAMS[peer](name, images, labels, steps, num_classes)
 
 
 def _round_data(images: np.ndarray, labels: np.ndarray, steps: int) -> tuple[np.ndarray, np.ndarray]:
