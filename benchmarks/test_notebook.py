@@ -11,11 +11,7 @@ from bnbench.parallel import devices
 
 def step_program(session, variant_name: str, batch_size: int) -> steptime.StepProgram:
     """Compiled once per session: the step-time and scaling benchmarks and the check share them."""
-    key = (variant_name, batch_size)
-    if key not in session.step_programs:
-        session.step_programs[key] = steptime.StepProgram(session.variant(variant_name), session.data,
-                                                          batch_size=batch_size, protocol=session.protocol)
-    return session.step_programs[key]
+    return session.step_program(variant_name, batch_size)
 
 
 def test_step_time(benchmark, bnbench_session, variant_name):

@@ -19,7 +19,7 @@ from bnbench import options
 from bnbench.data import sources as data_lib
 from bnbench.engine import train
 from bnbench.errors import EXIT_REPORT_MOVED, BnbenchError
-from bnbench.measure import environment, experiment
+from bnbench.measure import environment, experiment, peers, steptime
 from bnbench.models import variants
 from bnbench.options import Option, positive_int, whole
 from bnbench.parallel import devices, distributed, preflight
@@ -41,16 +41,19 @@ SCALING_DEVICES = Option("--scaling-devices", "run the data-parallel scaling ben
 FLOOR_EVERY = Option("--floor-every", "time the matmul floor after every K-th training epoch and the last (each "
                      "floor costs about an epoch's matmuls; 1 times it after every epoch)", 2, positive_int,
                      metavar="K")
+PEERS = Option("--peers", "also time the same models in PyTorch eager and Keras 3 on JAX against bnbench's step "
+               "(seed_plain, seed_bn, conv_plain, conv_bn; needs pip install 'bnbench[peers]'; a peer not "
+               "installed is skipped with one line)", False, switch=True)
 REPORT = Option("--bnbench-report", "where to write bnbench's JSON report (default: "
                 "reports/benchmark-<date>-<time>.json); an existing file is kept unless --bnbench-force",
                 metavar="FILE", per_process=True)
-OWN = (VARIANTS, SCALING_SEEDS, SWEEP_CONFIGS, SCALING_DEVICES, FLOOR_EVERY, REPORT)
+OWN = (VARIANTS, SCALING_SEEDS, SWEEP_CONFIGS, SCALING_DEVICES, FLOOR_EVERY, PEERS, REPORT)
 
 
 def pytest_addoption(parser):
     group = parser.getgroup("bnbench")
     options.add_to_pytest(group, (VARIANTS, *options.HARNESS, SCALING_SEEDS, SWEEP_CONFIGS, SCALING_DEVICES,
-                                  FLOOR_EVERY, REPORT))
+                                  FLOOR_EVERY, PEERS, REPORT))
     group.addoption("--quick", action="store_true",
                     help="smoke run: synthetic data, 1 epoch, few rounds (under 30 s on 2 cores)")
     group.addoption("--bnbench-force", action="store_true",
@@ -77,7 +80,22 @@ def scaling_devices(config) -> list[int]:
     return counts
 
 
+def peer_cases(config) -> list:
+    """The peer benchmark's cases, (peer, variant), each skipped before any fixture is set up (so
+    at no cost) without --peers, or where its peer is not installed (the reason: one line)."""
+    if not config.getoption("--peers"):
+        return [pytest.param(None, id="off", marks=pytest.mark.skip(reason=f"opt in with {PEERS.flag}"))]
+    cases = []
+    for peer in peers.PEERS:
+        reason = peers.missing(peer)
+        marks = [pytest.mark.skip(reason=reason)] if reason else []
+        cases += [pytest.param((peer, name), id=f"{peer}-{name}", marks=marks) for name in peers.VARIANTS]
+    return cases
+
+
 def pytest_generate_tests(metafunc):
+    if "peer_case" in metafunc.fixturenames:
+        metafunc.parametrize("peer_case", peer_cases(metafunc.config))
     if "variant_name" in metafunc.fixturenames:
         metafunc.parametrize("variant_name", variant_names(metafunc.config))
     if "scaling_case" in metafunc.fixturenames:
@@ -127,11 +145,22 @@ class Session:
         # Per variant, what the step and seed-scaling benchmarks add to the report's summary.
         self.summary_extras: dict[str, dict] = collections.defaultdict(dict)
         self.scaling: list[dict] = []  # the data-parallel scaling benchmark's points
+        self.peer_steps = 20 if self.quick else 200  # updates per round of the peer benchmark
+        self.peer_rounds = 2 if self.quick else 7
+        self.peers: list[dict] = []  # the peer benchmark's comparisons
         self.run_id = config._bnbench_run_id
 
     def variant(self, name: str) -> variants.Variant:
         """The variant ``name`` at the session's --precision (unless its name sets one)."""
         return variants.get(name, precision=self.precision)
+
+    def step_program(self, variant_name: str, batch_size: int) -> steptime.StepProgram:
+        """Compiled once per session: the step-time, scaling and peer benchmarks share them."""
+        key = (variant_name, batch_size)
+        if key not in self.step_programs:
+            self.step_programs[key] = steptime.StepProgram(self.variant(variant_name), self.data,
+                                                           batch_size=batch_size, protocol=self.protocol)
+        return self.step_programs[key]
 
 
 def _read_options(config) -> None:
@@ -279,7 +308,7 @@ def pytest_sessionfinish(session, exitstatus):
         return
     if not state.results:  # a report needs the accuracy benchmark's runs: say so, never nothing
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-        if reporter is not None and (state.summary_extras or state.scaling):
+        if reporter is not None and (state.summary_extras or state.scaling or state.peers):
             reporter.write_line("bnbench: no bnbench report written: the accuracy benchmark did not run in this "
                                 "session, and a report is built from its runs; the figures of the benchmarks that "
                                 "ran are in pytest-benchmark's JSON (--benchmark-json FILE)")
@@ -288,7 +317,7 @@ def pytest_sessionfinish(session, exitstatus):
     report = experiment.make_report(state.dataset, state.protocol, state.seeds, state.results, command=command,
                                     run_id=state.run_id, parallel=state.parallel,
                                     summary_extras=state.summary_extras, data_parallel_scaling=state.scaling,
-                                    precision=state.precision)
+                                    precision=state.precision, peers=state.peers)
     claim = session.config._bnbench_claim
     written = claim.write_json(report)
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
@@ -303,6 +332,16 @@ def pytest_sessionfinish(session, exitstatus):
         status = EXIT_REPORT_MOVED
     if status and not session.exitstatus:
         session.exitstatus = status
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    """With --peers, a peer that cannot run is one line here, whatever pytest's -r says of skips."""
+    if not config.getoption("--peers", False):
+        return
+    for peer in peers.PEERS:
+        reason = peers.missing(peer)
+        if reason is not None:
+            terminalreporter.write_line(f"bnbench: skipped {reason}")
 
 
 def pytest_unconfigure(config):

@@ -253,15 +253,18 @@ def envelope(kind: str, protocol: model.SharedProtocol, command: str | None, run
 def make_report(dataset: Dataset, protocol: train.Protocol, seeds: Sequence[int],
                 results: dict[str, dict], command: str | None = None, run_id: str | None = None,
                 parallel: DataParallel = SINGLE_DEVICE, summary_extras: dict[str, dict] | None = None,
-                data_parallel_scaling: list | None = None, precision: str = "float32") -> dict:
+                data_parallel_scaling: list | None = None, precision: str = "float32",
+                peers: list | None = None) -> dict:
     """The run report (``model.RunReport``), built and checked, as the JSON it is written as.
     ``summary_extras``: figures added to a variant's summary (the harness's lone-step time and seed
-    scaling); ``data_parallel_scaling``: the harness's scaling points, if any."""
+    scaling); ``data_parallel_scaling``: the harness's scaling points, if any; ``peers``: its
+    comparisons with other frameworks (``measure.peers``), if any."""
     extras = summary_extras or {}
     report = model.RunReport(
         **envelope(REPORT_KIND, protocol_model(dataset, seeds, parallel, protocol, precision=precision), command,
                    run_id, now()),
         runs=[run for result in results.values() for run in result["runs"]],
         summary={name: {**result["summary"], **extras.get(name, {})} for name, result in results.items()},
-        **({"data_parallel_scaling": data_parallel_scaling} if data_parallel_scaling else {}))
+        **({"data_parallel_scaling": data_parallel_scaling} if data_parallel_scaling else {}),
+        **({"peers": peers} if peers else {}))
     return report.dump()

@@ -291,6 +291,21 @@ class ScalingPoint(Record):
     examples_per_s: Positive
 
 
+class PeerComparison(Record):
+    """a comparison with a peer framework {variant, peer, peer_version, peer_step_s, bnbench_step_s, ratio, ...}"""
+
+    variant: String
+    peer: String  # pytorch or keras (measure.peers.PEERS)
+    peer_version: String
+    steps: Count  # updates per timed round
+    rounds: Count = None
+    batch_size: Count = None
+    peer_step_s: Spread  # per update, over the rounds
+    bnbench_step_s: Spread
+    ratio: Positive  # the median over rounds of the peer's round over bnbench's: above 1, bnbench is faster
+    ratios: list[Number] = Field(None, description="a list of numbers")
+
+
 class SeedScaling(Record):
     """seed scaling {seeds, ratio, ...}"""
 
@@ -384,6 +399,7 @@ class RunReport(Envelope):
     runs: list[Run] = Field(description="a list of runs")
     summary: dict[str, VariantSummary] = Field(min_length=1, description="an object of variant summaries, one or more")
     data_parallel_scaling: list[ScalingPoint] = Field(None, description="a list of data-parallel scaling points")
+    peers: list[PeerComparison] = Field(None, description="a list of comparisons with peer frameworks")
 
 
 class GridSlice(Record):
@@ -519,4 +535,5 @@ TAGGED: dict[str, tuple[type[Record], type[Record] | None]] = {
     "seed_scaling": (SeedScalingInfo, None),
     "data_parallel_scaling": (ScalingPoint, None),
     "sweep_cost": (SweepCostInfo, None),
+    "peer": (PeerComparison, None),
 }

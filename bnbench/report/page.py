@@ -17,7 +17,7 @@ import numpy as np
 from bnbench.record.io import ReportFolder, atomic_write
 from bnbench.record.schema import PROTOCOL_KEYS
 from bnbench.record.stats import EQUIVALENCE_MARGIN
-from bnbench.report import plots, reading, scaling
+from bnbench.report import peers, plots, reading, scaling
 from bnbench.report.compare import KEY, batch_stats, check_baselines, compare_loaded, protocol_key, settings_text
 from bnbench.report.reading import STEP_KINDS
 from bnbench.report.table import format_table
@@ -369,7 +369,7 @@ def _write_page(loaded: list[dict], out: Path, baselines, margin: float = EQUIVA
     try:
         extra, studied = study(loaded, out)
         scaling_text, scaling_plots = scaling.sections(_pyplot(), loaded, out, _save)
-        text = markdown(loaded, baselines, extra + scaling_text, margin)
+        text = markdown(loaded, baselines, extra + scaling_text + peers.sections(loaded), margin)
         plotted = []
         if any("sweep" not in r and r["variants"] for r in loaded):
             plotted = [out / "val_accuracy.png", out / "step_time.png"]

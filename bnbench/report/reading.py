@@ -189,7 +189,8 @@ def _from_run(report: model.RunReport) -> dict:
     return {"run_id": report.run_id, "fingerprint": _fingerprint(report.runs),
             "environment": report.environment.dump(), "protocol": report.protocol.dump(),
             "variants": {name: _variant(summary, runs.get(name, [])) for name, summary in report.summary.items()},
-            "data_parallel_scaling": [point.dump() for point in report.data_parallel_scaling or []]}
+            "data_parallel_scaling": [point.dump() for point in report.data_parallel_scaling or []],
+            "peers": [peer.dump() for peer in report.peers or []]}
 
 
 def _figures(info: model.Record, *leave_out: str) -> dict:
@@ -200,7 +201,7 @@ def _figures(info: model.Record, *leave_out: str) -> dict:
 def _from_pytest_benchmark(report: model.PytestBenchmark) -> dict:
     """Rebuilds a report from the extra_info bnbench's benchmarks store in pytest-benchmark's JSON."""
     found: dict[str, dict] = {}
-    protocol, all_runs, scaling = {}, [], []
+    protocol, all_runs, scaling, peers = {}, [], [], []
     for bench in report.benchmarks:
         tag, info = bench.tag, bench.info
         if tag == "step" and info.batch_size in (None, 32):  # the notebook's batch, not a scaling one
@@ -210,19 +211,21 @@ def _from_pytest_benchmark(report: model.PytestBenchmark) -> dict:
             found.setdefault(info.variant, {})[tag] = _figures(info, "variant")
         elif tag == "data_parallel_scaling":
             scaling.append(_figures(info))
+        elif tag == "peer":
+            peers.append(_figures(info))
         elif tag == "accuracy":
             protocol = info.protocol.dump()
             all_runs += info.runs
             found.setdefault(info.variant, {}).update(summary=info.summary, runs=info.runs)
-    if not found and not scaling:
-        raise schema.Invalid("holds no bnbench benchmark results (no step, accuracy, seed_scaling, sweep_cost or "
-                             "data_parallel_scaling benchmark)")
+    if not found and not scaling and not peers:
+        raise schema.Invalid("holds no bnbench benchmark results (no step, accuracy, seed_scaling, sweep_cost, "
+                             "data_parallel_scaling or peer benchmark)")
     variants = {name: {**_variant(f.get("summary"), f.get("runs", []), f.get("lone_step"), f.get("seed_scaling")),
                        "sweep_cost": f.get("sweep_cost")}
                 for name, f in found.items()}
     return {"run_id": report.machine_info.bnbench_run_id, "fingerprint": _fingerprint(all_runs),
             "environment": report.machine_info.bnbench.dump(), "protocol": protocol, "variants": variants,
-            "data_parallel_scaling": scaling}
+            "data_parallel_scaling": scaling, "peers": peers}
 
 
 def _from_sweep(report: model.SweepReport) -> dict:
@@ -275,7 +278,8 @@ def merge_duplicates(loaded: list[dict]) -> list[dict]:
             continue
         keep, drop = (r, twin) if r["kind"] == schema.REPORT_KIND else (twin, r)
         _fill_from(keep, drop)
-        keep["data_parallel_scaling"] = keep.get("data_parallel_scaling") or drop.get("data_parallel_scaling", [])
+        for key in ("data_parallel_scaling", "peers"):
+            keep[key] = keep.get(key) or drop.get(key, [])
         kept[kept.index(twin)] = keep
         how = "its run_id" if keep["run_id"] and drop["run_id"] else "identical epoch timings"
         keep.setdefault("merged", []).append({"path": drop["path"], "how": how})
