@@ -28,7 +28,7 @@ RESULTS = (
     "cpu-benchmark.json", "cpu-pytest-benchmark.json", "cpu-data-parallel-1device-2epochs.json",
     "cpu-data-parallel-4sync-2epochs.json", "cpu-data-parallel-4local-2epochs.json",
     "cpu-data-parallel-scaling-pytest-benchmark.json", "cpu-ghost-batch-mlp.json", "cpu-batch-order.json",
-    "cpu-eval-stats.json",
+    "cpu-eval-stats.json", "cpu-ghost-batch-convnet.json",
 )
 BASELINES = ("seed_bn", "plain_relu", "conv_plain", "conv_bn")
 # Where only generated files live: anything else there is stale.
