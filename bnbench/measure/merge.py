@@ -42,8 +42,8 @@ def merge(reports: Sequence[tuple[str, dict]], command: str | None = None) -> di
         grid_record = {k: v for k, v in first["sweep"].items() if k != "slice"}
         grid_record["seeds"] = seeds
         grid = sweep.Grid.from_record(grid_record, protocol)
-        notices += _missing_slices(reports) or _missing_configurations(grid, protocol, runs)
         position = _positions(grid, protocol)
+        notices += _missing_slices(reports) or _missing_configurations(grid, position, runs)
         if position:  # else the inputs' order, each input's runs as its sweep wrote them
             runs.sort(key=lambda r: (position.get(sweep.label(r["variant"], r["config"], grid), len(position)),
                                      r["seed"]))
@@ -144,31 +144,24 @@ def _environment_notices(reports) -> list[str]:
     return notices
 
 
-def _chosen(grid: sweep.Grid) -> list:
+def _positions(grid: sweep.Grid, protocol: dict) -> dict[str, int]:
+    """The grid's entries in its order (``sweep.grid_positions``); none for a variant this bnbench
+    does not know (the runs then keep the inputs' order, and no hole is counted)."""
     from bnbench.models import variants
 
-    return [variants.get(name, precision=grid.precision) for name in grid.variants]
-
-
-def _positions(grid: sweep.Grid, protocol: dict) -> dict[str, int]:
-    """The grid's order (``sweep.grid_positions``); none (the inputs' order) for a variant this
-    bnbench does not know."""
     try:
-        return sweep.grid_positions(grid, _chosen(grid), protocol["train_examples"])
+        chosen = [variants.get(name, precision=grid.precision) for name in grid.variants]
+        return sweep.grid_positions(grid, chosen, protocol["train_examples"])
     except BnbenchError:
         return {}
 
 
-def _missing_configurations(grid: sweep.Grid, protocol: dict, runs: list[dict]) -> list[str]:
-    """A notice naming the grid's configurations no input trained (slices of different counts, or
-    reports of parts of a grid): a hole in the grid is said, never left silent."""
-    try:
-        everything = sweep.programs(grid, _chosen(grid), protocol["train_examples"])
-    except BnbenchError:  # a variant this bnbench does not know: nothing to count against
-        return []
+def _missing_configurations(grid: sweep.Grid, position: dict[str, int], runs: list[dict]) -> list[str]:
+    """A notice naming the grid's configurations (``position``, in the grid's order) no input
+    trained (slices of different counts, or reports of parts of a grid): a hole in the grid is
+    said, never left silent."""
     trained = {sweep.label(r["variant"], r["config"], grid) for r in runs}
-    missing = [name for p in everything for c in p.configs
-               if (name := sweep.label(p.variant.name, c, grid)) not in trained]
+    missing = [name for name in position if name not in trained]
     if not missing:
         return []
     shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
