@@ -65,11 +65,10 @@ def _lines(report: dict, axis: str) -> dict[str, list[dict]]:
     for entry in report["variants"].values():
         if "config" not in entry:
             continue
-        # A line per batch order, unless the orders are an axis: this one, or among the others.
-        order = [entry["config"]["batch_order"]] if "batch_order" in entry["config"] and "batch_order" not in (
-            axis, *others) else []
+        # A config holds a batch order only where several were swept, so the orders are an axis: this
+        # one, or one of the others, which name the line.
         name = " ".join([entry["variant"], *(f"{SHORT[a]}={_text(entry['config'][AXES[a][1]])}" for a in others
-                                             if AXES[a][1] in entry["config"]), *order])
+                                             if AXES[a][1] in entry["config"])])
         lines.setdefault(name, []).extend(_at_every_value(report, axis, entry))
     return {name: sorted(entries, key=lambda e: _along(axis, e["config"][key])) for name, entries in lines.items()}
 
