@@ -349,7 +349,10 @@ def _margin(text: str) -> float:
 MARGIN_HELP = ("the accuracy difference within which two variants count as equivalent (two one-sided tests, "
                "each at 2.5%% after Holm's adjustment over the family; default 0.005)")
 BASELINE_HELP = ("also set every variant of each report against this variant of the same report, seed by seed: "
-                 "paired difference with its 95%% CI, p-value, Holm-adjusted p-value and verdict (repeatable)")
+                 "paired difference with its 95%% CI, p-value, Holm-adjusted p-value and verdict (repeatable). "
+                 "A name meets each variant with the same fields changed where the report trained that "
+                 "(plain_relu against seed_bn:depth=8,width=256 is plain_relu:depth=8,width=256); FIELD=VALUE "
+                 "sets each variant against itself with that model field's value (precision=float32)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -456,7 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="gate the times of reports that ran on another machine (CPU model, flags or device) "
                               "than the baseline; without it such a gate fails, since the ratio compares hardware, "
                               "not code (--gate accuracy compares across machines without it)")
-    compare.add_argument("--baseline", action="append", metavar="VARIANT", help=BASELINE_HELP)
+    compare.add_argument("--baseline", action="append", metavar="VARIANT|FIELD=VALUE", help=BASELINE_HELP)
     compare.add_argument("--margin", type=_margin, default=0.005, metavar="ACC", help=MARGIN_HELP)
     compare.set_defaults(func=cmd_compare)
 
@@ -468,7 +471,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "replaced (each whole) and its old plots removed; other files are left as they are")
     report.add_argument("--force", action="store_true",
                         help="also replace files of the page's names that bnbench report did not write (a README.md)")
-    report.add_argument("--baseline", action="append", metavar="VARIANT", help=BASELINE_HELP)
+    report.add_argument("--baseline", action="append", metavar="VARIANT|FIELD=VALUE", help=BASELINE_HELP)
     report.add_argument("--margin", type=_margin, default=0.005, metavar="ACC", help=MARGIN_HELP)
     report.add_argument("--format", action="append", type=_report_formats, metavar="FORMAT[,FORMAT...]",
                         help="also write tables for papers (repeatable, or comma-separated): markdown, the page "

@@ -1,3 +1,4 @@
+import copy
 import json
 import math
 import os
@@ -653,7 +654,7 @@ def test_a_ghost_batch_sweep_sets_each_group_size_against_the_baselines_same_siz
     report = reading.load_all([str(RESULTS / "cpu-ghost-batch-mlp.json")])[0]
     entries = report["variants"].values()
     for entry in entries:
-        base = baseline_entry(report, entry, "seed_bn")
+        base = baseline_entry(report, entry.get("variant"), entry, "seed_bn")
         assert base["variant"] == "seed_bn"
         # A control without batch statistics (trained once) meets the baseline's whole batch.
         expected = entry["config"].get("ghost_batch", entry["config"]["batch_size"])
@@ -674,3 +675,54 @@ def test_a_control_without_the_baselines_whole_batch_is_named_not_dropped(tmp_pa
     assert "batch_renorm lr=0.01 gb=2" in text
     assert text.rstrip().endswith("Not set against seed_bn, which was not trained at their configuration: "
                                   "layer_norm lr=0.01 [1], group_norm lr=0.01 [1].")
+
+
+def with_variant_like(report: dict, source: str, name: str, shift: float, **fields) -> None:
+    """Adds variant ``name`` to ``report``: ``source``'s runs with each accuracy ``shift`` higher
+    (plus a thousandth per seed, for a spread), its model's ``fields`` changed."""
+    summary = copy.deepcopy(report["summary"][source])
+    summary["model"].update(fields)
+    report["summary"][name] = summary
+    for run in [r for r in report["runs"] if r["variant"] == source]:
+        run = copy.deepcopy(run) | {"variant": name}
+        bump = shift + 0.001 * run["seed"]
+        run["test_accuracy"] += bump
+        for epoch in run["epochs"]:
+            epoch.update({k: epoch[k] + bump for k in ("train_accuracy", "val_accuracy", "train_eval_accuracy")
+                          if epoch.get(k) is not None})
+        report["runs"].append(run)
+
+
+def test_a_baseline_by_field_sets_each_variant_against_itself_with_that_value(tmp_path, capsys):
+    report = made_report()
+    for source in ("seed_plain", "seed_bn"):
+        with_variant_like(report, source, f"{source}:precision=bfloat16", -0.02, precision="bfloat16")
+    path = tmp_path / "precision.json"
+    write_json(path, report)
+    status, out, _ = compare(path, "--baseline", "precision=float32", "--format", "markdown", capsys=capsys)
+    assert status == 0, out
+    rows = [line for line in out.splitlines() if "| precision=float32 |" in line]
+    # Each bfloat16 variant against its own float32 self, never against the other model.
+    assert sorted({row.split("|")[1].strip() for row in rows}) == ["seed_bn:precision=bfloat16",
+                                                                  "seed_plain:precision=bfloat16"]
+    val = [row for row in rows if "| val " in row]
+    assert len(val) == 2 and all("-0.0190 [" in row for row in val)
+    status, _, err = compare(path, "--baseline", "precision=float8", capsys=capsys)
+    assert status == 2 and "no variant of the reports has precision float8; theirs are bfloat16, float32" in err
+    status, _, err = compare(path, "--baseline", "colour=red", capsys=capsys)
+    assert status == 2 and "colour is not a field of the reports' models; use one of" in err
+
+
+def test_a_baseline_variant_meets_each_variant_with_the_same_fields_changed(tmp_path, capsys):
+    report = made_report()
+    for depth in (2, 8):
+        with_variant_like(report, "seed_plain", f"plain_relu:depth={depth},width=256", -0.01 * depth, depth=depth)
+        with_variant_like(report, "seed_plain", f"seed_bn:depth={depth},width=256", -0.005 * depth, depth=depth)
+    path = tmp_path / "depth.json"
+    write_json(path, report)
+    status, out, _ = compare(path, "--baseline", "plain_relu", "--format", "markdown", capsys=capsys)
+    assert status == 0, out
+    val = {row.split("|")[1].strip(): row for row in out.splitlines() if "| plain_relu |" in row and "| val " in row}
+    # seed_bn at depth 8 against plain_relu at depth 8, and so at depth 2; the notebook's variants have no partner.
+    assert sorted(val) == ["seed_bn:depth=2,width=256", "seed_bn:depth=8,width=256"]
+    assert "+0.0100" in val["seed_bn:depth=2,width=256"] and "+0.0400" in val["seed_bn:depth=8,width=256"]

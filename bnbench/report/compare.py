@@ -324,25 +324,89 @@ def across_reports(loaded: list[dict], markdown: bool = False, margin: float = s
                         families, margin, markdown)
 
 
+def field_baseline(baseline: str) -> tuple[str, str] | None:
+    """``(FIELD, VALUE)`` for a baseline written ``FIELD=VALUE`` (``precision=float32``): each entry
+    is then set against the entry whose model differs from its own in that field alone, set to that
+    value. None for a variant's name (which may change fields after a colon, ``seed_bn:ghost_batch=8``)."""
+    if "=" not in baseline or ":" in baseline:
+        return None
+    field_name, _, value = baseline.partition("=")
+    return field_name, value
+
+
+def _text(value) -> str:
+    """A model field as the command line writes it (``None`` as none), so that ``FIELD=VALUE`` matches."""
+    return "none" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def is_baseline(name: str, entry: dict, baseline: str) -> bool:
+    """Whether the entry is of the baseline itself: the variant so named, or one whose model's field has the value."""
+    by_field = field_baseline(baseline)
+    if by_field:
+        return _text((entry.get("model") or {}).get(by_field[0], object())) == by_field[1]
+    return entry.get("variant", name) == baseline
+
+
 def check_baselines(loaded: list[dict], baselines) -> None:
     names = {name for r in loaded for name in r["variants"]} | {v["variant"] for r in loaded for v in
                                                                 r["variants"].values() if "variant" in v}
-    missing = [b for b in baselines if b not in names]
+    for baseline in baselines:
+        by_field = field_baseline(baseline)
+        if by_field is None:
+            continue
+        models = [v["model"] for r in loaded for v in r["variants"].values() if v.get("model")]
+        fields = sorted({f for m in models for f in m})
+        if by_field[0] not in fields:
+            raise reading.ReportError(f"--baseline {baseline}: {by_field[0]} is not a field of the reports' models"
+                                      + (f"; use one of {', '.join(fields)}" if fields else
+                                         " (these reports do not record their models): name a variant instead"))
+        values = sorted({_text(m[by_field[0]]) for m in models})
+        if by_field[1] not in values:
+            raise reading.ReportError(f"--baseline {baseline}: no variant of the reports has {by_field[0]} "
+                                      f"{by_field[1]}; theirs are {', '.join(values)}")
+    # A bare name also stands for its variant with fields changed (``plain_relu`` for ``plain_relu:depth=8``).
+    bases = {name.partition(":")[0] for name in names}
+    missing = [b for b in baselines if b not in names | bases and field_baseline(b) is None]
     if missing and not names:
         raise reading.ReportError(f"--baseline {missing[0]}: the reports hold no variant's accuracies (only "
                                   "scaling points), so there is nothing to set against it: drop --baseline")
     if missing:
         raise reading.ReportError(f"baseline variant {missing[0]!r} is in none of the reports: choose one of "
-                                  f"{', '.join(sorted(names))}")
+                                  f"{', '.join(sorted(names))}, or a model field's value as FIELD=VALUE")
 
 
-def baseline_entry(report: dict, entry: dict, baseline: str) -> dict | None:
-    """The entry of variant ``baseline`` to set ``entry`` against: in a sweep, the baseline's entry
-    at the same configuration (learning rate, batch size, ghost batch, batch order, optimizer
-    numbers; and BN momentum, where the baseline has one swept). A variant without batch statistics,
-    trained once in a ghost-batch sweep, is set against the baseline's whole batch."""
+def _candidates(report: dict, name: str, entry: dict, baseline: str) -> list[dict]:
+    """The entries of ``report`` that may stand as ``entry``'s baseline, before the configuration is matched.
+
+    A variant name with no fields changed stands for itself with the entry's own changes where the
+    report trained that (``seed_bn:depth=8,width=256`` against ``plain_relu:depth=8,width=256``),
+    else for itself as named. ``FIELD=VALUE``: the entries whose model is the entry's with that field
+    set to that value."""
+    entries = report["variants"].items()
+    by_field = field_baseline(baseline)
+    if by_field:
+        model = entry.get("model")
+        if not model:
+            return []
+        wanted = {f: _text(value) for f, value in model.items()} | {by_field[0]: by_field[1]}
+        return [v for _, v in entries if v.get("model") and {f: _text(x) for f, x in v["model"].items()} == wanted]
+    changes = entry.get("variant", name).partition(":")[2]
+    if changes and ":" not in baseline:
+        alike = [v for n, v in entries if v.get("variant", n) == f"{baseline}:{changes}"]
+        if alike and not any(v is entry for v in alike):
+            return alike
+    return [v for n, v in entries if v.get("variant", n) == baseline]
+
+
+def baseline_entry(report: dict, name: str, entry: dict, baseline: str) -> dict | None:
+    """The entry to set ``entry`` (named ``name``) against, ``entry`` itself where it is the
+    baseline: the baseline variant's (``_candidates``), in a sweep at the same configuration
+    (learning rate, batch size, ghost batch, batch order, optimizer numbers; and BN momentum, where
+    the baseline has one swept). A variant without batch statistics, trained once in a ghost-batch
+    sweep, is set against the baseline's whole batch."""
+    candidates = _candidates(report, name, entry, baseline)
     if "config" not in entry:
-        return report["variants"].get(baseline)
+        return next((v for v in candidates if v is entry), candidates[0] if candidates else None)
     config = entry["config"]
 
     def agrees(other: dict) -> bool:
@@ -350,7 +414,9 @@ def baseline_entry(report: dict, entry: dict, baseline: str) -> dict | None:
             return False
         return all(other[k] == config[k] for k in other.keys() & config.keys() if k != "bn_momentum")
 
-    same = [v for v in report["variants"].values() if v.get("variant") == baseline and agrees(v["config"])]
+    same = [v for v in candidates if agrees(v["config"])]
+    if any(v is entry for v in same):
+        return entry
     return next((v for v in same if v["config"].get("bn_momentum") == config.get("bn_momentum")),
                 same[0] if same else None)
 
@@ -360,8 +426,8 @@ def baseline_comparisons(report: dict, baseline: str, metric: str) -> list[tuple
     at the same configuration): one family, before its adjustment."""
     rows = []
     for name, v in report["variants"].items():
-        b = baseline_entry(report, v, baseline)
-        if b is None or b is v or name == baseline:
+        b = baseline_entry(report, name, v, baseline)
+        if b is None or b is v or is_baseline(name, v, baseline):
             continue
         d = comparison(v, b, metric, paired=True)
         if d is not None:
@@ -392,9 +458,9 @@ def against_baselines(loaded: list[dict], baselines, markdown: bool = False,
         or _nothing_against(loaded, baselines)
     unmatched = [f"{name} [{r['ref']}]" for baseline in baselines for r in loaded
                  for name, v in r["variants"].items()
-                 if v.get("variant", name) not in baselines and any(v2.get("variant", n2) == baseline
-                                                                    for n2, v2 in r["variants"].items())
-                 and baseline_entry(r, v, baseline) is None]
+                 if not any(is_baseline(name, v, b) for b in baselines)
+                 and any(is_baseline(n2, v2, baseline) for n2, v2 in r["variants"].items())
+                 and baseline_entry(r, name, v, baseline) is None]
     if text and unmatched:
         text += (f"\n\nNot set against {', '.join(baselines)}, which was not trained at their configuration: "
                  f"{', '.join(unmatched)}.")
@@ -407,7 +473,7 @@ def _nothing_against(loaded: list[dict], baselines) -> str | None:
     if not baselines:
         return None
     present = {v.get("variant", name) for r in loaded for name, v in r["variants"].items()}
-    if not present & set(baselines):
+    if not any(is_baseline(name, v, b) for b in baselines for r in loaded for name, v in r["variants"].items()):
         refs = ", ".join(f"[{r['ref']}]" for r in loaded)
         return (f"Differences to baseline variants: none. {', '.join(baselines)} is not in {refs}, whose "
                 f"variants are {', '.join(sorted(present))}: name one of them with --baseline to compare these.")

@@ -177,7 +177,7 @@ def difference_figures(loaded: list[dict], baselines, metric: str = "val_accurac
 
 
 def difference_name(ref, baseline: str) -> str:
-    return f"differences_{ref}_{baseline}.png"
+    return f"differences_{ref}_{re.sub(r'[^A-Za-z0-9_.-]', '_', baseline)}.png"  # FIELD=VALUE, name:fields
 
 
 def difference_links(members: list[dict], baselines, margin: float = stats.EQUIVALENCE_MARGIN) -> list[str]:

@@ -152,6 +152,7 @@ def _variant(summary: model.VariantSummary | None, runs: list[model.Run], lone_s
         entry.update({key: _dump(getattr(summary, key)) for key in (*ACCURACIES, "train_eval_accuracy")})
         # The model is absent in the oldest reports: then assume batch statistics.
         entry["batch_statistics"] = summary.model.norm in MOVING_STATISTICS if summary.model else True
+        entry["model"] = _dump(summary.model)  # every field trained, for baselines named FIELD=VALUE
         entry.update(epoch_per_update=_epoch_per_update(summary), seeds=summary.seeds,
                      time_to_target=_dump(summary.time_to_target),
                      diverged_seeds=summary.diverged_seeds if summary.diverged_seeds is not None else 0)
