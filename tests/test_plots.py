@@ -129,6 +129,36 @@ def test_batch_orders_are_an_axis_of_classes_per_batch_iid_last(drawn, tmp_path)
     assert [cell.strip() for cell in header.split("|")[2:-1]] == ["classes:1", "classes:2", "classes:4", "iid"]
 
 
+def test_a_field_the_variants_names_change_is_drawn_as_an_axis_a_panel_per_learning_rate(drawn, tmp_path):
+    import copy
+
+    report = copy.deepcopy(reading.load_all([str(RESULTS / "cpu-sweep-lr.json")])[0])
+    assert sweeps.field_axes(report) == []  # the committed sweeps change no number in their names
+    # As if plain_relu and seed_plain were one model at two depths, and seed_bn and
+    # bn_before_activation another: the depth study's layout.
+    renamed = {"plain_relu": "plain_relu:depth=2,width=256", "seed_plain": "plain_relu:depth=8,width=256",
+               "seed_bn": "seed_bn:depth=2,width=256", "bn_before_activation": "seed_bn:depth=8,width=256"}
+    for entry in report["variants"].values():
+        entry["variant"] = renamed.get(entry["variant"], entry["variant"])
+    assert sweeps.field_axes(report) == ["depth"]
+    rates = report["sweep"]["learning_rate"]
+    written = sweeps.plot_field(page._pyplot(), report, "depth", tmp_path / "depth.png", page._save)
+    assert [p.name for p in written] == [plots.page_path(Path("depth.png"), i).name for i in range(len(written))]
+    panels = [ax for p in written for ax in drawn[p.name].axes]
+    assert [ax.get_title() for ax in panels] == [f"lr {lr:g}" for lr in sorted(rates)]
+    for p in written:
+        _check_figure(p.name, drawn[p.name])
+    for ax in panels:
+        assert [t.get_text() for t in ax.get_xticklabels()] == ["2", "8"]
+    legend = [t.get_text() for t in drawn[written[0].name].legends[0].get_texts()]
+    assert legend[:2] == ["plain_relu:width=256", "seed_bn:width=256"]  # a line per model, the depth left out
+    # Where every seed of a configuration diverged, its panel marks it at the foot, never as an accuracy.
+    gone = [e for e in report["variants"].values() if e["variant"] in renamed.values() and not e.get("val_accuracy")]
+    if gone:
+        marks = [line for ax in panels for line in ax.get_lines() if line.get_marker() == "X"]
+        assert len(marks) == len(gone)
+
+
 def test_sweep_curves_run_against_epochs_with_each_runs_own_learning_rate(sweeps_loaded, drawn, tmp_path):
     batch = sweeps_loaded[1]
     sweeps.plot_curves(page._pyplot(), batch, tmp_path / "curves.png", page._save)

@@ -222,6 +222,95 @@ def _first_evaluation(report: dict, entry: dict) -> int:
     return min(every, upe) if every else upe
 
 
+def _changes(variant: str) -> tuple[str, dict[str, str]]:
+    """A variant's text split into its registered name and the fields it changes (``seed_bn:depth=8``)."""
+    base, _, changes = variant.partition(":")
+    return base, dict(change.partition("=")[::2] for change in changes.split(",") if change)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
+
+
+def field_axes(report: dict) -> list[str]:
+    """Model fields that the variants' names set to several numbers for one registered variant
+    (``depth=2`` to ``depth=16``): the sweep is drawn along each too, as along a swept number."""
+    values: dict[tuple[str, str], set[str]] = {}
+    for entry in report["variants"].values():
+        if "config" in entry:
+            base, changes = _changes(entry["variant"])
+            for field, value in changes.items():
+                values.setdefault((base, field), set()).add(value)
+    return sorted({field for (_, field), seen in values.items() if len(seen) > 1 and all(map(_is_number, seen))})
+
+
+def plot_field(plt, report: dict, field: str, path: Path, save) -> list[Path]:
+    """Final validation accuracy against a model field the variants' names change (``field_axes``):
+    a panel per configuration of the swept axes (learning rate...), a line per variant with that
+    field left out of its name; mean over the seeds that did not diverge, 95% CI band, an x at the
+    panel's foot where every seed diverged, a ring where some did. Panels share the accuracy axis,
+    at most four a file (``sweepN_depth.png``, then ``_2``)."""
+    from bnbench.report import plots
+
+    panels: dict[str, dict[str, list[tuple[float, dict]]]] = {}
+    for entry in report["variants"].values():
+        base, changes = _changes(entry.get("variant", ""))
+        if "config" not in entry or field not in changes:
+            continue
+        line = base + "".join(f":{k}={v}" for k, v in changes.items() if k != field)
+        panel = _config_label(report, entry["config"])
+        panels.setdefault(panel, {}).setdefault(line, []).append((float(changes[field]), entry))
+    looks = plots.styles([line for lines in panels.values() for line in lines])
+    shown = [e for lines in panels.values() for points in lines.values() for _, e in points]
+    low, high, cut = plots.fitted_limits([_interval(e, "val_accuracy")[0] for e in shown],
+                                         [_interval(e, "val_accuracy")[1:] for e in shown])
+    written = []
+    for index, page in enumerate(plots.pages(list(panels))):
+        fig, axes = plots.grid(plt, len(page), panel=(4.2, 3.6))
+        for ax, panel in zip(axes, page):
+            for line, points in panels[panel].items():
+                points.sort(key=lambda point: point[0])
+                xs = np.array([x for x, _ in points])
+                mean, lo, hi = (np.array(v) for v in zip(*[_interval(e, "val_accuracy") for _, e in points]))
+                look = looks[line]
+                ax.plot(xs, np.where(mean >= cut, mean, np.nan), ms=4, lw=1.4, **plots.line_style(look))
+                ax.fill_between(xs, np.where(mean >= cut, lo, np.nan), np.where(mean >= cut, hi, np.nan),
+                                color=look["color"], alpha=0.15, lw=0)
+                for x, m, (_, e) in zip(xs, mean, points):
+                    if math.isnan(m) or m < cut:  # diverged, or collapsed far below the rest: at the foot
+                        ax.plot([x], [low], marker="X" if math.isnan(m) else "v", ms=7, ls="none",
+                                color=look["color"], clip_on=False, zorder=5)
+                    elif e.get("diverged_seeds"):
+                        ax.plot([x], [m], marker="o", ms=10, mfc="none", ls="none", color=look["color"])
+            values = sorted({x for points in panels[panel].values() for x, _ in points})
+            if all(v > 0 for v in values):
+                ax.set_xscale("log", base=2)
+            ax.set_xticks(values, [f"{v:g}" for v in values])
+            ax.xaxis.set_minor_locator(plt.matplotlib.ticker.NullLocator())
+            ax.set_ylim(low, high)
+            ax.set_title(panel, fontsize=9)
+            ax.set_xlabel(field, fontsize=9)
+            ax.set_ylabel("final val accuracy (mean, 95% CI)", fontsize=8)
+            ax.grid(alpha=0.3)
+        line2d = plt.matplotlib.lines.Line2D
+        handles = [line2d([], [], ms=4, **plots.line_style(look)) for look in looks.values()]
+        labels = list(looks)
+        handles += [line2d([], [], marker="X", ls="none", color=plots.GREY, ms=7),
+                    line2d([], [], marker="v", ls="none", color=plots.GREY, ms=7),
+                    line2d([], [], marker="o", mfc="none", ls="none", color=plots.GREY, ms=9)]
+        labels += ["every seed diverged (no accuracy)", "mean far below the rest",
+                   "some seeds diverged (mean of the rest)"]
+        plots.figure_legend(fig, handles, labels)
+        fig.suptitle(f"[{report['ref']}] final validation accuracy against {field}, a panel per configuration",
+                     fontsize=10)
+        written.append(plots.page_path(path, index))
+        save(plt, fig, written[-1])
+    return written
+
+
 def plot_updates_to_target(plt, report: dict, path: Path, save, colors=None) -> None:
     """Updates until validation accuracy first reached the target, against the learning rate:
     median over the seeds that reached it (whiskers: min to max; hollow where only some did). The
@@ -427,6 +516,10 @@ def sections(plt, report: dict, out: Path, save, colors_for) -> tuple[list[str],
         written.append(path)
         lines += [f"### Against {AXES[axis][0]}", "", table(report, axis), "", table(report, axis, "test_accuracy"),
                   "", f"![accuracy against {AXES[axis][0]}]({path.name})", ""]
+    for field in field_axes(report):
+        drawn = plot_field(plt, report, field, out / f"sweep{ref}_{field}.png", save)
+        written += drawn
+        lines += [f"### Against {field}", "", *(f"![validation accuracy against {field}]({p.name})\n" for p in drawn)]
     if len(report["sweep"]["learning_rate"]) > 1:
         path = out / f"sweep{ref}_updates_to_target.png"
         plot_updates_to_target(plt, report, path, save, colors_for(list(_lines(report, "learning_rate"))))
