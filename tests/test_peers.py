@@ -87,8 +87,36 @@ def test_the_ratio_is_the_median_of_each_rounds_peer_over_bnbench():
 
 def test_a_round_repeats_the_data_where_it_has_too_few_batches():
     images = np.arange(70 * 4, dtype=np.uint8).reshape(70, 2, 2)  # 2 whole batches, 6 left over
-    x, y = peers._round_data(images, np.arange(70), 5)
+    x, y = peers.round_data(images, np.arange(70), 5)
     assert x.shape == (160, 2, 2) and list(y[:3]) == [0, 1, 2] and list(y[64:67]) == [0, 1, 2]
+
+
+@pytest.mark.parametrize("name", ["seed_bn", "conv_bn"])
+def test_bnbenchs_round_is_its_step_applied_to_each_batch_in_turn(name):
+    """The round the peers are set against trains as the step does, one batch after another: the
+    same state to float32's rounding (XLA may fuse a loop's body differently from a lone step)."""
+    import functools
+
+    import jax
+
+    from bnbench.data.synthetic import synthetic_dataset
+    from bnbench.engine import train
+    from bnbench.measure import steptime
+    from bnbench.models import variants
+
+    data = synthetic_dataset(train=200, validation=10, test=10)
+    images, labels = peers.round_data(data.train_images, data.train_labels, 4)
+    variant = variants.get(name)
+    rounds = steptime.RoundProgram(variant, images, labels)
+    state = train.initializer(variant.model, tuple(images.shape[1:]), train.Protocol().kind)(jax.random.PRNGKey(0))
+    assert rounds.steps == 4 and jax.tree.all(jax.tree.map(lambda a, b: (a == b).all(), state, rounds.state))
+    step = jax.jit(functools.partial(train.train_step, variant.model, train.Protocol().transform()))
+    for i in range(4):
+        state, _ = step(state, images[i * 32:(i + 1) * 32], labels[i * 32:(i + 1) * 32])
+    rounds()
+    assert len(rounds.times) == 1 and rounds.times[0] > 0
+    for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(rounds.state)):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-6)
 
 
 def _comparison(variant, peer, ratio, bnbench_s=0.002):

@@ -7,10 +7,11 @@ initializers, BatchNorm momentum and epsilon; FIDELITY.md) and trains it as its 
 plain eager loop for PyTorch, ``model.fit`` for Keras, batches of 32 uint8 images already in memory,
 normalized to [0, 1] inside the step, plain SGD at 1e-3, softmax cross-entropy; training only.
 
-A round is ``steps`` consecutive updates; bnbench's round is as many calls of the harness's
-lone compiled step (``steptime.StepProgram``, synchronised after each). The two are timed in
-alternation, so that both see the same load, and the ratio is the median over rounds of the peer's
-round over bnbench's round just before it (above 1: bnbench is faster).
+A round is ``steps`` consecutive updates over the same batches for every framework; bnbench's round
+is its train step compiled as a loop over them (``steptime.RoundProgram``, as its epochs run),
+synchronised once. The two are timed in alternation, so that both see the same load, and the ratio
+is the median over rounds of the peer's round over bnbench's round just before it (above 1: bnbench
+is faster).
 """
 
 from __future__ import annotations
@@ -156,7 +157,7 @@ class TorchProgram:
         self.model.train()
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=LEARNING_RATE)
         self.loss = torch.nn.CrossEntropyLoss()
-        self.images, self.labels = _round_data(images, labels, steps)
+        self.images, self.labels = round_data(images, labels, steps)
         self.images, self.labels = torch.from_numpy(self.images), torch.from_numpy(self.labels.astype(np.int64))
         self.steps = steps
         self.times: list[float] = []
@@ -223,7 +224,7 @@ class KerasProgram:
         keras = keras_on_jax()
         keras.utils.set_random_seed(seed)
         self.model = keras_model(name, tuple(images.shape[1:]), num_classes)
-        images, labels = _round_data(images, labels, steps)
+        images, labels = round_data(images, labels, steps)
         self.images, self.labels = jnp.asarray(images), jnp.asarray(labels)
         self.steps = steps
         self.times: list[float] = []
@@ -245,27 +246,13 @@ def program(peer: str, name: str, images: np.ndarray, labels: np.ndarray, steps:
     return PROGRAMS[peer](name, images, labels, steps, num_classes)
 
 
-def _round_data(images: np.ndarray, labels: np.ndarray, steps: int) -> tuple[np.ndarray, np.ndarray]:
+def round_data(images: np.ndarray, labels: np.ndarray, steps: int) -> tuple[np.ndarray, np.ndarray]:
     """``steps`` batches of the training data: its first examples, repeated where it has too few."""
     need = steps * BATCH_SIZE
     if len(images) < BATCH_SIZE:
         raise BnbenchError(f"the training split has {len(images)} examples, fewer than a batch of {BATCH_SIZE}")
     index = np.arange(need) % (len(images) // BATCH_SIZE * BATCH_SIZE)
     return np.ascontiguousarray(np.asarray(images)[index]), np.ascontiguousarray(np.asarray(labels)[index])
-
-
-class BnbenchRounds:
-    """``steps`` calls of bnbench's compiled step per call (each synchronised), timed as a round."""
-
-    def __init__(self, step, steps: int):
-        self.step, self.steps = step, steps
-        self.times: list[float] = []
-
-    def __call__(self) -> None:
-        start = time.perf_counter()
-        for _ in range(self.steps):
-            self.step()
-        self.times.append(time.perf_counter() - start)
 
 
 def comparison(peer: str, peer_version: str, variant: str, steps: int, peer_times, bnbench_times) -> dict:

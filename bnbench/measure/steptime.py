@@ -59,6 +59,36 @@ class StepProgram:
         return timing["median_s"] / FLOOR_REPEATS
 
 
+class RoundProgram:
+    """A variant's compiled round of updates: its train step scanned over the batches of ``images``
+    in order, in one program synchronised once per call (how an epoch runs its updates, without the
+    shuffle and the evaluation); state is threaded through, and each call's wall time kept."""
+
+    def __init__(self, variant: Variant, images: np.ndarray, labels: np.ndarray, batch_size: int = 32,
+                 seed: int = 0, protocol: train.Protocol | None = None):
+        protocol = dataclasses.replace(protocol or train.Protocol(), batch_size=batch_size)
+        step = functools.partial(train.train_step, variant.model, protocol.transform())
+        self.steps = len(images) // batch_size
+        if self.steps < 1:
+            raise ValueError(f"a round needs a batch of {batch_size} examples; got {len(images)}")
+        self.state = train.initializer(variant.model, tuple(images.shape[1:]), protocol.kind)(jax.random.PRNGKey(seed))
+        shape = (self.steps, batch_size)
+        self.images = jax.device_put(np.asarray(images)[:self.steps * batch_size].reshape(*shape, *images.shape[1:]))
+        self.labels = jax.device_put(np.asarray(labels)[:self.steps * batch_size].reshape(shape))
+
+        def round_(state, images, labels):
+            return jax.lax.scan(lambda s, batch: step(s, *batch), state, (images, labels))
+
+        self._compiled = jax.jit(round_, donate_argnums=0).lower(self.state, self.images, self.labels).compile()
+        self.times: list[float] = []
+
+    def __call__(self) -> None:
+        start = time.perf_counter()
+        self.state, metrics = self._compiled(self.state, self.images, self.labels)
+        jax.block_until_ready((self.state, metrics))
+        self.times.append(time.perf_counter() - start)
+
+
 class EpochProgram:
     """A variant's compiled epoch (updates and validation) for ``num_seeds`` runs trained together,
     laid out over the devices as ``bnbench run`` would; each call trains the next epoch, synchronised."""
