@@ -148,6 +148,11 @@ def test_bnbench_report_shows_a_table_of_variants_by_peer(tmp_path):
         "| conv_plain | keras 9.9   | 3.272          | 2.020             | 1.62x          | 3 x 200          |",
         "| conv_plain | pytorch 9.9 | 2.646          | 2.020             | 1.31x          | 3 x 200          |",
         "| seed_bn    | pytorch 9.9 | 1.616          | 2.020             | 0.80x          | 3 x 200          |"]
+    assert "its step compiled as one loop over the round's batches" in text
+    # A report from before the compiled loop says that its bnbench side was lone steps.
+    older = _peer_file(tmp_path, [{k: v for k, v in c.items() if k != "bnbench_round"} for c in comparisons])
+    page.write_citable([str(older)], tmp_path / "older", force=True)
+    assert "lone compiled steps (synchronised after each update" in (tmp_path / "older" / "README.md").read_text()
 
 
 def test_a_peer_figure_out_of_range_is_one_line_naming_it(tmp_path):

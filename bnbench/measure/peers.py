@@ -35,6 +35,7 @@ PEERS = {"pytorch": ("torch", None), "keras": ("keras", (3, 15))}
 VARIANTS = {"seed_plain": ("mlp", False), "seed_bn": ("mlp", True),
             "conv_plain": ("conv", False), "conv_bn": ("conv", True)}
 BATCH_SIZE, LEARNING_RATE = 32, 1e-3
+COMPILED_LOOP = "compiled loop"  # how bnbench's round runs (steptime.RoundProgram), as reports record it
 BN_MOMENTUM, EPSILON = 0.99, 1e-3  # Keras' (PyTorch's momentum is the batch's share: 1 - 0.99)
 LEAKY_SLOPE = 0.3
 CONV_CHANNELS, HIDDEN = (8, 16), (300, 100)
@@ -266,4 +267,4 @@ def comparison(peer: str, peer_version: str, variant: str, steps: int, peer_time
             "rounds": len(ratios), "batch_size": BATCH_SIZE,
             "peer_step_s": stats.spread([t / steps for t in peer_times]),
             "bnbench_step_s": stats.spread([t / steps for t in bnbench_times]),
-            "ratio": float(np.median(ratios)), "ratios": ratios}
+            "ratio": float(np.median(ratios)), "ratios": ratios, "bnbench_round": COMPILED_LOOP}

@@ -304,6 +304,9 @@ class PeerComparison(Record):
     bnbench_step_s: Spread
     ratio: Positive  # the median over rounds of the peer's round over bnbench's: above 1, bnbench is faster
     ratios: list[Number] = Field(None, description="a list of numbers")
+    # How bnbench's round ran: "compiled loop" (its step scanned over the round's batches, synchronised
+    # once); absent in reports before it: as many lone steps, each synchronised.
+    bnbench_round: String = None
 
 
 class SeedScaling(Record):

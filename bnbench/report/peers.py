@@ -38,8 +38,17 @@ def sections(loaded: list[dict]) -> list[str]:
                   f"The same models trained in batches of {comparisons[0].get('batch_size', 32)} with plain SGD on "
                   f"{r['label']}, in one process: PyTorch eager (a plain training loop) and Keras 3 on JAX "
                   "(`model.fit`), each in rounds of updates timed in alternation with as many of bnbench's "
-                  "compiled step (synchronised after each update). Times are medians over the rounds; "
+                  f"{_how(comparisons)}. Times are medians over the rounds; "
                   "*peer / bnbench* is the median over rounds of the peer's round over bnbench's round just "
                   "before it: above 1, bnbench is faster. Training only, no evaluation.", "",
                   table(comparisons), ""]
     return lines
+
+
+def _how(comparisons: list[dict]) -> str:
+    """How bnbench's rounds ran, as recorded (reports before the compiled loop timed lone steps)."""
+    if all(c.get("bnbench_round") == "compiled loop" for c in comparisons):
+        return "updates, its step compiled as one loop over the round's batches (as its epochs run), synchronised once"
+    if not any(c.get("bnbench_round") for c in comparisons):
+        return "lone compiled steps (synchronised after each update, which understates bnbench)"
+    return "updates, as each row's report recorded (a compiled loop, or lone steps synchronised after each)"
