@@ -707,6 +707,12 @@ def test_a_baseline_by_field_sets_each_variant_against_itself_with_that_value(tm
                                                                   "seed_plain:precision=bfloat16"]
     val = [row for row in rows if "| val " in row]
     assert len(val) == 2 and all("-0.0190 [" in row for row in val)
+    older = made_report()  # from before the field: its models do not name it, and it pairs nothing
+    for summary in older["summary"].values():
+        del summary["model"]["precision"]
+    write_json(tmp_path / "older.json", older)
+    status, out, _ = compare(path, tmp_path / "older.json", "--baseline", "precision=float32", capsys=capsys)
+    assert status == 0 and out.count(" precision=float32 ") == len(rows)
     status, _, err = compare(path, "--baseline", "precision=float8", capsys=capsys)
     assert status == 2 and "no variant of the reports has precision float8; theirs are bfloat16, float32" in err
     status, _, err = compare(path, "--baseline", "colour=red", capsys=capsys)

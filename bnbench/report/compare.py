@@ -360,7 +360,7 @@ def check_baselines(loaded: list[dict], baselines) -> None:
             raise reading.ReportError(f"--baseline {baseline}: {by_field[0]} is not a field of the reports' models"
                                       + (f"; use one of {', '.join(fields)}" if fields else
                                          " (these reports do not record their models): name a variant instead"))
-        values = sorted({_text(m[by_field[0]]) for m in models})
+        values = sorted({_text(m[by_field[0]]) for m in models if by_field[0] in m})
         if by_field[1] not in values:
             raise reading.ReportError(f"--baseline {baseline}: no variant of the reports has {by_field[0]} "
                                       f"{by_field[1]}; theirs are {', '.join(values)}")

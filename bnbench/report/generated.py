@@ -28,9 +28,10 @@ RESULTS = (
     "cpu-benchmark.json", "cpu-pytest-benchmark.json", "cpu-data-parallel-1device-2epochs.json",
     "cpu-data-parallel-4sync-2epochs.json", "cpu-data-parallel-4local-2epochs.json",
     "cpu-data-parallel-scaling-pytest-benchmark.json", "cpu-ghost-batch-mlp.json", "cpu-batch-order.json",
-    "cpu-eval-stats.json", "cpu-ghost-batch-convnet.json",
+    "cpu-eval-stats.json", "cpu-ghost-batch-convnet.json", "cpu-precision-5seeds.json",
 )
-BASELINES = ("seed_bn", "plain_relu", "conv_plain", "conv_bn")
+# Each variant against these (where a report trained them), and each against its own float32 self.
+BASELINES = ("seed_bn", "plain_relu", "conv_plain", "conv_bn", "precision=float32")
 # Where only generated files live: anything else there is stale.
 GENERATED_KINDS = ("docs/schema/*.json", "results/*.png", "results/*.svg")
 BLOCK = re.compile(r"(<!-- generated: (\w+) ([^>]+?) -->\n).*?(<!-- end generated -->)", re.S)
@@ -42,7 +43,7 @@ def fill_blocks(text: str, root: Path) -> str:
     baseline, seed by seed, with verdicts) or ``sweep REPORT AXIS`` (a sweep's final accuracies
     along one of its axes)."""
     from bnbench.report import reading
-    from bnbench.report.compare import against_baselines
+    from bnbench.report.compare import against_baselines, field_baseline
     from bnbench.report.summary import summary_table
 
     def fill(match: re.Match) -> str:
@@ -59,7 +60,8 @@ def fill_blocks(text: str, root: Path) -> str:
             loaded = reading.load_all([str(root / report)])
             loaded[0]["ref"] = 1
             table = against_baselines(loaded, rest, markdown=True).split("\n", 2)[2]
-            source = (f"From `{report}`, {seeds} seeds: each variant minus {rest[0]}, paired over seeds, Holm-adjusted "
+            minus = f"itself at {rest[0]}" if field_baseline(rest[0]) else rest[0]
+            source = (f"From `{report}`, {seeds} seeds: each variant minus {minus}, paired over seeds, Holm-adjusted "
                       f"within each accuracy; `bnbench compare {report} --baseline {rest[0]}`.")
         elif kind == "sweep" and len(rest) == 1:
             from bnbench.report import sweeps
