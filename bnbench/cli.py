@@ -352,7 +352,8 @@ BASELINE_HELP = ("also set every variant of each report against this variant of 
                  "paired difference with its 95%% CI, p-value, Holm-adjusted p-value and verdict (repeatable). "
                  "A name meets each variant with the same fields changed where the report trained that "
                  "(plain_relu against seed_bn:depth=8,width=256 is plain_relu:depth=8,width=256); FIELD=VALUE "
-                 "sets each variant against itself with that model field's value (precision=float32)")
+                 "sets each variant against itself with that model field's value (precision=float32) or, in "
+                 "a sweep, at that swept number and the same configuration otherwise (weight_decay=0)")
 
 
 def build_parser() -> argparse.ArgumentParser:

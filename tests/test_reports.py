@@ -716,7 +716,25 @@ def test_a_baseline_by_field_sets_each_variant_against_itself_with_that_value(tm
     status, _, err = compare(path, "--baseline", "precision=float8", capsys=capsys)
     assert status == 2 and "no variant of the reports has precision float8; theirs are bfloat16, float32" in err
     status, _, err = compare(path, "--baseline", "colour=red", capsys=capsys)
-    assert status == 2 and "colour is not a field of the reports' models; use one of" in err
+    assert status == 2 and "colour is not a field of the reports' models or a number of their sweeps; use" in err
+
+
+def test_a_baseline_by_a_swept_number_sets_each_run_against_its_variant_at_that_number(capsys):
+    from bnbench.report.compare import baseline_entry
+
+    path = RESULTS / "cpu-sweep-lr.json"
+    report = reading.load_all([str(path)])[0]
+    paired = 0
+    for name, entry in report["variants"].items():
+        base = baseline_entry(report, name, entry, "learning_rate=0.01")
+        assert base["variant"] == entry["variant"] and base["config"]["learning_rate"] == 0.01
+        assert {k: v for k, v in base["config"].items() if "learning_rate" not in k} == \
+            {k: v for k, v in entry["config"].items() if "learning_rate" not in k}
+        paired += base is not entry
+    status, out, _ = compare(path, "--baseline", "learning_rate=0.01", "--format", "markdown", capsys=capsys)
+    assert status == 0
+    rows = [line for line in out.splitlines() if "| learning_rate=0.01 |" in line and "| val " in line]
+    assert 0 < len(rows) <= paired and all("lr=0.01 " not in row.split("|")[1] for row in rows)
 
 
 def test_a_baseline_variant_meets_each_variant_with_the_same_fields_changed(tmp_path, capsys):

@@ -325,25 +325,49 @@ def across_reports(loaded: list[dict], markdown: bool = False, margin: float = s
 
 
 def field_baseline(baseline: str) -> tuple[str, str] | None:
-    """``(FIELD, VALUE)`` for a baseline written ``FIELD=VALUE`` (``precision=float32``): each entry
-    is then set against the entry whose model differs from its own in that field alone, set to that
-    value. None for a variant's name (which may change fields after a colon, ``seed_bn:ghost_batch=8``)."""
+    """``(FIELD, VALUE)`` for a baseline written ``FIELD=VALUE``: each entry is then set against
+    the same variant with that value, a model field (``precision=float32``: the entry whose model
+    differs from its own in that field alone) or a sweep's number (``weight_decay=0``: the same
+    variant at the same configuration but that number). None for a variant's name (which may
+    change fields after a colon, ``seed_bn:ghost_batch=8``)."""
     if "=" not in baseline or ":" in baseline:
         return None
     field_name, _, value = baseline.partition("=")
     return field_name, value
 
 
+_ABSENT = object()
+# A sweep's learning rate is recorded twice: as run and before any scaling with the batch size.
+_TOGETHER = {"learning_rate": {"learning_rate", "base_learning_rate"},
+             "base_learning_rate": {"learning_rate", "base_learning_rate"}}
+
+
 def _text(value) -> str:
-    """A model field as the command line writes it (``None`` as none), so that ``FIELD=VALUE`` matches."""
+    """A field as the command line writes it (``None`` as none), so that ``FIELD=VALUE`` matches."""
     return "none" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
 
 
+def _matches(value, text: str) -> bool:
+    """Whether a recorded value is the one written (numbers as numbers: ``0`` is 0.0)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            return float(text) == value
+        except ValueError:
+            return False
+    return value is not _ABSENT and _text(value) == text
+
+
+def _value(entry: dict, field_name: str):
+    """The entry's value of a swept number (its configuration) or else of its model's field."""
+    config = entry.get("config") or {}
+    return config[field_name] if field_name in config else (entry.get("model") or {}).get(field_name, _ABSENT)
+
+
 def is_baseline(name: str, entry: dict, baseline: str) -> bool:
-    """Whether the entry is of the baseline itself: the variant so named, or one whose model's field has the value."""
+    """Whether the entry is of the baseline itself: the variant so named, or one with the field's value."""
     by_field = field_baseline(baseline)
     if by_field:
-        return _text((entry.get("model") or {}).get(by_field[0], object())) == by_field[1]
+        return _matches(_value(entry, by_field[0]), by_field[1])
     return entry.get("variant", name) == baseline
 
 
@@ -354,16 +378,18 @@ def check_baselines(loaded: list[dict], baselines) -> None:
         by_field = field_baseline(baseline)
         if by_field is None:
             continue
-        models = [v["model"] for r in loaded for v in r["variants"].values() if v.get("model")]
-        fields = sorted({f for m in models for f in m})
+        entries = [v for r in loaded for v in r["variants"].values()]
+        fields = sorted({f for v in entries for f in {**(v.get("model") or {}), **(v.get("config") or {})}})
         if by_field[0] not in fields:
-            raise reading.ReportError(f"--baseline {baseline}: {by_field[0]} is not a field of the reports' models"
+            raise reading.ReportError(f"--baseline {baseline}: {by_field[0]} is not a field of the reports' models "
+                                      "or a number of their sweeps"
                                       + (f"; use one of {', '.join(fields)}" if fields else
                                          " (these reports do not record their models): name a variant instead"))
-        values = sorted({_text(m[by_field[0]]) for m in models if by_field[0] in m})
-        if by_field[1] not in values:
+        values = [_value(v, by_field[0]) for v in entries]
+        if not any(_matches(x, by_field[1]) for x in values):
             raise reading.ReportError(f"--baseline {baseline}: no variant of the reports has {by_field[0]} "
-                                      f"{by_field[1]}; theirs are {', '.join(values)}")
+                                      f"{by_field[1]}; theirs are "
+                                      f"{', '.join(sorted({_text(x) for x in values if x is not _ABSENT}))}")
     # A bare name also stands for its variant with fields changed (``plain_relu`` for ``plain_relu:depth=8``).
     bases = {name.partition(":")[0] for name in names}
     missing = [b for b in baselines if b not in names | bases and field_baseline(b) is None]
@@ -372,7 +398,7 @@ def check_baselines(loaded: list[dict], baselines) -> None:
                                   "scaling points), so there is nothing to set against it: drop --baseline")
     if missing:
         raise reading.ReportError(f"baseline variant {missing[0]!r} is in none of the reports: choose one of "
-                                  f"{', '.join(sorted(names))}, or a model field's value as FIELD=VALUE")
+                                  f"{', '.join(sorted(names))}, or a field's value as FIELD=VALUE")
 
 
 def _candidates(report: dict, name: str, entry: dict, baseline: str) -> list[dict]:
@@ -380,16 +406,21 @@ def _candidates(report: dict, name: str, entry: dict, baseline: str) -> list[dic
 
     A variant name with no fields changed stands for itself with the entry's own changes where the
     report trained that (``seed_bn:depth=8,width=256`` against ``plain_relu:depth=8,width=256``),
-    else for itself as named. ``FIELD=VALUE``: the entries whose model is the entry's with that field
-    set to that value."""
+    else for itself as named. ``FIELD=VALUE``: the same variant's entries with that swept number,
+    or the entries whose model is the entry's with that field set to that value."""
     entries = report["variants"].items()
     by_field = field_baseline(baseline)
+    if by_field and by_field[0] in (entry.get("config") or {}):
+        variant = entry.get("variant", name)
+        return [v for n, v in entries
+                if v.get("variant", n) == variant and _matches(_value(v, by_field[0]), by_field[1])]
     if by_field:
         model = entry.get("model")
         if not model:
             return []
-        wanted = {f: _text(value) for f, value in model.items()} | {by_field[0]: by_field[1]}
-        return [v for _, v in entries if v.get("model") and {f: _text(x) for f, x in v["model"].items()} == wanted]
+        others = {f: _text(value) for f, value in model.items() if f != by_field[0]}
+        return [v for _, v in entries if v.get("model") and _matches(v["model"].get(by_field[0], _ABSENT), by_field[1])
+                and {f: _text(x) for f, x in v["model"].items() if f != by_field[0]} == others]
     changes = entry.get("variant", name).partition(":")[2]
     if changes and ":" not in baseline:
         alike = [v for n, v in entries if v.get("variant", n) == f"{baseline}:{changes}"]
@@ -400,19 +431,21 @@ def _candidates(report: dict, name: str, entry: dict, baseline: str) -> list[dic
 
 def baseline_entry(report: dict, name: str, entry: dict, baseline: str) -> dict | None:
     """The entry to set ``entry`` (named ``name``) against, ``entry`` itself where it is the
-    baseline: the baseline variant's (``_candidates``), in a sweep at the same configuration
-    (learning rate, batch size, ghost batch, batch order, optimizer numbers; and BN momentum, where
-    the baseline has one swept). A variant without batch statistics, trained once in a ghost-batch
-    sweep, is set against the baseline's whole batch."""
+    baseline: the baseline's (``_candidates``), in a sweep at the same configuration (learning
+    rate, batch size, ghost batch, batch order, optimizer numbers; and BN momentum, where the
+    baseline has one swept) but the number a ``FIELD=VALUE`` baseline names. A variant without
+    batch statistics, trained once in a ghost-batch sweep, is set against the baseline's whole batch."""
     candidates = _candidates(report, name, entry, baseline)
     if "config" not in entry:
         return next((v for v in candidates if v is entry), candidates[0] if candidates else None)
     config = entry["config"]
+    by_field = field_baseline(baseline)
+    free = {"bn_momentum"} | (_TOGETHER.get(by_field[0], {by_field[0]}) if by_field else set())
 
     def agrees(other: dict) -> bool:
         if "ghost_batch" not in config and other.get("ghost_batch", config["batch_size"]) != config["batch_size"]:
             return False
-        return all(other[k] == config[k] for k in other.keys() & config.keys() if k != "bn_momentum")
+        return all(other[k] == config[k] for k in other.keys() & config.keys() if k not in free)
 
     same = [v for v in candidates if agrees(v["config"])]
     if any(v is entry for v in same):
