@@ -3,6 +3,8 @@ report) imports them without starting either."""
 
 from __future__ import annotations
 
+import re
+
 # The normalizations that keep moving averages of batch statistics (so their bn_momentum matters,
 # and data-parallel layouts decide over which examples they are taken).
 MOVING_STATISTICS = frozenset({"batch_norm", "batch_renorm"})
@@ -24,3 +26,14 @@ DEFAULT_MOMENTUM = 0.9
 # activations with float32 parameters, optimizer state and normalization statistics; or that with
 # the statistics computed in bfloat16 too (docs/settings.md says which operation runs in which).
 PRECISIONS = ("float32", "bfloat16", "bfloat16-statistics")
+
+
+# A variant's text: a registered name, then after a colon the fields it changes, comma-separated
+# (``conv_bn:channels=(8,16),groups=2``: commas inside brackets belong to a value).
+FIELD_COMMA = re.compile(r",(?![^()\[\]]*[)\]])")
+
+
+def variant_changes(text: str) -> tuple[str, dict[str, str]]:
+    """A variant's text split into its registered name and the fields it changes, as written."""
+    base, _, changes = text.partition(":")
+    return base, {key: value for key, _, value in (item.partition("=") for item in FIELD_COMMA.split(changes) if item)}

@@ -152,6 +152,14 @@ def test_a_field_the_variants_names_change_is_drawn_as_an_axis_a_panel_per_learn
         assert [t.get_text() for t in ax.get_xticklabels()] == ["2", "8"]
     legend = [t.get_text() for t in drawn[written[0].name].legends[0].get_texts()]
     assert legend[:2] == ["plain_relu:width=256", "seed_bn:width=256"]  # a line per model, the depth left out
+    # A value that is no number (a variant's own depth=None) is left off the axis, never a traceback;
+    # a tuple's commas stay in its value.
+    next(e for e in report["variants"].values() if e["variant"] == "seed_bn:depth=8,width=256")["variant"] = \
+        "seed_bn:depth=None,channels=(8,16)"
+    assert sweeps.field_axes(report) == ["depth"]
+    sweeps.plot_field(page._pyplot(), report, "depth", tmp_path / "other.png", page._save)
+    other = [t.get_text() for t in drawn["other.png"].legends[0].get_texts()]
+    assert "seed_bn:channels=(8,16)" not in other and other[:2] == ["plain_relu:width=256", "seed_bn:width=256"]
     # Where every seed of a configuration diverged, its panel marks it at the foot, never as an accuracy.
     gone = [e for e in report["variants"].values() if e["variant"] in renamed.values() and not e.get("val_accuracy")]
     if gone:

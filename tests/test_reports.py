@@ -673,7 +673,7 @@ def test_a_control_without_the_baselines_whole_batch_is_named_not_dropped(tmp_pa
     path.write_text(json.dumps(raw))
     text = against_baselines(reading.load_all([str(path)]), ["seed_bn"])
     assert "batch_renorm lr=0.01 gb=2" in text
-    assert text.rstrip().endswith("Not set against seed_bn, which was not trained at their configuration: "
+    assert text.rstrip().endswith("Not set against seed_bn: no run at their configuration was trained for "
                                   "layer_norm lr=0.01 [1], group_norm lr=0.01 [1].")
 
 
@@ -719,6 +719,25 @@ def test_a_baseline_by_field_sets_each_variant_against_itself_with_that_value(tm
     assert status == 2 and "colour is not a field of the reports' models or a number of their sweeps; use" in err
 
 
+@pytest.mark.parametrize("report, baseline", [("cpu-ghost-batch-mlp.json", "ghost_batch=32"),
+                                              ("cpu-sweep-momentum.json", "bn_momentum=0.9")])
+def test_a_number_both_a_model_field_and_swept_is_read_as_trained(report, baseline, capsys):
+    status, out, _ = compare(RESULTS / report, "--baseline", baseline, "--format", "markdown", capsys=capsys)
+    field, value = baseline.split("=")
+    rows = [line.split("|")[1].strip() for line in out.splitlines() if f"| {baseline} |" in line and "| val " in line]
+    assert status == 0 and rows, out
+    short = {"ghost_batch": "gb", "bn_momentum": "m"}[field]
+    assert all(f"{short}={value}" not in row.split() for row in rows)  # the baseline's own runs are not set against it
+
+
+def test_a_baseline_value_is_read_as_a_field_is_written():
+    from bnbench.report.compare import _matches
+
+    assert _matches([300, 100], "300,100") and _matches([300, 100], "[300, 100]") and not _matches([300, 100], "300")
+    assert _matches(0.99, "0.990") and _matches(0.0, "0") and _matches("float32", "float32")
+    assert _matches(None, "none") and _matches(True, "true") and not _matches(0.5, "half")
+
+
 def test_a_baseline_by_a_swept_number_sets_each_run_against_its_variant_at_that_number(capsys):
     from bnbench.report.compare import baseline_entry
 
@@ -750,3 +769,18 @@ def test_a_baseline_variant_meets_each_variant_with_the_same_fields_changed(tmp_
     # seed_bn at depth 8 against plain_relu at depth 8, and so at depth 2; the notebook's variants have no partner.
     assert sorted(val) == ["seed_bn:depth=2,width=256", "seed_bn:depth=8,width=256"]
     assert "+0.0100" in val["seed_bn:depth=2,width=256"] and "+0.0400" in val["seed_bn:depth=8,width=256"]
+    # The fields as changes, not as text: written in another order they are the same model. And
+    # where the baseline was never trained unchanged, its changed runs are the baseline's.
+    for summary in list(report["summary"]):
+        if summary in ("seed_plain", "seed_bn"):
+            del report["summary"][summary]
+    report["runs"] = [r for r in report["runs"] if r["variant"] not in ("seed_plain", "seed_bn")]
+    for run in report["runs"]:
+        if run["variant"] == "plain_relu:depth=8,width=256":
+            run["variant"] = "plain_relu:width=256,depth=8"
+    report["summary"]["plain_relu:width=256,depth=8"] = report["summary"].pop("plain_relu:depth=8,width=256")
+    write_json(path, report)
+    status, out, _ = compare(path, "--baseline", "plain_relu", "--format", "markdown", capsys=capsys)
+    val = {row.split("|")[1].strip(): row for row in out.splitlines() if "| plain_relu |" in row and "| val " in row}
+    assert status == 0 and sorted(val) == ["seed_bn:depth=2,width=256", "seed_bn:depth=8,width=256"], out
+    assert "+0.0400" in val["seed_bn:depth=8,width=256"] and "Not set against" not in out

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-import re
 
 import flax.linen as nn
 
+from bnbench import config
 from bnbench.errors import BnbenchError
 from bnbench.models import MLP, ConvNet
 
@@ -109,7 +109,7 @@ VARIANTS = _variants(
 )
 NOTEBOOK_VARIANTS = ("seed_plain", "seed_bn")
 # A comma that separates fields, not one inside a value such as (8,16) or [8,16].
-_FIELD_COMMA = re.compile(r",(?![^()\[\]]*[)\]])")
+_FIELD_COMMA = config.FIELD_COMMA
 
 
 def names(text: str) -> list[str]:

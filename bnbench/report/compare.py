@@ -7,9 +7,11 @@ lacks, or that cannot be tested (an accuracy without an interval), fails it, nam
 
 from __future__ import annotations
 
+import ast
 import json
 from dataclasses import dataclass, field
 
+from bnbench.config import variant_changes
 from bnbench.record import stats
 from bnbench.record.model import PROTOCOL_DEFAULTS, protocol_value
 from bnbench.record.schema import PROTOCOL_KEYS
@@ -348,13 +350,19 @@ def _text(value) -> str:
 
 
 def _matches(value, text: str) -> bool:
-    """Whether a recorded value is the one written (numbers as numbers: ``0`` is 0.0)."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        try:
-            return float(text) == value
-        except ValueError:
-            return False
-    return value is not _ABSENT and _text(value) == text
+    """Whether a recorded value is the one written, read as a variant's field is (``0`` is 0.0,
+    ``300,100`` the widths [300, 100]); text that reads as no number or list is compared as text."""
+    if value is _ABSENT:
+        return False
+    try:
+        written = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        written = text
+    if isinstance(value, (list, tuple)) and isinstance(written, (list, tuple)):
+        return list(value) == list(written)
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and isinstance(written, (int, float)):
+        return float(written) == value
+    return _text(value) == text
 
 
 def _value(entry: dict, field_name: str):
@@ -363,12 +371,14 @@ def _value(entry: dict, field_name: str):
     return config[field_name] if field_name in config else (entry.get("model") or {}).get(field_name, _ABSENT)
 
 
-def is_baseline(name: str, entry: dict, baseline: str) -> bool:
-    """Whether the entry is of the baseline itself: the variant so named, or one with the field's value."""
+def is_baseline(report: dict, name: str, entry: dict, baseline: str) -> bool:
+    """Whether the entry is of the baseline itself: one with the field's value, or the variant so
+    named (with fields changed, where the report did not train it unchanged: ``plain_relu:depth=8``
+    is ``--baseline plain_relu``'s in a depth study)."""
     by_field = field_baseline(baseline)
     if by_field:
         return _matches(_value(entry, by_field[0]), by_field[1])
-    return entry.get("variant", name) == baseline
+    return entry.get("variant", name) == baseline or baseline_entry(report, name, entry, baseline) is entry
 
 
 def check_baselines(loaded: list[dict], baselines) -> None:
@@ -421,12 +431,14 @@ def _candidates(report: dict, name: str, entry: dict, baseline: str) -> list[dic
         others = {f: _text(value) for f, value in model.items() if f != by_field[0]}
         return [v for _, v in entries if v.get("model") and _matches(v["model"].get(by_field[0], _ABSENT), by_field[1])
                 and {f: _text(x) for f, x in v["model"].items() if f != by_field[0]} == others]
-    changes = entry.get("variant", name).partition(":")[2]
+    named = [v for n, v in entries if v.get("variant", n) == baseline]
+    base, changes = variant_changes(entry.get("variant", name))
     if changes and ":" not in baseline:
-        alike = [v for n, v in entries if v.get("variant", n) == f"{baseline}:{changes}"]
-        if alike and not any(v is entry for v in alike):
+        alike = [v for n, v in entries if variant_changes(v.get("variant", n)) == (baseline, changes)]
+        # The entry itself is the baseline only where the baseline was never trained unchanged.
+        if alike and (not named or not any(v is entry for v in alike)):
             return alike
-    return [v for n, v in entries if v.get("variant", n) == baseline]
+    return named
 
 
 def baseline_entry(report: dict, name: str, entry: dict, baseline: str) -> dict | None:
@@ -460,7 +472,7 @@ def baseline_comparisons(report: dict, baseline: str, metric: str) -> list[tuple
     rows = []
     for name, v in report["variants"].items():
         b = baseline_entry(report, name, v, baseline)
-        if b is None or b is v or is_baseline(name, v, baseline):
+        if b is None or b is v:
             continue
         d = comparison(v, b, metric, paired=True)
         if d is not None:
@@ -491,11 +503,13 @@ def against_baselines(loaded: list[dict], baselines, markdown: bool = False,
         or _nothing_against(loaded, baselines)
     unmatched = [f"{name} [{r['ref']}]" for baseline in baselines for r in loaded
                  for name, v in r["variants"].items()
-                 if not any(is_baseline(name, v, b) for b in baselines)
-                 and any(is_baseline(n2, v2, baseline) for n2, v2 in r["variants"].items())
+                 if not any(is_baseline(r, name, v, b) for b in baselines)
+                 and any(is_baseline(r, n2, v2, baseline) for n2, v2 in r["variants"].items())
                  and baseline_entry(r, name, v, baseline) is None]
     if text and unmatched:
-        text += (f"\n\nNot set against {', '.join(baselines)}, which was not trained at their configuration: "
+        what = ("of the same variant and configuration with that value" if any(map(field_baseline, baselines))
+                else "at their configuration")
+        text += (f"\n\nNot set against {', '.join(baselines)}: no run {what} was trained for "
                  f"{', '.join(unmatched)}.")
     return text
 
@@ -506,7 +520,7 @@ def _nothing_against(loaded: list[dict], baselines) -> str | None:
     if not baselines:
         return None
     present = {v.get("variant", name) for r in loaded for name, v in r["variants"].items()}
-    if not any(is_baseline(name, v, b) for b in baselines for r in loaded for name, v in r["variants"].items()):
+    if not any(is_baseline(r, name, v, b) for b in baselines for r in loaded for name, v in r["variants"].items()):
         refs = ", ".join(f"[{r['ref']}]" for r in loaded)
         return (f"Differences to baseline variants: none. {', '.join(baselines)} is not in {refs}, whose "
                 f"variants are {', '.join(sorted(present))}: name one of them with --baseline to compare these.")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bnbench.config import variant_changes
 from bnbench.record.stats import format_ci
 from bnbench.report.table import format_table
 
@@ -222,12 +223,6 @@ def _first_evaluation(report: dict, entry: dict) -> int:
     return min(every, upe) if every else upe
 
 
-def _changes(variant: str) -> tuple[str, dict[str, str]]:
-    """A variant's text split into its registered name and the fields it changes (``seed_bn:depth=8``)."""
-    base, _, changes = variant.partition(":")
-    return base, dict(change.partition("=")[::2] for change in changes.split(",") if change)
-
-
 def _is_number(text: str) -> bool:
     try:
         return math.isfinite(float(text))
@@ -241,7 +236,7 @@ def field_axes(report: dict) -> list[str]:
     values: dict[tuple[str, str], set[str]] = {}
     for entry in report["variants"].values():
         if "config" in entry:
-            base, changes = _changes(entry["variant"])
+            base, changes = variant_changes(entry["variant"])
             for field, value in changes.items():
                 values.setdefault((base, field), set()).add(value)
     return sorted({field for (_, field), seen in values.items() if len(seen) > 1 and all(map(_is_number, seen))})
@@ -257,8 +252,8 @@ def plot_field(plt, report: dict, field: str, path: Path, save) -> list[Path]:
 
     panels: dict[str, dict[str, list[tuple[float, dict]]]] = {}
     for entry in report["variants"].values():
-        base, changes = _changes(entry.get("variant", ""))
-        if "config" not in entry or field not in changes:
+        base, changes = variant_changes(entry.get("variant", ""))
+        if "config" not in entry or not _is_number(changes.get(field, "")):
             continue
         line = base + "".join(f":{k}={v}" for k, v in changes.items() if k != field)
         panel = _config_label(report, entry["config"])

@@ -24,7 +24,7 @@ from pathlib import Path
 from bnbench.record import model, stats
 from bnbench.record.io import atomic_write
 from bnbench.report import reading
-from bnbench.report.compare import baseline_entry, baseline_family, is_baseline, settings_text
+from bnbench.report.compare import baseline_family, is_baseline, settings_text
 
 FORMATS = ("markdown", "latex", "csv")
 LATEX_FILE, RUNS_FILE, SUMMARY_FILE = "tables.tex", "runs.csv", "summary.csv"
@@ -116,7 +116,7 @@ def _differences(report: dict, baselines, margin: float) -> dict[tuple[str, str,
 
 
 def _is_baseline(report: dict, name: str, v: dict, baseline: str) -> bool:
-    return is_baseline(name, v, baseline) or baseline_entry(report, name, v, baseline) is v
+    return is_baseline(report, name, v, baseline)
 
 
 # --- CSV ------------------------------------------------------------------------------------------
