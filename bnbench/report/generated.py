@@ -29,7 +29,7 @@ RESULTS = (
     "cpu-data-parallel-4sync-2epochs.json", "cpu-data-parallel-4local-2epochs.json",
     "cpu-data-parallel-scaling-pytest-benchmark.json", "cpu-ghost-batch-mlp.json", "cpu-batch-order.json",
     "cpu-eval-stats.json", "cpu-ghost-batch-convnet.json", "cpu-precision-5seeds.json", "cpu-optimizer-momentum.json",
-    "cpu-optimizer-adamw.json",
+    "cpu-optimizer-adamw.json", "cpu-depth.json",
 )
 # Each variant against these (where a report trained them), and each against its own float32 self.
 BASELINES = ("seed_bn", "plain_relu", "conv_plain", "conv_bn", "precision=float32")

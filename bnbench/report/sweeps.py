@@ -266,6 +266,7 @@ def plot_field(plt, report: dict, field: str, path: Path, save) -> list[Path]:
     for index, page in enumerate(plots.pages(list(panels))):
         fig, axes = plots.grid(plt, len(page), panel=(4.2, 3.6))
         for ax, panel in zip(axes, page):
+            feet: dict[float, int] = {}  # marks at the panel's foot, per depth: dodged side by side
             for line, points in panels[panel].items():
                 points.sort(key=lambda point: point[0])
                 xs = np.array([x for x, _ in points])
@@ -276,8 +277,13 @@ def plot_field(plt, report: dict, field: str, path: Path, save) -> list[Path]:
                                 color=look["color"], alpha=0.15, lw=0)
                 for x, m, (_, e) in zip(xs, mean, points):
                     if math.isnan(m) or m < cut:  # diverged, or collapsed far below the rest: at the foot
+                        k = feet[x] = feet.get(x, -1) + 1
+                        shift = plt.matplotlib.transforms.offset_copy(ax.transData, fig=fig, x=-9 * k, units="points")
                         ax.plot([x], [low], marker="X" if math.isnan(m) else "v", ms=7, ls="none",
-                                color=look["color"], clip_on=False, zorder=5)
+                                color=look["color"], clip_on=False, zorder=5, transform=shift)
+                        if not math.isnan(m):
+                            ax.annotate(f"{m:.2f}", (x, low), xytext=(-9 * k - 6, 4 + 9 * k),
+                                        textcoords="offset points", fontsize=7, color=look["color"], ha="right")
                     elif e.get("diverged_seeds"):
                         ax.plot([x], [m], marker="o", ms=10, mfc="none", ls="none", color=look["color"])
             values = sorted({x for points in panels[panel].values() for x, _ in points})
@@ -296,7 +302,7 @@ def plot_field(plt, report: dict, field: str, path: Path, save) -> list[Path]:
         handles += [line2d([], [], marker="X", ls="none", color=plots.GREY, ms=7),
                     line2d([], [], marker="v", ls="none", color=plots.GREY, ms=7),
                     line2d([], [], marker="o", mfc="none", ls="none", color=plots.GREY, ms=9)]
-        labels += ["every seed diverged (no accuracy)", "mean far below the rest",
+        labels += ["every seed diverged (no accuracy)", "mean far below the rest (value written)",
                    "some seeds diverged (mean of the rest)"]
         plots.figure_legend(fig, handles, labels)
         fig.suptitle(f"[{report['ref']}] final validation accuracy against {field}, a panel per configuration",
