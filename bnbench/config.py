@@ -27,6 +27,10 @@ DEFAULT_MOMENTUM = 0.9
 # the statistics computed in bfloat16 too (docs/settings.md says which operation runs in which).
 PRECISIONS = ("float32", "bfloat16", "bfloat16-statistics")
 
+# How bnbench's side of a peer benchmark's round ran, as reports record it (``bnbench_round``): its
+# step compiled as a loop over the round's batches. Reports before it timed lone steps.
+COMPILED_LOOP = "compiled loop"
+
 
 # A variant's text: a registered name, then after a colon the fields it changes, comma-separated
 # (``conv_bn:channels=(8,16),groups=2``: commas inside brackets belong to a value).

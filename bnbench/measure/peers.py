@@ -24,6 +24,7 @@ import time
 
 import numpy as np
 
+from bnbench.config import COMPILED_LOOP
 from bnbench.errors import BnbenchError
 from bnbench.parallel.devices import usable_cores
 from bnbench.record import stats
@@ -35,7 +36,6 @@ PEERS = {"pytorch": ("torch", None), "keras": ("keras", (3, 15))}
 VARIANTS = {"seed_plain": ("mlp", False), "seed_bn": ("mlp", True),
             "conv_plain": ("conv", False), "conv_bn": ("conv", True)}
 BATCH_SIZE, LEARNING_RATE = 32, 1e-3
-COMPILED_LOOP = "compiled loop"  # how bnbench's round runs (steptime.RoundProgram), as reports record it
 BN_MOMENTUM, EPSILON = 0.99, 1e-3  # Keras' (PyTorch's momentum is the batch's share: 1 - 0.99)
 LEAKY_SLOPE = 0.3
 CONV_CHANNELS, HIDDEN = (8, 16), (300, 100)

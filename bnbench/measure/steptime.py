@@ -23,16 +23,22 @@ from bnbench.record import stats
 FLOOR_REPEATS = 200  # floor steps per timing: long enough to swamp the dispatch of one program
 
 
+def _step_and_state(variant: Variant, image_shape: tuple, batch_size: int, seed: int,
+                    protocol: train.Protocol | None):
+    """The variant's train step with the protocol's optimizer (plain SGD at 1e-3 by default) at
+    ``batch_size``, and its initial state from ``seed``."""
+    protocol = dataclasses.replace(protocol or train.Protocol(), batch_size=batch_size)
+    step = functools.partial(train.train_step, variant.model, protocol.transform())
+    return step, train.initializer(variant.model, image_shape, protocol.kind)(jax.random.PRNGKey(seed))
+
+
 class StepProgram:
     """A variant's compiled train step on a fixed batch, callable repeatedly; state is threaded through."""
 
     def __init__(self, variant: Variant, data: train.DeviceData, batch_size: int = 32, seed: int = 0,
                  protocol: train.Protocol | None = None):
         """``protocol``: its optimizer and numbers (plain SGD at 1e-3 by default); its batch size is ``batch_size``."""
-        protocol = dataclasses.replace(protocol or train.Protocol(), batch_size=batch_size)
-        step = functools.partial(train.train_step, variant.model, protocol.transform())
-        self.state = train.initializer(variant.model, tuple(data.train_images.shape[1:]),
-                                       protocol.kind)(jax.random.PRNGKey(seed))
+        step, self.state = _step_and_state(variant, tuple(data.train_images.shape[1:]), batch_size, seed, protocol)
         self.images = data.train_images[:batch_size]
         self.labels = data.train_labels[:batch_size]
         if self.labels.shape[0] < batch_size:
@@ -66,12 +72,10 @@ class RoundProgram:
 
     def __init__(self, variant: Variant, images: np.ndarray, labels: np.ndarray, batch_size: int = 32,
                  seed: int = 0, protocol: train.Protocol | None = None):
-        protocol = dataclasses.replace(protocol or train.Protocol(), batch_size=batch_size)
-        step = functools.partial(train.train_step, variant.model, protocol.transform())
         self.steps = len(images) // batch_size
         if self.steps < 1:
             raise ValueError(f"a round needs a batch of {batch_size} examples; got {len(images)}")
-        self.state = train.initializer(variant.model, tuple(images.shape[1:]), protocol.kind)(jax.random.PRNGKey(seed))
+        step, self.state = _step_and_state(variant, tuple(images.shape[1:]), batch_size, seed, protocol)
         shape = (self.steps, batch_size)
         self.images = jax.device_put(np.asarray(images)[:self.steps * batch_size].reshape(*shape, *images.shape[1:]))
         self.labels = jax.device_put(np.asarray(labels)[:self.steps * batch_size].reshape(shape))

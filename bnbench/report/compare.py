@@ -432,7 +432,7 @@ def _candidates(report: dict, name: str, entry: dict, baseline: str) -> list[dic
         return [v for _, v in entries if v.get("model") and _matches(v["model"].get(by_field[0], _ABSENT), by_field[1])
                 and {f: _text(x) for f, x in v["model"].items() if f != by_field[0]} == others]
     named = [v for n, v in entries if v.get("variant", n) == baseline]
-    base, changes = variant_changes(entry.get("variant", name))
+    changes = variant_changes(entry.get("variant", name))[1]
     if changes and ":" not in baseline:
         alike = [v for n, v in entries if variant_changes(v.get("variant", n)) == (baseline, changes)]
         # The entry itself is the baseline only where the baseline was never trained unchanged.

@@ -8,6 +8,7 @@ ratios from different machines say nothing of each other.
 
 from __future__ import annotations
 
+from bnbench.config import COMPILED_LOOP
 from bnbench.report.table import format_table
 
 HEADERS = ["variant", "peer", "peer ms/update", "bnbench ms/update", "peer / bnbench", "rounds x updates"]
@@ -47,7 +48,7 @@ def sections(loaded: list[dict]) -> list[str]:
 
 def _how(comparisons: list[dict]) -> str:
     """How bnbench's rounds ran, as recorded (reports before the compiled loop timed lone steps)."""
-    if all(c.get("bnbench_round") == "compiled loop" for c in comparisons):
+    if all(c.get("bnbench_round") == COMPILED_LOOP for c in comparisons):
         return "updates, its step compiled as one loop over the round's batches (as its epochs run), synchronised once"
     if not any(c.get("bnbench_round") for c in comparisons):
         return "lone compiled steps (synchronised after each update, which understates bnbench)"

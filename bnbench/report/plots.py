@@ -198,6 +198,13 @@ def plot_differences(plt, rows: list[tuple[str, dict]], ref, baseline: str, marg
                      metric: str = "validation accuracy") -> None:
     """One row per variant, sorted by the difference: the difference to ``baseline``, its paired 95%
     interval, the band ±``margin`` within which a difference counts as equivalent, and the verdict."""
+    from bnbench.report.compare import field_baseline
+
+    # A FIELD=VALUE baseline is each variant's own run with that value, not one variant.
+    if field_baseline(baseline):
+        minus_label, minus_title = f"its own at {baseline}", f"itself at {baseline}"
+    else:
+        minus_label, minus_title = f"{baseline}'s", baseline
     rows = sorted_rows(rows)
     fig, axes = grid(plt, 1, panel=(6.4, 1.3 + 0.27 * len(rows)))
     ax = axes[0]
@@ -237,18 +244,12 @@ def plot_differences(plt, rows: list[tuple[str, dict]], ref, baseline: str, marg
     ax.set_yticks(range(len(rows)), [name for name, _ in rows], fontsize=8)
     ax.set_ylim(-0.7, len(rows) - 0.3)
     ax.set_xlim(left, right)
-    from bnbench.report.compare import field_baseline
-
-    # A FIELD=VALUE baseline is each variant's own run with that value, not one variant.
-    own = field_baseline(baseline) is not None
-    ax.set_xlabel(f"{metric} minus {f'its own at {baseline}' if own else baseline + chr(39) + 's'} "
-                  "(paired over seeds; bar: 95% CI)")
+    ax.set_xlabel(f"{metric} minus {minus_label} (paired over seeds; bar: 95% CI)")
     ax.grid(axis="x", alpha=0.3)
     handles = [plt.matplotlib.patches.Patch(color=OKABE_ITO[5], alpha=0.25),
                *[plt.matplotlib.lines.Line2D([], [], color=c, marker="o", lw=2) for c in VERDICT_COLORS.values()]]
     figure_legend(fig, handles, [f"equivalent if within ±{margin:g}", *VERDICT_COLORS], title="verdict (Holm)")
-    fig.suptitle(f"[{ref}] {metric}: each variant minus {f'itself at {baseline}' if own else baseline}, sorted",
-                 fontsize=10)
+    fig.suptitle(f"[{ref}] {metric}: each variant minus {minus_title}, sorted", fontsize=10)
     save(plt, fig, path)
 
 
